@@ -1,0 +1,21 @@
+"""nce_ref: the reference for contrastive losses and mutual-information estimators.
+
+Every function is written once against the Python Array API standard and returns
+arrays of the caller's namespace, device and dtype; every differentiable function
+has a hand-derived gradient available through :func:`value_and_grad`.
+"""
+
+from .autodiff import value_and_grad, vjp
+from .losses import info_nce, info_nce_from_scores, nt_xent
+from .similarity import similarity
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "info_nce",
+    "info_nce_from_scores",
+    "nt_xent",
+    "similarity",
+    "value_and_grad",
+    "vjp",
+]

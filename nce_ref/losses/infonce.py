@@ -1,0 +1,395 @@
+"""InfoNCE (one-way, symmetric/CLIP, explicit negatives), NT-Xent, and InfoNCE on scores.
+
+Each function is a composition: similarity (``nce_ref.similarity.sim_fwd``) →
+softmax cross-entropy on the score rows (``_objective.ce_rows``) → reduction, and
+its gradient is the composition of the registered VJPs.  Derivations:
+``docs/derivations.md``, sections "InfoNCE", "NT-Xent", "Temperature".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._array import check_option, resolve, scalar_grad, scalar_param
+from .._reduce import check_reduction, reduce_fwd
+from ..autodiff import differentiable
+from ..similarity import DEFAULT_EPS, check_similarity, sim_fwd
+from ._objective import ce_rows, temperature_grad
+
+Array = Any
+
+__all__ = ["info_nce", "nt_xent", "info_nce_from_scores"]
+
+NEGATIVE_MODES = ("unpaired", "paired")
+
+
+def pair_sim(a: Array, b: Array, *, kind: str, eps: float, xp):
+    """Row-wise similarity ``s_i = sim(a_i, b_i)`` (O(N·D)) and its VJP."""
+    n = a.shape[0]
+    s, back = sim_fwd(xp.expand_dims(a, axis=1), xp.expand_dims(b, axis=1), kind=kind, eps=eps, xp=xp)
+
+    def vjp(g):
+        ga, gb = back(xp.reshape(g, (n, 1, 1)))
+        return xp.reshape(ga, a.shape), xp.reshape(gb, b.shape)
+
+    return xp.reshape(s, (n,)), vjp
+
+
+def _check_rows(n: int, name: str) -> None:
+    if n < 1:
+        raise ValueError(f"`{name}` must have at least one row (N >= 1); got N = 0")
+
+
+def _check_dim(d: int, name: str) -> None:
+    if d < 1:
+        raise ValueError(f"`{name}` must have at least one column (D >= 1); got D = 0")
+
+
+@differentiable("info_nce", wrt=("query", "key", "negatives", "temperature"),
+                scalars=("temperature",))
+def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
+             temperature: float | Array = 0.1, similarity: str = "cosine",
+             negative_mode: str = "unpaired", in_batch_negatives: bool | None = None,
+             symmetric: bool = False, reduction: str = "mean", eps: float = DEFAULT_EPS,
+             check_finite: bool = True, xp=None):
+    r"""InfoNCE loss: a softmax cross-entropy that picks each query's positive key.
+
+    Row ``i`` of ``key`` is the positive of row ``i`` of ``query``.  With
+    :math:`s(\cdot,\cdot)` the similarity and :math:`\tau` the temperature,
+
+    .. math::
+
+        \ell_i = -\log\frac{e^{s(q_i,k_i)/\tau}}
+                 {\sum_{c\in C_i} e^{s(q_i,c)/\tau}}
+               = \operatorname{LSE}_{c\in C_i}\big(s(q_i,c)/\tau\big) - s(q_i,k_i)/\tau,
+
+    where the candidate set :math:`C_i` always holds the positive :math:`k_i` and
+
+    - ``negatives=None``: the other keys, :math:`C_i = \{k_1..k_N\}` (N − 1 negatives);
+    - ``negatives`` of shape (M, D), ``negative_mode="unpaired"``: the M rows, shared
+      by every query;
+    - ``negatives`` of shape (N, M, D), ``negative_mode="paired"``: row i's own M;
+    - ``in_batch_negatives=True`` additionally keeps the other keys among the
+      negatives when ``negatives`` is given.
+
+    ``symmetric=True`` is CLIP's loss :math:`\tfrac12(\ell^{q\to k}_i+\ell^{k\to q}_i)`,
+    the second term being the same with the roles of queries and keys exchanged
+    (columns of the score matrix).
+
+    Parameters
+    ----------
+    query, key : array, shape (N, D)
+    negatives : array, shape (M, D) or (N, M, D), optional
+    temperature : float or 0-d array, default 0.1
+        :math:`\tau > 0`; differentiable (``value_and_grad`` returns its gradient).
+    similarity : {"cosine", "dot", "neg_sq_euclidean", "neg_euclidean"}, default "cosine"
+        See :func:`nce_ref.similarity`.
+    negative_mode : {"unpaired", "paired"}, default "unpaired"
+        Layout of ``negatives`` (info-nce-pytorch's names).
+    in_batch_negatives : bool, optional
+        Whether the other keys are negatives.  Default: ``True`` when ``negatives``
+        is None, ``False`` when explicit negatives are given (the convention of
+        info-nce-pytorch and of MoCo's queue).  ``False`` without ``negatives`` is an
+        error (there would be no negative).
+    symmetric : bool, default False
+        CLIP's symmetric loss; only without explicit ``negatives``.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        ``"none"`` returns the N per-query terms (per-pair means when symmetric).
+    eps : float, default 1e-12
+        Norm floor of the cosine similarity.
+    check_finite : bool, default True
+        Raise ``ValueError`` on NaN or inf inputs and ``FloatingPointError`` when
+        the result overflows the dtype.
+    xp : namespace, optional
+
+    Returns
+    -------
+    loss : array
+        0-d (or shape (N,) for ``reduction="none"``), in the inputs' namespace,
+        device and floating dtype; float16/bfloat16 are computed in float32.
+
+    Raises
+    ------
+    ValueError, TypeError
+        On mismatched shapes, N = 0, D = 0, a non-positive or non-finite temperature,
+        non-floating dtypes, NaN/inf inputs, arrays from two libraries or devices, and
+        unknown option strings; the message names the argument.
+
+    Notes
+    -----
+    With :math:`p_{ic}` the softmax over :math:`C_i` and :math:`g_i` the cotangent
+    of :math:`\ell_i`, the gradient with respect to the scores is
+    :math:`\partial\ell/\partial s(q_i,c) = g_i(p_{ic} - [c = k_i])/\tau`, and
+    :math:`\partial\ell/\partial\tau = -\sum_{i,c} \bar z_{ic} z_{ic}/\tau` over all
+    logits :math:`z = s/\tau` with their cotangents :math:`\bar z`.  The similarity
+    VJPs carry these to the embeddings.  The loss is exact for any positive
+    probability: a positive far below the dtype's ``tiny`` still costs
+    :math:`\operatorname{LSE} - s^+/\tau` (no ``log(p + eps)`` cap) and its gradient
+    tends to :math:`-1/\tau` per unit score, not to 0.
+
+    References
+    ----------
+    van den Oord et al., "Representation Learning with Contrastive Predictive
+    Coding" (2018); Radford et al., "Learning Transferable Visual Models From
+    Natural Language Supervision" (2021).
+
+    Examples
+    --------
+    >>> import numpy as np, nce_ref
+    >>> q = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> loss = nce_ref.info_nce(q, q, temperature=1.0)
+    >>> float(loss), float(np.log(1 + np.exp(-1.0)))  # log(e + 1) - 1 for each row
+    (0.31326168751822286, 0.31326168751822286)
+    >>> float(nce_ref.info_nce(np.ones((4, 3)), np.ones((4, 3))))  # collinear: log N
+    1.3862943611198906
+    """
+    kind, eps = check_similarity(similarity, eps)
+    check_option(negative_mode, "negative_mode", NEGATIVE_MODES)
+    check_reduction(reduction)
+    if in_batch_negatives is None:
+        in_batch = negatives is None
+    elif isinstance(in_batch_negatives, bool):
+        in_batch = in_batch_negatives
+    else:
+        raise TypeError(f"`in_batch_negatives` must be True, False or None; got {in_batch_negatives!r}")
+    if not isinstance(symmetric, bool):
+        raise TypeError(f"`symmetric` must be a bool; got {symmetric!r}")
+    if negatives is None and not in_batch:
+        raise ValueError("`in_batch_negatives=False` needs explicit `negatives`: "
+                         "otherwise no query has a negative")
+    if symmetric and negatives is not None:
+        raise ValueError("`symmetric=True` (CLIP) takes no explicit `negatives`: the key->query "
+                         "direction has no negatives of its own")
+    ctx = resolve({"query": query, "key": key, "negatives": negatives},
+                  ndims={"query": 2, "key": 2,
+                         "negatives": 2 if negative_mode == "unpaired" else 3},
+                  xp=xp, check_finite=check_finite)
+    xp = ctx.xp
+    n, d = query.shape
+    _check_rows(n, "query")
+    _check_dim(d, "query")
+    if tuple(key.shape) != (n, d):
+        raise ValueError(f"`key` must have the shape of `query` {(n, d)}; got {tuple(key.shape)}")
+    if negatives is not None:
+        if negative_mode == "unpaired":
+            if negatives.shape[1] != d:
+                raise ValueError(f"`negatives` must have shape (M, {d}) for negative_mode='unpaired'; "
+                                 f"got {tuple(negatives.shape)}")
+        elif negatives.shape[0] != n or negatives.shape[2] != d:
+            raise ValueError(f"`negatives` must have shape ({n}, M, {d}) for negative_mode='paired'; "
+                             f"got {tuple(negatives.shape)}")
+    tau, tau0 = scalar_param(ctx, temperature, "temperature", positive=True)
+    q, k = ctx.to_compute(query), ctx.to_compute(key)
+    neg = None if negatives is None else ctx.to_compute(negatives)
+
+    s_pos, back_pos = pair_sim(q, k, kind=kind, eps=eps, xp=xp)
+    pos = s_pos / tau
+    blocks = []  # (role, logits, width, back) in column order
+    if in_batch:
+        s_qk, back_qk = sim_fwd(q, k, kind=kind, eps=eps, xp=xp)
+        blocks.append(("key", s_qk / tau, n, back_qk))
+    else:
+        blocks.append(("pos", xp.expand_dims(pos, axis=1), 1, None))  # the positive itself
+    if neg is not None:
+        if negative_mode == "unpaired":
+            s_qn, back_qn = sim_fwd(q, neg, kind=kind, eps=eps, xp=xp)
+            m = neg.shape[0]
+        else:
+            m = neg.shape[1]
+            s3, back3 = sim_fwd(xp.expand_dims(q, axis=1), neg, kind=kind, eps=eps, xp=xp)
+            s_qn = xp.reshape(s3, (n, m))
+
+            def back_qn(g, _b=back3, _m=m):
+                gq, gn = _b(xp.reshape(g, (n, 1, _m)))
+                return xp.reshape(gq, (n, d)), gn
+
+        blocks.append(("negatives", s_qn / tau, m, back_qn))
+    z = blocks[0][1] if len(blocks) == 1 else xp.concat([b[1] for b in blocks], axis=1)
+
+    per, back_rows = ce_rows(z, pos, axis=1, xp=xp)
+    if symmetric:
+        per_c, back_cols = ce_rows(z, pos, axis=0, xp=xp)
+        per = 0.5 * (per + per_c)
+    value, back_red = reduce_fwd(per, reduction, xp=xp)
+    value = ctx.result_finite(value, "info_nce")
+
+    def vjp(g):
+        gl = back_red(ctx.to_compute(g))
+        if symmetric:
+            dz_r, dpos_r = back_rows(0.5 * gl)
+            dz_c, dpos_c = back_cols(0.5 * gl)
+            dz, dpos = dz_r + dz_c, dpos_r + dpos_c
+        else:
+            dz, dpos = back_rows(gl)
+        dtau = temperature_grad(dz, z, dpos, pos, tau, xp=xp)
+        gq = xp.zeros_like(q)
+        gk = xp.zeros_like(k)
+        gneg = None
+        col = 0
+        for role, _, width, back in blocks:
+            dzb = dz if len(blocks) == 1 else dz[:, col:col + width]
+            col += width
+            if role == "pos":  # the positive's own column
+                dpos = dpos + xp.reshape(dzb, (n,))
+                continue
+            ga, gb = back(dzb / tau)
+            gq = gq + ga
+            if role == "key":
+                gk = gk + gb
+            else:
+                gneg = gb
+        ga, gb = back_pos(dpos / tau)
+        grads = {"query": ctx.like(gq + ga, query), "key": ctx.like(gk + gb, key),
+                 "temperature": scalar_grad(ctx, dtau, tau0)}
+        if negatives is not None:
+            grads["negatives"] = ctx.like(gneg, negatives)
+        return grads
+
+    return ctx.to_out(value), vjp
+
+
+@differentiable("nt_xent", wrt=("z1", "z2", "temperature"), scalars=("temperature",))
+def nt_xent(z1: Array, z2: Array, /, *, temperature: float | Array = 0.5,
+            similarity: str = "cosine", reduction: str = "mean", eps: float = DEFAULT_EPS,
+            check_finite: bool = True, xp=None):
+    r"""NT-Xent, SimCLR's loss over the 2N views of a batch.
+
+    With :math:`u = [z_1; z_2]` (2N rows), the partner of view :math:`a` being
+    :math:`a \pm N`,
+
+    .. math::
+
+        \ell_a = \operatorname{LSE}_{b \ne a}\big(s(u_a,u_b)/\tau\big)
+                 - s(u_a, u_{a \pm N})/\tau, \qquad a = 1..2N,
+
+    so each anchor has its partner as positive and the other 2N − 2 views as
+    negatives.  This equals lightly's ``NTXentLoss`` (without memory bank) and
+    pytorch-metric-learning's ``SelfSupervisedLoss(NTXentLoss)``; the mean of
+    ``info_nce(z1, z2, symmetric=True)`` differs from it (there each anchor has the
+    N − 1 other views of the *other* side as negatives).
+
+    Parameters
+    ----------
+    z1, z2 : array, shape (N, D)
+        The two views; row i of ``z1`` and row i of ``z2`` are a positive pair.
+    temperature : float or 0-d array, default 0.5
+    similarity : str, default "cosine"
+        See :func:`nce_ref.similarity`.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        ``"none"`` returns shape (2N,): the anchors of ``z1`` then those of ``z2``.
+    eps, check_finite, xp
+        As in :func:`nce_ref.info_nce`.
+
+    Returns
+    -------
+    loss : array, 0-d or (2N,)
+
+    Notes
+    -----
+    Gradient with respect to the logits :math:`z_{ab} = s(u_a,u_b)/\tau`:
+    :math:`g_a(p_{ab} - [b = a\pm N])` for :math:`b \ne a`; the similarity VJP is
+    applied once to the (2N, 2N) matrix, and both operands are :math:`u`, so their
+    gradients add.  All embeddings collinear gives :math:`\log(2N - 1)`; N = 1 gives 0.
+
+    References
+    ----------
+    Chen et al., "A Simple Framework for Contrastive Learning of Visual
+    Representations" (2020).
+
+    Examples
+    --------
+    >>> import numpy as np, nce_ref
+    >>> float(nce_ref.nt_xent(np.ones((3, 2)), np.ones((3, 2))))  # log(2*3 - 1)
+    1.6094379124341003
+    """
+    kind, eps = check_similarity(similarity, eps)
+    check_reduction(reduction)
+    ctx = resolve({"z1": z1, "z2": z2}, ndims={"z1": 2, "z2": 2}, xp=xp, check_finite=check_finite)
+    xp = ctx.xp
+    n, d = z1.shape
+    _check_rows(n, "z1")
+    _check_dim(d, "z1")
+    if tuple(z2.shape) != (n, d):
+        raise ValueError(f"`z2` must have the shape of `z1` {(n, d)}; got {tuple(z2.shape)}")
+    tau, tau0 = scalar_param(ctx, temperature, "temperature", positive=True)
+    a, b = ctx.to_compute(z1), ctx.to_compute(z2)
+    u = xp.concat([a, b], axis=0)
+    s, back_s = sim_fwd(u, u, kind=kind, eps=eps, xp=xp)
+    z = s / tau
+    keep = xp.logical_not(ctx.eye(2 * n, dtype=xp.bool))
+    s_pos, back_pos = pair_sim(a, b, kind=kind, eps=eps, xp=xp)
+    pos = xp.concat([s_pos, s_pos]) / tau
+    per, back_rows = ce_rows(z, pos, keep, axis=1, xp=xp)
+    value, back_red = reduce_fwd(per, reduction, xp=xp)
+    value = ctx.result_finite(value, "nt_xent")
+
+    def vjp(g):
+        gl = back_red(ctx.to_compute(g))
+        dz, dpos = back_rows(gl)
+        dtau = temperature_grad(dz, z, dpos, pos, tau, xp=xp)
+        gu1, gu2 = back_s(dz / tau)
+        gu = gu1 + gu2
+        ga, gb = back_pos((dpos[:n] + dpos[n:]) / tau)
+        return {"z1": ctx.like(gu[:n, :] + ga, z1), "z2": ctx.like(gu[n:, :] + gb, z2),
+                "temperature": scalar_grad(ctx, dtau, tau0)}
+
+    return ctx.to_out(value), vjp
+
+
+@differentiable("info_nce_from_scores", wrt=("scores",))
+def info_nce_from_scores(scores: Array, /, *, reduction: str = "mean",
+                         check_finite: bool = True, xp=None):
+    r"""InfoNCE on a given score (logit) matrix whose diagonal holds the positives.
+
+    .. math::
+
+        \ell_i = \log\sum_{j=1}^{M} e^{s_{ij}} - s_{ii}, \qquad i = 1..N,\ M \ge N.
+
+    Columns beyond N are extra negatives shared by every row.  This is the
+    objective :func:`nce_ref.info_nce` applies to ``s(q, k)/τ``, and the one the MI
+    bound ``nce_ref.mi.infonce`` (``log N − L``) reuses.
+
+    Parameters
+    ----------
+    scores : array, shape (N, M) with M >= N
+    reduction : {"mean", "sum", "none"}, default "mean"
+    check_finite, xp
+        As in :func:`nce_ref.info_nce`.
+
+    Returns
+    -------
+    loss : array, 0-d or (N,)
+
+    Notes
+    -----
+    :math:`\partial\ell/\partial s_{ij} = g_i(p_{ij} - [i = j])` with
+    :math:`p_{ij} = \operatorname{softmax}_j(s_{ij})`.
+
+    Examples
+    --------
+    >>> import numpy as np, nce_ref
+    >>> float(nce_ref.info_nce_from_scores(np.zeros((4, 4))))  # uniform scores: log N
+    1.3862943611198906
+    """
+    check_reduction(reduction)
+    ctx = resolve({"scores": scores}, ndims={"scores": 2}, xp=xp, check_finite=check_finite)
+    xp = ctx.xp
+    n, m = scores.shape
+    _check_rows(n, "scores")
+    if m < n:
+        raise ValueError(f"`scores` must have at least as many columns as rows (its diagonal "
+                         f"holds the positives); got shape {(n, m)}")
+    s = ctx.to_compute(scores)
+    diag = ctx.eye(n, m, dtype=xp.bool)
+    pos = xp.sum(xp.where(diag, s, xp.zeros_like(s)), axis=1)
+    per, back_rows = ce_rows(s, pos, axis=1, xp=xp)
+    value, back_red = reduce_fwd(per, reduction, xp=xp)
+    value = ctx.result_finite(value, "info_nce_from_scores")
+
+    def vjp(g):
+        gl = back_red(ctx.to_compute(g))
+        dz, dpos = back_rows(gl)
+        ds = dz + xp.where(diag, xp.expand_dims(dpos, axis=1), xp.zeros_like(dz))
+        return {"scores": ctx.like(ds, scores)}
+
+    return ctx.to_out(value), vjp

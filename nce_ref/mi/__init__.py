@@ -1,0 +1,1 @@
+"""Mutual information: exact ground truth, variational bounds on critic scores, theory."""

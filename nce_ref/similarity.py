@@ -1,0 +1,211 @@
+"""Similarities between embeddings, each with its hand-derived VJP.
+
+The kernel :func:`sim_fwd` works on batched operands ``a (..., N, D)`` and
+``b (..., M, D)`` (same leading dims) and returns the ``(..., N, M)`` score matrix
+and its VJP.  The losses use it for the full matrix, for the per-query explicit
+negatives (``(N, 1, D)`` against ``(N, M, D)``) and for the positive pairs
+(``(N, 1, D)`` against ``(N, 1, D)``).  Derivations: ``docs/derivations.md``,
+section "Similarities".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._array import check_option, check_real, resolve
+from .autodiff import differentiable
+
+Array = Any
+
+KINDS = ("cosine", "dot", "neg_sq_euclidean", "neg_euclidean")
+DEFAULT_EPS = 1e-12
+
+__all__ = ["similarity", "sim_fwd", "KINDS", "DEFAULT_EPS"]
+
+
+def _mT(x, xp):
+    return xp.matrix_transpose(x)
+
+
+def row_norm(x: Array, *, xp) -> Array:
+    """Euclidean norm of the rows of ``x`` (last axis, kept), without overflow or underflow.
+
+    ``‖x‖ = m · sqrt(Σ (x/m)²)`` with ``m = max |x|``, so that entries of magnitude
+    up to the dtype's maximum, or below the square root of its smallest normal,
+    are handled exactly.
+    """
+    m = xp.max(xp.abs(x), axis=-1, keepdims=True)
+    m_safe = xp.where(m > 0, m, xp.ones_like(m))
+    y = x / m_safe
+    return m * xp.sqrt(xp.sum(y * y, axis=-1, keepdims=True))
+
+
+def _cosine(a, b, eps, xp):
+    na, nb = row_norm(a, xp=xp), row_norm(b, xp=xp)
+    da = xp.maximum(na, xp.full_like(na, eps))
+    db = xp.maximum(nb, xp.full_like(nb, eps))
+    ah, bh = a / da, b / db
+    s = ah @ _mT(bh, xp)
+
+    def back(g):
+        gah = g @ bh
+        gbh = _mT(g, xp) @ ah
+        return _normalize_vjp(ah, na, da, gah, eps, xp), _normalize_vjp(bh, nb, db, gbh, eps, xp)
+
+    return s, back
+
+
+def _normalize_vjp(xh, n, d, gxh, eps, xp):
+    # x̂ = x / max(‖x‖, eps).  For ‖x‖ > eps: J = (I − x̂x̂ᵀ)/‖x‖; else J = I/eps.
+    proj = gxh - xh * xp.sum(xh * gxh, axis=-1, keepdims=True)
+    return xp.where(n > eps, proj, gxh) / d
+
+
+def _dot(a, b, eps, xp):
+    s = a @ _mT(b, xp)
+
+    def back(g):
+        return g @ b, _mT(g, xp) @ a
+
+    return s, back
+
+
+def _centered(a, b, xp):
+    # Distances are translation invariant; centring both sets on their common mean
+    # reduces the cancellation of ‖a‖² + ‖b‖² − 2 a·b.  The centre is treated as a
+    # constant in the VJP: by invariance its total contribution is exactly zero.
+    n, m = a.shape[-2], b.shape[-2]
+    c = (xp.sum(a, axis=-2, keepdims=True) + xp.sum(b, axis=-2, keepdims=True)) / float(n + m)
+    return a - c, b - c
+
+
+def _sq_dist(a, b, xp):
+    ac, bc = _centered(a, b, xp)
+    na2 = xp.sum(ac * ac, axis=-1, keepdims=True)  # (..., N, 1)
+    nb2 = _mT(xp.sum(bc * bc, axis=-1, keepdims=True), xp)  # (..., 1, M)
+    d2 = na2 + nb2 - 2.0 * (ac @ _mT(bc, xp))
+    d2 = xp.maximum(d2, xp.zeros_like(d2))
+    return ac, bc, na2, nb2, d2
+
+
+def _sq_dist_vjp(ac, bc, w, xp):
+    # d2_ij = ‖a_i − b_j‖²;  ∂/∂a_i Σ_j w_ij d2_ij = 2 (Σ_j w_ij) a_i − 2 (w b)_i
+    ga = 2.0 * (xp.sum(w, axis=-1, keepdims=True) * ac - w @ bc)
+    gb = 2.0 * (_mT(xp.sum(w, axis=-2, keepdims=True), xp) * bc - _mT(w, xp) @ ac)
+    return ga, gb
+
+
+def _neg_sq_euclidean(a, b, eps, xp):
+    ac, bc, _, _, d2 = _sq_dist(a, b, xp)
+
+    def back(g):
+        return _sq_dist_vjp(ac, bc, -g, xp)
+
+    return -d2, back
+
+
+def _neg_euclidean(a, b, eps, xp):
+    ac, bc, na2, nb2, d2 = _sq_dist(a, b, xp)
+    # Below the rounding noise of the expansion the distance is taken as exactly 0,
+    # where the subgradient 0 is used (the minimum-norm element of the unit ball).
+    noise = 16.0 * xp.finfo(d2.dtype).eps * (na2 + nb2)
+    zero = d2 <= noise
+    d = xp.where(zero, xp.zeros_like(d2), xp.sqrt(d2))
+
+    def back(g):
+        # ∂(−d)/∂d2 = −1/(2d) for d > 0, and 0 (subgradient) at d = 0.
+        w = xp.where(zero, xp.zeros_like(d), -g / (2.0 * xp.where(zero, xp.ones_like(d), d)))
+        return _sq_dist_vjp(ac, bc, w, xp)
+
+    return -d, back
+
+
+_KERNELS = {
+    "cosine": _cosine,
+    "dot": _dot,
+    "neg_sq_euclidean": _neg_sq_euclidean,
+    "neg_euclidean": _neg_euclidean,
+}
+
+
+def sim_fwd(a: Array, b: Array, *, kind: str, eps: float, xp):
+    """Scores ``s[..., i, j] = sim(a[..., i, :], b[..., j, :])`` and their VJP.
+
+    Returns ``(s, back)`` with ``back(g) -> (grad_a, grad_b)``.  Inputs must already
+    be validated and in the computation dtype.
+    """
+    return _KERNELS[kind](a, b, eps, xp)
+
+
+def check_similarity(kind: str, eps: float) -> tuple[str, float]:
+    """Validate the ``similarity=`` and ``eps=`` options shared by the losses."""
+    check_option(kind, "similarity", KINDS)
+    eps = check_real(eps, "eps", positive=True)
+    return kind, eps
+
+
+@differentiable("similarity", wrt=("a", "b"))
+def similarity(a: Array, b: Array, /, *, kind: str = "cosine", eps: float = DEFAULT_EPS,
+               check_finite: bool = True, xp=None):
+    r"""Pairwise similarity matrix between the rows of two embedding matrices.
+
+    Parameters
+    ----------
+    a : array, shape (N, D)
+    b : array, shape (M, D)
+        Real floating arrays of one namespace and device.
+    kind : {"cosine", "dot", "neg_sq_euclidean", "neg_euclidean"}, default "cosine"
+        - ``"cosine"``: :math:`s_{ij} = \hat a_i \cdot \hat b_j` with
+          :math:`\hat x = x / \max(\lVert x\rVert_2, \varepsilon)`
+          (``torch.nn.functional.normalize``'s convention; a zero vector gives a zero
+          row of scores and a finite gradient :math:`g/\varepsilon`).
+        - ``"dot"``: :math:`s_{ij} = a_i \cdot b_j`.
+        - ``"neg_sq_euclidean"``: :math:`s_{ij} = -\lVert a_i - b_j\rVert_2^2`.
+        - ``"neg_euclidean"``: :math:`s_{ij} = -\lVert a_i - b_j\rVert_2`; at zero
+          distance the subgradient 0 is used.  Distances below the rounding noise of
+          the expansion :math:`\lVert a\rVert^2+\lVert b\rVert^2-2a\cdot b` (after
+          centring on the common mean) count as zero.
+    eps : float, default 1e-12
+        Norm floor of ``"cosine"``.
+    check_finite : bool, default True
+        Raise ``ValueError`` on NaN or inf inputs.
+    xp : namespace, optional
+        The inputs' Array API namespace (inferred by default).
+
+    Returns
+    -------
+    s : array, shape (N, M)
+        In the inputs' namespace, dtype and device (float16/bfloat16 are computed in
+        float32 and returned in the input dtype).
+
+    Notes
+    -----
+    VJPs, with :math:`G = \partial\ell/\partial s`:
+    dot: :math:`\bar a = G b,\ \bar b = G^\top a`;
+    cosine: :math:`\bar a_i = (I - \hat a_i\hat a_i^\top)(G\hat b)_i/\lVert a_i\rVert`;
+    squared euclidean: :math:`\bar a_i = -2[(\textstyle\sum_j G_{ij}) a_i - (G b)_i]`;
+    euclidean: the same with :math:`G_{ij}/(2 d_{ij})`.  See ``docs/derivations.md``.
+
+    Examples
+    --------
+    >>> import numpy as np, nce_ref
+    >>> a = np.array([[3.0, 4.0], [1.0, 0.0]])
+    >>> nce_ref.similarity(a, a, kind="cosine")
+    array([[1. , 0.6],
+           [0.6, 1. ]])
+    >>> nce_ref.similarity(a, a, kind="neg_euclidean")
+    array([[-0.        , -4.47213595],
+           [-4.47213595, -0.        ]])
+    """
+    kind, eps = check_similarity(kind, eps)
+    ctx = resolve({"a": a, "b": b}, ndims={"a": 2, "b": 2}, xp=xp, check_finite=check_finite)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"`a` and `b` must have the same number of columns D; got "
+                         f"{a.shape[1]} and {b.shape[1]}")
+    s, back = sim_fwd(ctx.to_compute(a), ctx.to_compute(b), kind=kind, eps=eps, xp=ctx.xp)
+
+    def vjp(g):
+        ga, gb = back(ctx.to_compute(g))
+        return {"a": ctx.like(ga, a), "b": ctx.like(gb, b)}
+
+    return ctx.to_out(s), vjp

@@ -1,0 +1,18 @@
+"""Testing helpers: the finite-difference gradient checker, tolerances, oracles and cases.
+
+This subpackage may use NumPy directly (it is test infrastructure, not a backend path).
+"""
+
+from ._gradcheck import GradCheckError, GradReport, check_grad, numeric_grad
+from ._tolerances import atol_for, dtype_name, eps_of, rtol_for
+
+__all__ = [
+    "GradCheckError",
+    "GradReport",
+    "atol_for",
+    "check_grad",
+    "dtype_name",
+    "eps_of",
+    "numeric_grad",
+    "rtol_for",
+]
