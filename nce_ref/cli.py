@@ -1,0 +1,60 @@
+"""The ``nce-ref`` command.
+
+Subcommands live in their own modules, each defining ``configure(parser)`` and
+``run(args) -> int``:
+
+- ``check``  (``nce_ref._cli_check``): self-verification on every installed backend;
+- ``bounds`` (``nce_ref.mi._cli``): the MI-bounds demonstration;
+- ``verify`` (``nce_ref.testing._cli_verify``): check another implementation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+SUBCOMMANDS = {
+    "check": ("nce_ref._cli_check", "verify every function on every installed backend"),
+    "bounds": ("nce_ref.mi._cli", "the MI-bounds experiment: I(X;Y) >= log N - L and its rivals"),
+    "verify": ("nce_ref.testing._cli_verify", "verify another implementation against the reference"),
+}
+
+
+def _present(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nce-ref",
+        description="nce_ref: the reference for contrastive losses and MI estimators.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"nce-ref {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_) in SUBCOMMANDS.items():
+        if not _present(module):
+            continue
+        p = sub.add_parser(name, help=help_, description=help_)
+        mod = importlib.import_module(module)
+        mod.configure(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 2
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
