@@ -184,12 +184,10 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
 
     s_pos, back_pos = pair_sim(q, k, kind=kind, eps=eps, xp=xp)
     pos = s_pos / tau
-    blocks = []  # (role, logits, width, back) in column order
+    blocks = []  # (role, logits, width, back) in column order; the positive is `pos`
     if in_batch:
         s_qk, back_qk = sim_fwd(q, k, kind=kind, eps=eps, xp=xp)
         blocks.append(("key", s_qk / tau, n, back_qk))
-    else:
-        blocks.append(("pos", xp.expand_dims(pos, axis=1), 1, None))  # the positive itself
     if neg is not None:
         if negative_mode == "unpaired":
             s_qn, back_qn = sim_fwd(q, neg, kind=kind, eps=eps, xp=xp)
@@ -205,10 +203,13 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
 
         blocks.append(("negatives", s_qn / tau, m, back_qn))
     z = blocks[0][1] if len(blocks) == 1 else xp.concat([b[1] for b in blocks], axis=1)
+    keep = None
+    if in_batch:  # the diagonal of s(q, k) is the positive, held in `pos`
+        keep = xp.logical_not(ctx.eye(n, z.shape[1], dtype=xp.bool))
 
-    per, back_rows = ce_rows(z, pos, axis=1, xp=xp)
+    per, back_rows = ce_rows(z, pos, keep, axis=1, xp=xp)
     if symmetric:
-        per_c, back_cols = ce_rows(z, pos, axis=0, xp=xp)
+        per_c, back_cols = ce_rows(z, pos, keep, axis=0, xp=xp)
         per = 0.5 * (per + per_c)
     value, back_red = reduce_fwd(per, reduction, xp=xp)
     value = ctx.result_finite(value, "info_nce")
@@ -229,9 +230,6 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
         for role, _, width, back in blocks:
             dzb = dz if len(blocks) == 1 else dz[:, col:col + width]
             col += width
-            if role == "pos":  # the positive's own column
-                dpos = dpos + xp.reshape(dzb, (n,))
-                continue
             ga, gb = back(dzb / tau)
             gq = gq + ga
             if role == "key":
@@ -316,7 +314,9 @@ def nt_xent(z1: Array, z2: Array, /, *, temperature: float | Array = 0.5,
     u = xp.concat([a, b], axis=0)
     s, back_s = sim_fwd(u, u, kind=kind, eps=eps, xp=xp)
     z = s / tau
-    keep = xp.logical_not(ctx.eye(2 * n, dtype=xp.bool))
+    # candidates of anchor a: every b != a; the partner a ± N is the positive, held in `pos`
+    keep = xp.logical_not(ctx.eye(2 * n, dtype=xp.bool) | ctx.eye(2 * n, k=n, dtype=xp.bool)
+                          | ctx.eye(2 * n, k=-n, dtype=xp.bool))
     s_pos, back_pos = pair_sim(a, b, kind=kind, eps=eps, xp=xp)
     pos = xp.concat([s_pos, s_pos]) / tau
     per, back_rows = ce_rows(z, pos, keep, axis=1, xp=xp)
@@ -382,7 +382,7 @@ def info_nce_from_scores(scores: Array, /, *, reduction: str = "mean",
     s = ctx.to_compute(scores)
     diag = ctx.eye(n, m, dtype=xp.bool)
     pos = xp.sum(xp.where(diag, s, xp.zeros_like(s)), axis=1)
-    per, back_rows = ce_rows(s, pos, axis=1, xp=xp)
+    per, back_rows = ce_rows(s, pos, xp.logical_not(diag), axis=1, xp=xp)
     value, back_red = reduce_fwd(per, reduction, xp=xp)
     value = ctx.result_finite(value, "info_nce_from_scores")
 
