@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
 
 from array_api_compat import array_namespace, device, is_array_api_obj
 

@@ -165,6 +165,13 @@ def similarity(a: Array, b: Array, /, *, kind: str = "cosine", eps: float = DEFA
           distance the subgradient 0 is used.  Distances below the rounding noise of
           the expansion :math:`\lVert a\rVert^2+\lVert b\rVert^2-2a\cdot b` (after
           centring on the common mean) count as zero.
+
+        The euclidean kinds use that GEMM expansion after centring both sets on their
+        common mean :math:`c`: the absolute error of :math:`d^2_{ij}` is
+        :math:`O(\varepsilon_{\text{mach}})(\lVert a_i-c\rVert^2+\lVert b_j-c\rVert^2)`,
+        so a distance far below the spread of the points has fewer correct digits
+        (as in ``torch.cdist`` and scikit-learn).  The positive pairs of the losses
+        are row-wise and do not have this cancellation.
     eps : float, default 1e-12
         Norm floor of ``"cosine"``.
     check_finite : bool, default True

@@ -6,9 +6,9 @@ and ``InfoNCE.time_value_and_grad / TorchAutogradInfoNCE.time_forward_backward``
 
 from __future__ import annotations
 
-from .common import BACKENDS, DIM, DTYPES, XPBenchmark, get_backend, sizes, skip_if
-
 import nce_ref
+
+from .common import BACKENDS, DIM, DTYPES, XPBenchmark, get_backend, sizes, skip_if
 
 
 def _embeddings(rng, n):
