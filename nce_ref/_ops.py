@@ -24,6 +24,7 @@ __all__ = [
     "softplus",
     "sigmoid",
     "flush_subnormals",
+    "flush_below",
 ]
 
 
@@ -112,4 +113,9 @@ def flush_subnormals(p: Array, *, xp) -> Array:
     at least ``1/M``).
     """
     tiny = xp.finfo(p.dtype).smallest_normal
-    return xp.where(p < tiny, xp.zeros_like(p), p)
+    return xp.where(xp.abs(p) < tiny, xp.zeros_like(p), p)
+
+
+def flush_below(e: Array, threshold: Array | float, *, xp) -> Array:
+    """``e`` with the entries below ``threshold`` (broadcast) set to 0; ``e >= 0`` expected."""
+    return xp.where(e < threshold, xp.zeros_like(e), e)

@@ -12,6 +12,7 @@ No autodiff library is used anywhere: the VJPs are hand-derived (``docs/``).
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 from array_api_compat import array_namespace, device, is_array_api_obj
 
-__all__ = ["differentiable", "value_and_grad", "vjp", "registry", "lookup", "Entry"]
+__all__ = ["differentiable", "value_and_grad", "vjp", "registry", "lookup", "Entry", "forward_only"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,17 @@ class Entry:
 
 _REGISTRY: dict[str, Entry] = {}
 
+_FORWARD_ONLY = contextvars.ContextVar("nce_ref_forward_only", default=False)
+
+
+def forward_only() -> bool:
+    """True inside a plain public call, whose VJP will never be asked for.
+
+    Implementations may then skip work that only the gradient needs (keeping
+    residuals, the fused gradient GEMMs of the streamed kernels).
+    """
+    return _FORWARD_ONLY.get()
+
 
 def differentiable(name: str, *, wrt: tuple[str, ...], scalars: tuple[str, ...] = ()):
     """Register ``impl`` (returning ``(value, vjp)``) and return the public function."""
@@ -59,7 +71,11 @@ def differentiable(name: str, *, wrt: tuple[str, ...], scalars: tuple[str, ...] 
     def deco(impl: Callable) -> Callable:
         @functools.wraps(impl)
         def public(*args, **kwargs):
-            return impl(*args, **kwargs)[0]
+            token = _FORWARD_ONLY.set(True)
+            try:
+                return impl(*args, **kwargs)[0]
+            finally:
+                _FORWARD_ONLY.reset(token)
 
         entry = Entry(name=name, public=public, impl=impl, wrt=tuple(wrt),
                       scalars=tuple(scalars), signature=inspect.signature(impl))
@@ -152,7 +168,11 @@ def vjp(f: Callable | str, /, *args, **kwargs):
     ['key', 'query', 'temperature']
     """
     entry = lookup(f)
-    value, back = entry.impl(*args, **kwargs)
+    token = _FORWARD_ONLY.set(False)
+    try:
+        value, back = entry.impl(*args, **kwargs)
+    finally:
+        _FORWARD_ONLY.reset(token)
 
     def vjp_fn(cotangent=None):
         ct = _check_cotangent(value, cotangent, entry.name)

@@ -216,3 +216,55 @@ def similarity(a: Array, b: Array, /, *, kind: str = "cosine", eps: float = DEFA
         return {"a": ctx.like(ga, a), "b": ctx.like(gb, b)}
 
     return ctx.to_out(s), vjp
+
+
+#: similarity kinds whose score matrix is a product of per-row features (streamable)
+BILINEAR = ("cosine", "dot", "neg_sq_euclidean")
+
+
+def bilinear_features(a: Array, b: Array, *, kind: str, eps: float, xp):
+    """Features ``fa (N, K)``, ``fb (M, K)`` with ``sim(a_i, b_j) = fa_i · fb_j``, and their VJP.
+
+    - cosine: ``fa = â``, ``fb = b̂`` (K = D);
+    - dot: ``fa = a``, ``fb = b``;
+    - neg_sq_euclidean, after centring both sets on their common mean ``c``:
+      ``fa = [2a', −‖a'‖², −1]``, ``fb = [b', 1, ‖b'‖²]`` (K = D + 2), so that
+      ``fa·fb = 2a'·b' − ‖a'‖² − ‖b'‖² = −‖a − b‖²``.
+
+    Returns ``(fa, fb, back)`` with ``back(dfa, dfb) -> (da, db)``.
+    """
+    if kind == "cosine":
+        na, nb = row_norm(a, xp=xp), row_norm(b, xp=xp)
+        da_, db_ = xp.maximum(na, xp.full_like(na, eps)), xp.maximum(nb, xp.full_like(nb, eps))
+        ah, bh = a / da_, b / db_
+
+        def back(gfa, gfb):
+            return (_normalize_vjp(ah, na, da_, gfa, eps, xp),
+                    _normalize_vjp(bh, nb, db_, gfb, eps, xp))
+
+        return ah, bh, back
+    if kind == "dot":
+        return a, b, lambda gfa, gfb: (gfa, gfb)
+    if kind != "neg_sq_euclidean":
+        raise ValueError(f"{kind!r} is not bilinear")
+    ac, bc = _centered(a, b, xp)
+    n, m, d = a.shape[0], b.shape[0], a.shape[1]
+    na2 = xp.sum(ac * ac, axis=-1, keepdims=True)
+    nb2 = xp.sum(bc * bc, axis=-1, keepdims=True)
+    ones_a = xp.ones((n, 1), dtype=a.dtype, device=_device(a))
+    ones_b = xp.ones((m, 1), dtype=b.dtype, device=_device(b))
+    fa = xp.concat([2.0 * ac, -na2, -ones_a], axis=1)
+    fb = xp.concat([bc, ones_b, nb2], axis=1)
+
+    def back(gfa, gfb):
+        ga = 2.0 * gfa[:, :d] - 2.0 * gfa[:, d:d + 1] * ac
+        gb = gfb[:, :d] + 2.0 * gfb[:, d + 1:d + 2] * bc
+        return ga, gb
+
+    return fa, fb, back
+
+
+def _device(x):
+    from array_api_compat import device
+
+    return device(x)

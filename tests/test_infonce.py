@@ -337,3 +337,46 @@ def test_cotangent_required_and_checked_for_unreduced_output(qk):
 def test_value_and_grad_rejects_unregistered_functions():
     with pytest.raises(TypeError, match="not a differentiable nce_ref function"):
         nce_ref.value_and_grad(np.sum)
+
+
+# -- streaming ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["cosine", "dot", "neg_sq_euclidean"])
+@pytest.mark.parametrize("block", [1, 2, 5, 7, 100])
+def test_streamed_blocks_equal_one_block(backend, kind, block, rng):
+    q, k, negs = rng.standard_normal((7, 4)), rng.standard_normal((7, 4)), rng.standard_normal((3, 4))
+    Q, K, Nn = (backend.asarray(a) for a in (q, k, negs))
+    for f, args, kw in [(nce_ref.info_nce, (Q, K), {}),
+                        (nce_ref.info_nce, (Q, K, Nn), {"in_batch_negatives": True}),
+                        (nce_ref.nt_xent, (Q, K), {})]:
+        v1, g1 = nce_ref.value_and_grad(f)(*args, similarity=kind, block_size=10**6, **kw)
+        vb, gb = nce_ref.value_and_grad(f)(*args, similarity=kind, block_size=block, **kw)
+        assert_close(backend.to_numpy(vb), backend.to_numpy(v1), rtol=1e-14, atol=1e-14)
+        for name in g1:
+            assert_close(backend.to_numpy(gb[name]), backend.to_numpy(g1[name]), rtol=1e-12,
+                         atol=1e-14, err_msg=name)
+
+
+def test_memory_budget_picks_the_block():
+    from nce_ref.blocked import choose_block
+
+    assert choose_block(1000, 1000, 4, memory_budget=2 * 1000 * 4 * 10) == 10
+    assert choose_block(5, 1000, 8) == 5
+    assert choose_block(5, 1000, 8, block_size=3) == 3
+    rng = np.random.default_rng(0)
+    q, k = rng.standard_normal((50, 8)), rng.standard_normal((50, 8))
+    small = nce_ref.info_nce(q, k, memory_budget=2 * 50 * 8)  # one row per block
+    assert_close(small, nce_ref.info_nce(q, k), rtol=1e-14)
+
+
+def test_subnormal_probabilities_are_flushed_without_changing_the_result(rng):
+    # float32, CLIP's temperature 0.01: most softmax entries are subnormal
+    q = rng.standard_normal((64, 16)).astype(np.float32)
+    k = (q + 0.3 * rng.standard_normal((64, 16))).astype(np.float32)
+    v32, g32 = nce_ref.value_and_grad(nce_ref.info_nce)(q, k, temperature=0.01)
+    v64, g64 = nce_ref.value_and_grad(nce_ref.info_nce)(q.astype(float), k.astype(float),
+                                                       temperature=0.01)
+    assert_close(v32, v64, dtype="float32", temperature=0.01)
+    for name in ("query", "key"):
+        scale = float(np.max(np.abs(g64[name])))
+        assert np.max(np.abs(g32[name] - g64[name])) <= 1e-3 * scale, name

@@ -45,6 +45,12 @@ def qk(rng):
     (lambda q, k: nce_ref.info_nce_from_scores(q), ValueError, r"at least as many columns as rows"),
     (lambda q, k: nce_ref.similarity(q, k[:, :2]), ValueError, r"same number of columns"),
     (lambda q, k: nce_ref.similarity(q, k, kind="l2"), ValueError, r"`similarity` must be one of"),
+    (lambda q, k: nce_ref.info_nce(q, k, block_size=0), ValueError, r"`block_size` must be >= 1; got 0"),
+    (lambda q, k: nce_ref.info_nce(q, k, block_size=2.5), TypeError, r"`block_size` must be an integer"),
+    (lambda q, k: nce_ref.nt_xent(q, k, block_size=-3), ValueError, r"`block_size` must be >= 1"),
+    (lambda q, k: nce_ref.info_nce(q, k, memory_budget=10), ValueError,
+     r"`memory_budget` of 10 bytes is too small for one row of 4 scores; the smallest that works is 64"),
+    (lambda q, k: nce_ref.nt_xent(q, k, memory_budget=127), ValueError, r"the smallest that works is 128"),
 ])
 def test_bad_input_names_the_argument(qk, call, exc, match):
     with pytest.raises(exc, match=match):

@@ -39,12 +39,13 @@ def ce_rows(z: Array, pos: Array, mask: Array | None = None, *, axis: int = 1, x
     posk = xp.expand_dims(pos, axis=axis)
     m = xp.maximum(xp.max(zm, axis=axis, keepdims=True), posk) if z.shape[axis] else posk
     r = xp.sum(xp.exp(zm - m), axis=axis, keepdims=True)
-    l_k = (m - posk) + xp.log1p(r + xp.expm1(posk - m))
-    l = xp.squeeze(l_k, axis=axis)
+    c = xp.log1p(r + xp.expm1(posk - m))  # lse − m, >= 0
+    l = xp.squeeze((m - posk) + c, axis=axis)
 
     def back(g):
         gk = xp.expand_dims(g, axis=axis)
-        p = xp.exp(zm - (l_k + posk))  # 0 outside the mask
+        # p = e^{z − lse} = e^{(z − m) − c}: the exponent is <= 0 exactly, whatever |z|
+        p = xp.exp((zm - m) - c)  # 0 outside the mask
         return p * gk, g * xp.expm1(-l)
 
     return l, back

@@ -12,8 +12,9 @@ from typing import Any
 
 from .._array import check_option, resolve, scalar_grad, scalar_param
 from .._reduce import check_reduction, reduce_fwd
-from ..autodiff import differentiable
-from ..similarity import DEFAULT_EPS, check_similarity, sim_fwd
+from ..autodiff import differentiable, forward_only
+from ..blocked import ce_stream, choose_block, needs_flush
+from ..similarity import BILINEAR, DEFAULT_EPS, bilinear_features, check_similarity, sim_fwd
 from ._objective import ce_rows, temperature_grad
 
 Array = Any
@@ -35,6 +36,69 @@ def pair_sim(a: Array, b: Array, *, kind: str, eps: float, xp):
     return xp.reshape(s, (n,)), vjp
 
 
+def _streamed(ctx, fa, fb, pos, tau, tau0, *, kind, reduction, segments, block, assemble, inputs):
+    """Run ``blocked.ce_stream`` over row segments of ``z = fa fbᵀ / τ``; return ``(value, vjp)``.
+
+    ``segments`` is a list of ``(r0, r1, bands)``: rows ``[r0, r1)`` with their
+    excluded diagonals.  ``assemble(dfa, dfb, dpos) -> dict`` maps the gradients of
+    the features (``fa`` before the 1/τ fold) and of ``pos`` to the inputs' (in the
+    computation dtype); ``inputs`` maps those names to the inputs for the final cast.
+    With a scalar reduction the gradient is fused into the forward sweep (three
+    GEMMs in all) and scaled by the cotangent afterwards; with ``"none"`` the
+    forward keeps nothing N x N and the VJP sweeps again with the cotangent.
+    """
+    xp = ctx.xp
+    fa = fa / tau
+    r_total = fa.shape[0]
+    log_range = 2.0 / tau0 if kind == "cosine" and isinstance(tau0, float) else None
+    flush = needs_flush(ctx.dtype, log_range, r_total * fb.shape[0], xp)
+
+    def sweep(weights):
+        out, grads = [], []
+        for r0, r1, bands in segments:
+            w = None if weights is None else weights[r0:r1]
+            l, gr = ce_stream(fa[r0:r1, :], fb, pos[r0:r1], bands=bands, weights=w, block=block,
+                              flush=flush, row_offset=r0, xp=xp)
+            out.append(l)
+            grads.append(gr)
+        l = out[0] if len(out) == 1 else xp.concat(out)
+        if weights is None:
+            return l, None
+        dfa = xp.concat([g[0] for g in grads], axis=0) if len(grads) > 1 else grads[0][0]
+        dfb = grads[0][1]
+        zdz = grads[0][3]
+        for g in grads[1:]:
+            dfb, zdz = dfb + g[1], zdz + g[3]
+        dpos = xp.concat([g[2] for g in grads]) if len(grads) > 1 else grads[0][2]
+        dtau = -(zdz + xp.sum(dpos * pos)) / tau
+        return l, (assemble(dfa / tau, dfb, dpos / tau), dtau)
+
+    if forward_only():
+        per, _ = sweep(None)
+        value, _ = reduce_fwd(per, reduction, xp=xp)
+        return ctx.to_out(ctx.result_finite(value, "loss")), None
+    if reduction == "none":
+        per, _ = sweep(None)
+
+        def vjp(g):
+            _, (grads, dtau) = sweep(ctx.to_compute(g))
+            out = {k: ctx.like(v, inputs[k]) for k, v in grads.items()}
+            return out | {"temperature": scalar_grad(ctx, dtau, tau0)}
+
+        return ctx.to_out(ctx.result_finite(per, "loss")), vjp
+    w = 1.0 / r_total if reduction == "mean" else 1.0
+    per, (grads, dtau) = sweep(xp.full((r_total,), w, dtype=ctx.dtype, device=ctx.device))
+    value, _ = reduce_fwd(per, reduction, xp=xp)
+    value = ctx.result_finite(value, "loss")
+
+    def vjp_scalar(g):
+        g = ctx.to_compute(g)
+        out = {k: ctx.like(v * g, inputs[k]) for k, v in grads.items()}
+        return out | {"temperature": scalar_grad(ctx, dtau * g, tau0)}
+
+    return ctx.to_out(value), vjp_scalar
+
+
 def _check_rows(n: int, name: str) -> None:
     if n < 1:
         raise ValueError(f"`{name}` must have at least one row (N >= 1); got N = 0")
@@ -51,6 +115,7 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
              temperature: float | Array = 0.1, similarity: str = "cosine",
              negative_mode: str = "unpaired", in_batch_negatives: bool | None = None,
              symmetric: bool = False, reduction: str = "mean", eps: float = DEFAULT_EPS,
+             block_size: int | None = None, memory_budget: int | None = None,
              check_finite: bool = True, xp=None):
     r"""InfoNCE loss: a softmax cross-entropy that picks each query's positive key.
 
@@ -97,6 +162,14 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
         ``"none"`` returns the N per-query terms (per-pair means when symmetric).
     eps : float, default 1e-12
         Norm floor of the cosine similarity.
+    block_size : int, optional
+        Rows of the score matrix computed at a time.  Default: as many as fit
+        ``memory_budget``.  Results equal the dense computation to rounding.
+        Streaming applies to the similarities "cosine", "dot" and
+        "neg_sq_euclidean" with in-batch and/or unpaired negatives, one-way; the
+        other combinations compute the dense score matrix.
+    memory_budget : int, optional
+        Bytes for the streamed block buffers (two blocks x columns), default 256 MiB.
     check_finite : bool, default True
         Raise ``ValueError`` on NaN or inf inputs and ``FloatingPointError`` when
         the result overflows the dtype.
@@ -179,11 +252,34 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
             raise ValueError(f"`negatives` must have shape ({n}, M, {d}) for negative_mode='paired'; "
                              f"got {tuple(negatives.shape)}")
     tau, tau0 = scalar_param(ctx, temperature, "temperature", positive=True)
+    n_cols = (n if in_batch else 0) + (0 if negatives is None else negatives.shape[-2])
+    block = choose_block(n, n_cols, ctx.finfo().bits // 8, block_size=block_size,
+                         memory_budget=memory_budget)
     q, k = ctx.to_compute(query), ctx.to_compute(key)
     neg = None if negatives is None else ctx.to_compute(negatives)
 
     s_pos, back_pos = pair_sim(q, k, kind=kind, eps=eps, xp=xp)
     pos = s_pos / tau
+    if kind in BILINEAR and not symmetric and (neg is None or negative_mode == "unpaired"):
+        cols = k if neg is None else (xp.concat([k, neg], axis=0) if in_batch else neg)
+        fa, fb, back_f = bilinear_features(q, cols, kind=kind, eps=eps, xp=xp)
+
+        def assemble(dfa, dfb, dpos):
+            ga, gc = back_f(dfa, dfb)
+            gq_p, gk_p = back_pos(dpos)
+            out = {"query": ga + gq_p}
+            if neg is None:
+                out["key"] = gc + gk_p
+            elif in_batch:
+                out["key"], out["negatives"] = gc[:n, :] + gk_p, gc[n:, :]
+            else:
+                out["key"], out["negatives"] = gk_p, gc
+            return out
+
+        inputs = {"query": query, "key": key, "negatives": negatives}
+        return _streamed(ctx, fa, fb, pos, tau, tau0, kind=kind, reduction=reduction,
+                         segments=[(0, n, (0,) if in_batch else ())], block=block,
+                         assemble=assemble, inputs=inputs)
     blocks = []  # (role, logits, width, back) in column order; the positive is `pos`
     if in_batch:
         s_qk, back_qk = sim_fwd(q, k, kind=kind, eps=eps, xp=xp)
@@ -249,6 +345,7 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
 @differentiable("nt_xent", wrt=("z1", "z2", "temperature"), scalars=("temperature",))
 def nt_xent(z1: Array, z2: Array, /, *, temperature: float | Array = 0.5,
             similarity: str = "cosine", reduction: str = "mean", eps: float = DEFAULT_EPS,
+            block_size: int | None = None, memory_budget: int | None = None,
             check_finite: bool = True, xp=None):
     r"""NT-Xent, SimCLR's loss over the 2N views of a batch.
 
@@ -275,8 +372,9 @@ def nt_xent(z1: Array, z2: Array, /, *, temperature: float | Array = 0.5,
         See :func:`nce_ref.similarity`.
     reduction : {"mean", "sum", "none"}, default "mean"
         ``"none"`` returns shape (2N,): the anchors of ``z1`` then those of ``z2``.
-    eps, check_finite, xp
-        As in :func:`nce_ref.info_nce`.
+    eps, block_size, memory_budget, check_finite, xp
+        As in :func:`nce_ref.info_nce` (streaming applies to "cosine", "dot" and
+        "neg_sq_euclidean").
 
     Returns
     -------
@@ -310,8 +408,25 @@ def nt_xent(z1: Array, z2: Array, /, *, temperature: float | Array = 0.5,
     if tuple(z2.shape) != (n, d):
         raise ValueError(f"`z2` must have the shape of `z1` {(n, d)}; got {tuple(z2.shape)}")
     tau, tau0 = scalar_param(ctx, temperature, "temperature", positive=True)
+    block = choose_block(n, 2 * n, ctx.finfo().bits // 8, block_size=block_size,
+                         memory_budget=memory_budget)
     a, b = ctx.to_compute(z1), ctx.to_compute(z2)
     u = xp.concat([a, b], axis=0)
+    if kind in BILINEAR:
+        s_pos, back_pos = pair_sim(a, b, kind=kind, eps=eps, xp=xp)
+        pos = xp.concat([s_pos, s_pos]) / tau
+        fa, fb, back_f = bilinear_features(u, u, kind=kind, eps=eps, xp=xp)
+
+        def assemble(dfa, dfb, dpos):
+            g1, g2 = back_f(dfa, dfb)
+            gu = g1 + g2
+            ga, gb = back_pos(dpos[:n] + dpos[n:])
+            return {"z1": gu[:n, :] + ga, "z2": gu[n:, :] + gb}
+
+        # anchors of z1 exclude themselves and their partner N columns on; z2's, N back
+        return _streamed(ctx, fa, fb, pos, tau, tau0, kind=kind, reduction=reduction,
+                         segments=[(0, n, (0, n)), (n, 2 * n, (0, -n))], block=block,
+                         assemble=assemble, inputs={"z1": z1, "z2": z2})
     s, back_s = sim_fwd(u, u, kind=kind, eps=eps, xp=xp)
     z = s / tau
     # candidates of anchor a: every b != a; the partner a ± N is the positive, held in `pos`

@@ -37,6 +37,13 @@ def _info_nce(rng):
         Case("paired negatives", (q, k, paired), {"temperature": 0.3, "negative_mode": "paired"}),
         Case("paired negatives + in-batch", (q, k, paired),
              {"temperature": 0.3, "negative_mode": "paired", "in_batch_negatives": True}),
+        Case("streamed, block of 1 row", (q, k, negs),
+             {"temperature": 0.2, "in_batch_negatives": True, "block_size": 1}),
+        Case("streamed, block not dividing N", (q, k),
+             {"temperature": 0.2, "block_size": 4, "reduction": "none"}),
+        Case("streamed dot, block of 5", (q, k), {"similarity": "dot", "block_size": 5}),
+        Case("streamed neg_sq_euclidean, block of 4", (q, k, negs),
+             {"similarity": "neg_sq_euclidean", "block_size": 4}),
     ]
     col = np.outer(rng.uniform(0.5, 2.0, n), rng.standard_normal(d))
     out += [
@@ -64,6 +71,9 @@ def _nt_xent(rng):
     out = [Case(f"random {s}", (a, b), {"temperature": 0.5, "similarity": s}) for s in KINDS]
     out += [
         Case("reduction none", (a, b), {"temperature": 0.1, "reduction": "none"}),
+        Case("streamed, block of 1 row", (a, b), {"temperature": 0.2, "block_size": 1}),
+        Case("streamed, block of 3 (straddles nothing, does not divide N)", (a, b),
+             {"temperature": 0.2, "block_size": 3, "reduction": "none"}),
         Case("N = 1", (a[:1], b[:1]), {}, kind="edge"),
         Case("collinear (log(2N-1))", (np.ones((n, d)), 2 * np.ones((n, d))), {}, kind="edge"),
         Case("temperature 1e-4", (a, b), {"temperature": 1e-4}, kind="edge", fd=False),

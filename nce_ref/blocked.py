@@ -1,0 +1,155 @@
+"""Row-block streaming of the InfoNCE objective over a bilinear score matrix.
+
+For logits that are a product ``z = a bᵀ`` (``a (R, K)``, ``b (C, K)``; the
+similarity and ``1/τ`` are folded into the operands, O((R + C)·K) work), the
+per-row terms of ``_objective.ce_rows``
+
+    l_i = (m_i − pos_i) + log1p(r_i + expm1(pos_i − m_i)),
+    m_i = max(pos_i, max_{j kept} z_ij),   r_i = Σ_{j kept} e^{z_ij − m_i}
+
+and, when the per-row cotangent ``w`` is known up front, the gradient
+
+    dz_ij = w_i p_ij,   da = dz b,   db = dzᵀ a,   dpos_i = w_i expm1(−l_i),
+    Σ_ij dz_ij z_ij = Σ_i ⟨a_i, da_i⟩            (the temperature's O(N·K) identity)
+
+are computed over blocks of rows, so that no R x C array is ever held: the peak
+extra memory is two block x C buffers.  Forward plus backward costs exactly the
+three GEMMs ``a_blk bᵀ``, ``dz_blk b`` and ``dz_blkᵀ a_blk`` plus four
+elementwise passes over each block (max, shift, exp, sum; and the scaling of the
+probabilities).  Excluded entries (the positive itself, a view's self-similarity)
+are the diagonals ``j = i + off`` of ``bands``; they are set to ``-inf`` on the
+small square sub-block that holds them before the row maximum is taken, so they
+can neither dominate the shift nor count in ``r``.
+
+Probabilities below the dtype's smallest normal are flushed to zero before the
+gradient GEMMs when the logits' range allows them (they slow x86 GEMMs ~16x and
+change the gradient by less than its rounding).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from array_api_compat import is_writeable_array
+
+from ._array import check_int
+from ._ops import flush_below
+
+Array = Any
+
+#: default memory budget of the streamed kernels' block buffers, in bytes
+DEFAULT_MEMORY_BUDGET = 256 * 2**20
+
+__all__ = ["ce_stream", "choose_block", "DEFAULT_MEMORY_BUDGET"]
+
+
+def choose_block(n_rows: int, n_cols: int, itemsize: int, *, block_size: Any = None,
+                 memory_budget: Any = None) -> int:
+    """Rows per block: ``block_size`` if given, else the most that fit the budget.
+
+    The kernel holds two ``rows x n_cols`` buffers per block.
+    """
+    if block_size is not None:
+        return min(check_int(block_size, "block_size", minimum=1), max(n_rows, 1))
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+    budget = check_int(budget, "memory_budget", minimum=1)
+    per_row = 2 * max(n_cols, 1) * itemsize
+    if budget < per_row:
+        raise ValueError(f"`memory_budget` of {budget} bytes is too small for one row of "
+                         f"{max(n_cols, 1)} scores; the smallest that works is {per_row}")
+    return max(1, min(n_rows, budget // per_row))
+
+
+def _mask_band(z, r0: int, r1: int, off: int, xp):
+    """Set ``z[i - r0, i + off] = -inf`` for the rows ``i`` in ``[r0, r1)`` of this block."""
+    c0, c1 = r0 + off, r1 + off
+    n = r1 - r0
+    eye = xp.eye(n, dtype=xp.bool, device=_dev(z))
+    sub = xp.where(eye, xp.full((n, n), -math.inf, dtype=z.dtype, device=_dev(z)), z[:, c0:c1])
+    if is_writeable_array(z):
+        z[:, c0:c1] = sub
+        return z
+    return xp.concat([z[:, :c0], sub, z[:, c1:]], axis=1)
+
+
+def _dev(x):
+    from array_api_compat import device
+
+    return device(x)
+
+
+def needs_flush(dtype, log_range: float | None, n_entries: int, xp) -> bool:
+    """Whether softmax entries can fall below ``smallest_normal``.
+
+    ``log_range`` bounds ``max z − min z`` within a row (``None``: unbounded).
+    """
+    if log_range is None:
+        return True
+    tiny = xp.finfo(dtype).smallest_normal
+    return log_range + 2.0 * math.log(max(n_entries, 2)) > -math.log(tiny) - 8.0
+
+
+def ce_stream(a: Array, b: Array, pos: Array, *, bands: tuple[int, ...] = (),
+              weights: Array | None = None, block: int, flush: bool, row_offset: int = 0, xp):
+    """Stream the rows of ``z = a bᵀ``; return ``l`` and, with ``weights``, the gradient.
+
+    Parameters
+    ----------
+    a : (R, K), b : (C, K), pos : (R,)
+        Row operand, column operand and the positives' logits.
+    bands : offsets ``off`` such that the entry ``(i, row_offset + i + off)`` is excluded
+        for every row ``i`` (its column must lie inside ``b``).
+    weights : (R,), optional
+        The cotangent of each ``l_i``; when given the gradient is fused in.
+    block : rows per block.
+    row_offset : the global index of row 0 (for the band positions).
+
+    Returns
+    -------
+    l : (R,)
+    grads : ``None``, or ``(da (R, K), db (C, K), dpos (R,), zdz 0-d)``.
+    """
+    R = a.shape[0]
+    bt = xp.matrix_transpose(b)
+    ls, das, dps = [], [], []
+    db = None if weights is None else xp.zeros_like(b)
+    zdz = None
+    for r0 in range(0, R, block):
+        r1 = min(R, r0 + block)
+        ab = a[r0:r1, :]
+        z = ab @ bt
+        for off in bands:
+            z = _mask_band(z, r0, r1, row_offset + off, xp)
+        pb = pos[r0:r1]
+        m = xp.maximum(xp.max(z, axis=1), pb) if z.shape[1] else pb
+        mk = xp.expand_dims(m, axis=1)
+        z -= mk  # our own buffer: in place where the library allows it
+        e = xp.exp(z)
+        del z
+        r = xp.sum(e, axis=1)
+        dlt = pb - m
+        l = xp.log1p(r + xp.expm1(dlt)) - dlt
+        ls.append(l)
+        if weights is None:
+            continue
+        w = weights[r0:r1]
+        # p_ij = e^{z_ij − lse_i} = e_ij / (r_i + e^{pos_i − m_i});  dz_ij = w_i p_ij
+        denom = r + xp.exp(dlt)
+        if flush:  # entries whose |dz| would be subnormal become 0 (e >= 0, w of any sign)
+            tiny = xp.finfo(e.dtype).smallest_normal
+            thr = tiny * denom / xp.maximum(xp.abs(w), xp.full_like(w, tiny))
+            e = flush_below(e, xp.expand_dims(thr, axis=1), xp=xp)
+        e *= xp.expand_dims(w / denom, axis=1)
+        dab = e @ b
+        db = db + xp.matrix_transpose(e) @ ab
+        part = xp.sum(ab * dab)
+        zdz = part if zdz is None else zdz + part
+        das.append(dab)
+        dps.append(w * xp.expm1(-l))
+    l = ls[0] if len(ls) == 1 else xp.concat(ls)
+    if weights is None:
+        return l, None
+    da = das[0] if len(das) == 1 else xp.concat(das, axis=0)
+    dpos = dps[0] if len(dps) == 1 else xp.concat(dps)
+    return l, (da, db, dpos, zdz)
