@@ -115,6 +115,10 @@ def _no_sync(arrays):
 def _strict_setup():
     import array_api_strict as xps
 
+    # the strictest flags: no boolean indexing, no data-dependent shapes, no extensions
+    # (linalg, fft): the library must use the main namespace only
+    xps.set_array_api_strict_flags(boolean_indexing=False, data_dependent_shapes=False,
+                                   enabled_extensions=())
     return xps
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from array_api_compat import is_writeable_array
+from array_api_compat import is_numpy_namespace, is_writeable_array
 
 from ._array import check_int
 from ._ops import flush_below
@@ -61,22 +61,95 @@ def choose_block(n_rows: int, n_cols: int, itemsize: int, *, block_size: Any = N
     return max(1, min(n_rows, budget // per_row))
 
 
-def _mask_band(z, r0: int, r1: int, off: int, xp):
-    """Set ``z[i - r0, i + off] = -inf`` for the rows ``i`` in ``[r0, r1)`` of this block."""
-    c0, c1 = r0 + off, r1 + off
+def _mask_band(z, r0: int, r1: int, off: int, xp, chunk: int = 256):
+    """Set ``z[i - r0, i + off] = -inf`` for the rows ``i`` in ``[r0, r1)`` of this block.
+
+    Writable buffers are edited in place on diagonal squares of at most ``chunk``
+    rows (O(rows · chunk) work, never O(rows · columns)); immutable ones (JAX) get
+    one ``where`` over the block.
+    """
     n = r1 - r0
-    eye = xp.eye(n, dtype=xp.bool, device=_dev(z))
-    sub = xp.where(eye, xp.full((n, n), -math.inf, dtype=z.dtype, device=_dev(z)), z[:, c0:c1])
+    ninf = -math.inf
     if is_writeable_array(z):
-        z[:, c0:c1] = sub
+        for i0 in range(0, n, chunk):
+            i1 = min(n, i0 + chunk)
+            c0 = r0 + off + i0
+            sq = z[i0:i1, c0:c0 + (i1 - i0)]
+            eye = xp.eye(i1 - i0, dtype=xp.bool, device=_dev(z))
+            z[i0:i1, c0:c0 + (i1 - i0)] = xp.where(eye, xp.full_like(sq, ninf), sq)
         return z
-    return xp.concat([z[:, :c0], sub, z[:, c1:]], axis=1)
+    cols = z.shape[1]
+    band = xp.eye(n, cols, k=r0 + off, dtype=xp.bool, device=_dev(z))
+    return xp.where(band, xp.full_like(z, ninf), z)
 
 
 def _dev(x):
     from array_api_compat import device
 
     return device(x)
+
+
+def _block(z, pb, w, flush: bool, xp):
+    """One block, generic Array API: ``l`` and (with ``w``) ``dz = w p`` (``z`` is consumed)."""
+    m = xp.maximum(xp.max(z, axis=1), pb) if z.shape[1] else pb
+    z -= xp.expand_dims(m, axis=1)  # our own buffer: in place where the library allows it
+    e = xp.exp(z)
+    r = xp.sum(e, axis=1)
+    dlt = pb - m
+    # l = log(1 + Σ_neg e^{z − pos}) = (m − pos) + log1p(r + expm1(pos − m)), exact when
+    # the positive dominates (m = pos)
+    l = xp.log1p(r + xp.expm1(dlt)) - dlt
+    if w is None:
+        return l, None
+    # p_ij = e^{z_ij − lse_i} = e_ij / (r_i + e^{pos_i − m_i});  dz_ij = w_i p_ij
+    denom = r + xp.exp(dlt)
+    if flush:  # entries whose |dz| would be subnormal become 0 (e >= 0, w of any sign)
+        tiny = xp.finfo(e.dtype).smallest_normal
+        thr = tiny * denom / xp.maximum(xp.abs(w), xp.full_like(w, tiny))
+        e = flush_below(e, xp.expand_dims(thr, axis=1), xp=xp)
+    e *= xp.expand_dims(w / denom, axis=1)
+    return l, e
+
+
+_POOL = None
+
+
+def _np_block(z, pb, w, flush: bool):
+    """NumPy fast path of :func:`_block`: the same arithmetic, in place (``out=``), on
+    two halves of the rows in two threads (NumPy's ufuncs release the GIL)."""
+    import numpy as np
+    from concurrent.futures import ThreadPoolExecutor
+
+    global _POOL
+
+    def part(zs, ps, ws):
+        m = zs.max(axis=1) if zs.shape[1] else np.full_like(ps, -np.inf)
+        np.maximum(m, ps, out=m)
+        zs -= m[:, None]
+        np.exp(zs, out=zs)
+        r = zs.sum(axis=1)
+        dlt = ps - m
+        l = np.log1p(r + np.expm1(dlt)) - dlt
+        if ws is not None:
+            denom = r + np.exp(dlt)
+            if flush:
+                tiny = np.finfo(zs.dtype).smallest_normal
+                thr = tiny * denom / np.maximum(np.abs(ws), tiny)
+                zs[zs < thr[:, None]] = 0
+            zs *= (ws / denom)[:, None]
+        return l
+
+    n = z.shape[0]
+    if n < 256 or z.size < 1 << 18:
+        l = part(z, pb, w)
+    else:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(2, thread_name_prefix="nce_ref")
+        h = n // 2
+        f = _POOL.submit(part, z[h:], pb[h:], None if w is None else w[h:])
+        l0 = part(z[:h], pb[:h], None if w is None else w[:h])
+        l = np.concatenate([l0, f.result()])
+    return l, (None if w is None else z)
 
 
 def needs_flush(dtype, log_range: float | None, n_entries: int, xp) -> bool:
@@ -122,25 +195,14 @@ def ce_stream(a: Array, b: Array, pos: Array, *, bands: tuple[int, ...] = (),
         for off in bands:
             z = _mask_band(z, r0, r1, row_offset + off, xp)
         pb = pos[r0:r1]
-        m = xp.maximum(xp.max(z, axis=1), pb) if z.shape[1] else pb
-        mk = xp.expand_dims(m, axis=1)
-        z -= mk  # our own buffer: in place where the library allows it
-        e = xp.exp(z)
-        del z
-        r = xp.sum(e, axis=1)
-        dlt = pb - m
-        l = xp.log1p(r + xp.expm1(dlt)) - dlt
+        w = None if weights is None else weights[r0:r1]
+        if is_numpy_namespace(xp) and is_writeable_array(z):
+            l, e = _np_block(z, pb, w, flush)
+        else:
+            l, e = _block(z, pb, w, flush, xp)
         ls.append(l)
         if weights is None:
             continue
-        w = weights[r0:r1]
-        # p_ij = e^{z_ij − lse_i} = e_ij / (r_i + e^{pos_i − m_i});  dz_ij = w_i p_ij
-        denom = r + xp.exp(dlt)
-        if flush:  # entries whose |dz| would be subnormal become 0 (e >= 0, w of any sign)
-            tiny = xp.finfo(e.dtype).smallest_normal
-            thr = tiny * denom / xp.maximum(xp.abs(w), xp.full_like(w, tiny))
-            e = flush_below(e, xp.expand_dims(thr, axis=1), xp=xp)
-        e *= xp.expand_dims(w / denom, axis=1)
         dab = e @ b
         db = db + xp.matrix_transpose(e) @ ab
         part = xp.sum(ab * dab)

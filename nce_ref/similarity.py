@@ -40,17 +40,21 @@ def row_norm(x: Array, *, xp) -> Array:
     return m * xp.sqrt(xp.sum(y * y, axis=-1, keepdims=True))
 
 
+def unit_rows(x: Array, *, eps: float, xp):
+    """``x̂ = x / max(‖x‖, eps)`` row-wise, and its VJP ``back(gx̂) -> gx``."""
+    n = row_norm(x, xp=xp)
+    d = xp.maximum(n, xp.full_like(n, eps))
+    xh = x / d
+    return xh, lambda g: _normalize_vjp(xh, n, d, g, eps, xp)
+
+
 def _cosine(a, b, eps, xp):
-    na, nb = row_norm(a, xp=xp), row_norm(b, xp=xp)
-    da = xp.maximum(na, xp.full_like(na, eps))
-    db = xp.maximum(nb, xp.full_like(nb, eps))
-    ah, bh = a / da, b / db
+    ah, back_a = unit_rows(a, eps=eps, xp=xp)
+    bh, back_b = unit_rows(b, eps=eps, xp=xp)
     s = ah @ _mT(bh, xp)
 
     def back(g):
-        gah = g @ bh
-        gbh = _mT(g, xp) @ ah
-        return _normalize_vjp(ah, na, da, gah, eps, xp), _normalize_vjp(bh, nb, db, gbh, eps, xp)
+        return back_a(g @ bh), back_b(_mT(g, xp) @ ah)
 
     return s, back
 
@@ -234,15 +238,9 @@ def bilinear_features(a: Array, b: Array, *, kind: str, eps: float, xp):
     Returns ``(fa, fb, back)`` with ``back(dfa, dfb) -> (da, db)``.
     """
     if kind == "cosine":
-        na, nb = row_norm(a, xp=xp), row_norm(b, xp=xp)
-        da_, db_ = xp.maximum(na, xp.full_like(na, eps)), xp.maximum(nb, xp.full_like(nb, eps))
-        ah, bh = a / da_, b / db_
-
-        def back(gfa, gfb):
-            return (_normalize_vjp(ah, na, da_, gfa, eps, xp),
-                    _normalize_vjp(bh, nb, db_, gfb, eps, xp))
-
-        return ah, bh, back
+        ah, back_a = unit_rows(a, eps=eps, xp=xp)
+        bh, back_b = unit_rows(b, eps=eps, xp=xp)
+        return ah, bh, lambda gfa, gfb: (back_a(gfa), back_b(gfb))
     if kind == "dot":
         return a, b, lambda gfa, gfb: (gfa, gfb)
     if kind != "neg_sq_euclidean":

@@ -36,6 +36,31 @@ def pair_sim(a: Array, b: Array, *, kind: str, eps: float, xp):
     return xp.reshape(s, (n,)), vjp
 
 
+def _pos_from_features(a, b, fa, fb, *, kind, eps, xp):
+    """Positive-pair similarities ``s_i = sim(a_i, b_i)`` and a VJP that also carries
+    the features' cotangents: ``back(ds, dfa, dfb) -> (dfa', dfb', da_extra, db_extra)``.
+
+    For cosine and dot, ``s_i = fa_i · fb_i`` and the pair's cotangent is added to the
+    features' (one normalisation VJP in all); for the euclidean kinds the exact
+    row-wise difference is used (no cancellation), through :func:`pair_sim`.
+    """
+    if kind in ("cosine", "dot"):
+        s = xp.sum(fa * fb, axis=1)
+
+        def back(ds, dfa, dfb):
+            dsk = xp.expand_dims(ds, axis=1)
+            return dfa + dsk * fb, dfb + dsk * fa, 0.0, 0.0
+
+        return s, back
+    s, bp = pair_sim(a, b, kind=kind, eps=eps, xp=xp)
+
+    def back(ds, dfa, dfb):
+        ga, gb = bp(ds)
+        return dfa, dfb, ga, gb
+
+    return s, back
+
+
 def _streamed(ctx, fa, fb, pos, tau, tau0, *, kind, reduction, segments, block, assemble, inputs):
     """Run ``blocked.ce_stream`` over row segments of ``z = fa fbᵀ / τ``; return ``(value, vjp)``.
 
@@ -258,28 +283,32 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
     q, k = ctx.to_compute(query), ctx.to_compute(key)
     neg = None if negatives is None else ctx.to_compute(negatives)
 
-    s_pos, back_pos = pair_sim(q, k, kind=kind, eps=eps, xp=xp)
-    pos = s_pos / tau
     if kind in BILINEAR and not symmetric and (neg is None or negative_mode == "unpaired"):
-        cols = k if neg is None else (xp.concat([k, neg], axis=0) if in_batch else neg)
-        fa, fb, back_f = bilinear_features(q, cols, kind=kind, eps=eps, xp=xp)
+        cols = k if neg is None else xp.concat([k, neg], axis=0)
+        fa, fb_all, back_f = bilinear_features(q, cols, kind=kind, eps=eps, xp=xp)
+        fk = fb_all[:n, :]
+        s_pos, back_pos = _pos_from_features(q, k, fa, fk, kind=kind, eps=eps, xp=xp)
+        fb = fb_all if in_batch else fb_all[n:, :]
 
         def assemble(dfa, dfb, dpos):
+            if not in_batch:
+                dfb = xp.concat([xp.zeros_like(fk), dfb], axis=0)
+            dfa, dfk, gq_p, gk_p = back_pos(dpos, dfa, dfb[:n, :])
+            dfb = dfk if neg is None else xp.concat([dfk, dfb[n:, :]], axis=0)
             ga, gc = back_f(dfa, dfb)
-            gq_p, gk_p = back_pos(dpos)
-            out = {"query": ga + gq_p}
-            if neg is None:
-                out["key"] = gc + gk_p
-            elif in_batch:
-                out["key"], out["negatives"] = gc[:n, :] + gk_p, gc[n:, :]
-            else:
-                out["key"], out["negatives"] = gk_p, gc
+            out = {"query": ga + gq_p, "key": gc[:n, :] + gk_p}
+            if neg is not None:
+                out["negatives"] = gc[n:, :]
             return out
 
+        pos = s_pos / tau
         inputs = {"query": query, "key": key, "negatives": negatives}
         return _streamed(ctx, fa, fb, pos, tau, tau0, kind=kind, reduction=reduction,
                          segments=[(0, n, (0,) if in_batch else ())], block=block,
                          assemble=assemble, inputs=inputs)
+
+    s_pos, back_pos = pair_sim(q, k, kind=kind, eps=eps, xp=xp)
+    pos = s_pos / tau
     blocks = []  # (role, logits, width, back) in column order; the positive is `pos`
     if in_batch:
         s_qk, back_qk = sim_fwd(q, k, kind=kind, eps=eps, xp=xp)
@@ -413,14 +442,19 @@ def nt_xent(z1: Array, z2: Array, /, *, temperature: float | Array = 0.5,
     a, b = ctx.to_compute(z1), ctx.to_compute(z2)
     u = xp.concat([a, b], axis=0)
     if kind in BILINEAR:
-        s_pos, back_pos = pair_sim(a, b, kind=kind, eps=eps, xp=xp)
-        pos = xp.concat([s_pos, s_pos]) / tau
         fa, fb, back_f = bilinear_features(u, u, kind=kind, eps=eps, xp=xp)
+        s_pos, back_pos = _pos_from_features(a, b, fa[:n, :], fb[n:, :], kind=kind, eps=eps, xp=xp)
+        pos = xp.concat([s_pos, s_pos]) / tau
 
         def assemble(dfa, dfb, dpos):
-            g1, g2 = back_f(dfa, dfb)
-            gu = g1 + g2
-            ga, gb = back_pos(dpos[:n] + dpos[n:])
+            d1, d2, ga, gb = back_pos(dpos[:n] + dpos[n:], dfa[:n, :], dfb[n:, :])
+            dfa = xp.concat([d1, dfa[n:, :]], axis=0)
+            dfb = xp.concat([dfb[:n, :], d2], axis=0)
+            if kind == "neg_sq_euclidean":
+                g1, g2 = back_f(dfa, dfb)
+                gu = g1 + g2
+            else:  # fa and fb are the same features of u: one VJP of their sum
+                gu = back_f(dfa + dfb, xp.zeros_like(dfb))[0]
             return {"z1": gu[:n, :] + ga, "z2": gu[n:, :] + gb}
 
         # anchors of z1 exclude themselves and their partner N columns on; z2's, N back
