@@ -215,3 +215,69 @@ def ce_stream(a: Array, b: Array, pos: Array, *, bands: tuple[int, ...] = (),
     da = das[0] if len(das) == 1 else xp.concat(das, axis=0)
     dpos = dps[0] if len(dps) == 1 else xp.concat(dps)
     return l, (da, db, dpos, zdz)
+
+
+def _lse_terms(m, r, pos, xp):
+    """``(l, lse)`` of the rows (or columns) from their shift ``m`` and sum ``r``."""
+    dlt = pos - m
+    c = xp.log1p(r + xp.expm1(dlt))  # lse − m >= 0
+    return c - dlt, m + c
+
+
+def ce_stream_symmetric(a: Array, b: Array, pos: Array, *, weights: Array | None = None,
+                        block: int, flush: bool, xp):
+    """CLIP's symmetric terms ``l_i = ½(row_i + col_i)`` of ``z = a bᵀ`` (square), streamed.
+
+    Pass 1 streams the row statistics and, online, the column ones (running
+    maximum and rescaled sum, the positive ``pos_j`` excluded from column ``j`` as
+    from row ``j``).  Pass 2 recomputes each block and forms
+    ``dz_ij = ½ w_i e^{z_ij − lse_i} + ½ w_j e^{z_ij − lse'_j}`` for the two gradient
+    GEMMs: four N x N x D GEMM units in all, three when a single block holds the
+    whole matrix (it is kept from pass 1).  Returns as :func:`ce_stream`.
+    """
+    R = a.shape[0]
+    bt = xp.matrix_transpose(b)
+    m_c, r_c = pos, xp.zeros_like(pos)
+    m_r, r_r = [], []
+    kept = None
+    single = block >= R
+    for r0 in range(0, R, block):
+        r1 = min(R, r0 + block)
+        z = _mask_band(a[r0:r1, :] @ bt, r0, r1, 0, xp)
+        new = xp.maximum(m_c, xp.max(z, axis=0))
+        r_c = r_c * xp.exp(m_c - new) + xp.sum(xp.exp(z - xp.expand_dims(new, axis=0)), axis=0)
+        m_c = new
+        m = xp.maximum(xp.max(z, axis=1), pos[r0:r1])
+        r_r.append(xp.sum(xp.exp(z - xp.expand_dims(m, axis=1)), axis=1))
+        m_r.append(m)
+        if single:
+            kept = z
+    m_r = m_r[0] if len(m_r) == 1 else xp.concat(m_r)
+    r_r = r_r[0] if len(r_r) == 1 else xp.concat(r_r)
+    l_r, lse_r = _lse_terms(m_r, r_r, pos, xp)
+    l_c, lse_c = _lse_terms(m_c, r_c, pos, xp)
+    l = 0.5 * (l_r + l_c)
+    if weights is None:
+        return l, None
+    half = 0.5 * weights
+    wc = xp.expand_dims(half, axis=0)
+    lc = xp.expand_dims(lse_c, axis=0)
+    db = xp.zeros_like(b)
+    das = []
+    zdz = None
+    for r0 in range(0, R, block):
+        r1 = min(R, r0 + block)
+        ab = a[r0:r1, :]
+        z = kept if single else _mask_band(ab @ bt, r0, r1, 0, xp)
+        dz = (xp.expand_dims(half[r0:r1], axis=1) * xp.exp(z - xp.expand_dims(lse_r[r0:r1], axis=1))
+              + wc * xp.exp(z - lc))
+        if flush:
+            dz = xp.where(xp.abs(dz) < xp.finfo(dz.dtype).smallest_normal, xp.zeros_like(dz), dz)
+        dab = dz @ b
+        db = db + xp.matrix_transpose(dz) @ ab
+        part = xp.sum(ab * dab)
+        zdz = part if zdz is None else zdz + part
+        das.append(dab)
+    da = das[0] if len(das) == 1 else xp.concat(das, axis=0)
+    dpos = half * (xp.expm1(-l_r) + xp.expm1(-l_c))
+    return l, (da, db, dpos, zdz)

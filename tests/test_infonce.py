@@ -347,6 +347,7 @@ def test_streamed_blocks_equal_one_block(backend, kind, block, rng):
     q, k, negs = rng.standard_normal((7, 4)), rng.standard_normal((7, 4)), rng.standard_normal((3, 4))
     Q, K, Nn = (backend.asarray(a) for a in (q, k, negs))
     for f, args, kw in [(nce_ref.info_nce, (Q, K), {}),
+                        (nce_ref.info_nce, (Q, K), {"symmetric": True}),
                         (nce_ref.info_nce, (Q, K, Nn), {"in_batch_negatives": True}),
                         (nce_ref.nt_xent, (Q, K), {})]:
         v1, g1 = nce_ref.value_and_grad(f)(*args, similarity=kind, block_size=10**6, **kw)

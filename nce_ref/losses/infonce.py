@@ -13,7 +13,7 @@ from typing import Any
 from .._array import check_option, resolve, scalar_grad, scalar_param
 from .._reduce import check_reduction, reduce_fwd
 from ..autodiff import differentiable, forward_only
-from ..blocked import ce_stream, choose_block, needs_flush
+from ..blocked import ce_stream, ce_stream_symmetric, choose_block, needs_flush
 from ..similarity import BILINEAR, DEFAULT_EPS, bilinear_features, check_similarity, sim_fwd
 from ._objective import ce_rows, temperature_grad
 
@@ -61,7 +61,8 @@ def _pos_from_features(a, b, fa, fb, *, kind, eps, xp):
     return s, back
 
 
-def _streamed(ctx, fa, fb, pos, tau, tau0, *, kind, reduction, segments, block, assemble, inputs):
+def _streamed(ctx, fa, fb, pos, tau, tau0, *, kind, reduction, segments, block, assemble, inputs,
+              symmetric=False):
     """Run ``blocked.ce_stream`` over row segments of ``z = fa fbᵀ / τ``; return ``(value, vjp)``.
 
     ``segments`` is a list of ``(r0, r1, bands)``: rows ``[r0, r1)`` with their
@@ -82,8 +83,11 @@ def _streamed(ctx, fa, fb, pos, tau, tau0, *, kind, reduction, segments, block, 
         out, grads = [], []
         for r0, r1, bands in segments:
             w = None if weights is None else weights[r0:r1]
-            l, gr = ce_stream(fa[r0:r1, :], fb, pos[r0:r1], bands=bands, weights=w, block=block,
-                              flush=flush, row_offset=r0, xp=xp)
+            if symmetric:
+                l, gr = ce_stream_symmetric(fa, fb, pos, weights=w, block=block, flush=flush, xp=xp)
+            else:
+                l, gr = ce_stream(fa[r0:r1, :], fb, pos[r0:r1], bands=bands, weights=w, block=block,
+                                  flush=flush, row_offset=r0, xp=xp)
             out.append(l)
             grads.append(gr)
         l = out[0] if len(out) == 1 else xp.concat(out)
@@ -191,8 +195,9 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
         Rows of the score matrix computed at a time.  Default: as many as fit
         ``memory_budget``.  Results equal the dense computation to rounding.
         Streaming applies to the similarities "cosine", "dot" and
-        "neg_sq_euclidean" with in-batch and/or unpaired negatives, one-way; the
-        other combinations compute the dense score matrix.
+        "neg_sq_euclidean" with in-batch and/or unpaired negatives, one-way or
+        symmetric (two passes); "neg_euclidean" and paired negatives compute the
+        dense score matrix.
     memory_budget : int, optional
         Bytes for the streamed block buffers (two blocks x columns), default 256 MiB.
     check_finite : bool, default True
@@ -283,7 +288,7 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
     q, k = ctx.to_compute(query), ctx.to_compute(key)
     neg = None if negatives is None else ctx.to_compute(negatives)
 
-    if kind in BILINEAR and not symmetric and (neg is None or negative_mode == "unpaired"):
+    if kind in BILINEAR and (neg is None or negative_mode == "unpaired"):
         cols = k if neg is None else xp.concat([k, neg], axis=0)
         fa, fb_all, back_f = bilinear_features(q, cols, kind=kind, eps=eps, xp=xp)
         fk = fb_all[:n, :]
@@ -305,7 +310,7 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
         inputs = {"query": query, "key": key, "negatives": negatives}
         return _streamed(ctx, fa, fb, pos, tau, tau0, kind=kind, reduction=reduction,
                          segments=[(0, n, (0,) if in_batch else ())], block=block,
-                         assemble=assemble, inputs=inputs)
+                         assemble=assemble, inputs=inputs, symmetric=symmetric)
 
     s_pos, back_pos = pair_sim(q, k, kind=kind, eps=eps, xp=xp)
     pos = s_pos / tau

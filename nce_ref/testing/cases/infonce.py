@@ -42,6 +42,10 @@ def _info_nce(rng):
         Case("streamed, block not dividing N", (q, k),
              {"temperature": 0.2, "block_size": 4, "reduction": "none"}),
         Case("streamed dot, block of 5", (q, k), {"similarity": "dot", "block_size": 5}),
+        Case("streamed symmetric, block of 4", (q, k),
+             {"temperature": 0.1, "symmetric": True, "block_size": 4, "reduction": "none"}),
+        Case("symmetric neg_euclidean (dense)", (q, k),
+             {"symmetric": True, "similarity": "neg_euclidean"}),
         Case("streamed neg_sq_euclidean, block of 4", (q, k, negs),
              {"similarity": "neg_sq_euclidean", "block_size": 4}),
     ]
