@@ -39,6 +39,92 @@ class InfoNCE(XPBenchmark):
     def peakmem_value_and_grad(self, backend, n, dtype):
         self.vg(*self.arrays, temperature=0.07)
 
+    def track_gpu_peak_bytes(self, backend, n, dtype):
+        """GPU memory high-water mark of value_and_grad (``peakmem_`` sees host RSS only)."""
+        skip_if(not self.backend.gpu, "GPU backends only")
+        if backend == "cupy":
+            import cupy
+
+            pool = cupy.get_default_memory_pool()
+            pool.free_all_blocks()
+            self.time_value_and_grad(backend, n, dtype)
+            return pool.total_bytes()
+        torch = self.backend.lib
+        torch.cuda.reset_peak_memory_stats()
+        self.time_value_and_grad(backend, n, dtype)
+        return torch.cuda.max_memory_allocated()
+
+    track_gpu_peak_bytes.unit = "bytes"
+
+    def track_max_rel_err_vs_f64(self, backend, n, dtype):
+        """Relative error of the loss against the NumPy float64 computation."""
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        q, k = _embeddings(rng, n)
+        ref = float(nce_ref.info_nce(q, k, temperature=0.07))
+        got = float(self.backend.to_numpy(nce_ref.info_nce(*self.arrays, temperature=0.07)))
+        return abs(got - ref) / abs(ref)
+
+    track_max_rel_err_vs_f64.unit = "relative error"
+
+
+class InfoNCEFromScores(XPBenchmark):
+    """``nce_ref.info_nce_from_scores`` on an N x N logit matrix."""
+
+    param_names = ("backend", "n", "dtype")
+    params = (BACKENDS, sizes(), DTYPES)
+
+    def make(self, rng, n, dtype):
+        return (rng.standard_normal((n, n)),)
+
+    def setup(self, backend, n, dtype):
+        self.setup_data(backend, n, dtype)
+        self.vg = nce_ref.value_and_grad(nce_ref.info_nce_from_scores)
+        self.time_value_and_grad(backend, n, dtype)
+
+    def time_forward(self, backend, n, dtype):
+        self.sync(nce_ref.info_nce_from_scores(*self.arrays))
+
+    def time_value_and_grad(self, backend, n, dtype):
+        v, g = self.vg(*self.arrays)
+        self.sync(v, g["scores"])
+
+    def peakmem_value_and_grad(self, backend, n, dtype):
+        self.vg(*self.arrays)
+
+
+class Similarity(XPBenchmark):
+    """``nce_ref.similarity`` (cosine), forward and VJP."""
+
+    param_names = ("backend", "n", "dtype")
+    params = (BACKENDS, sizes(), DTYPES)
+
+    def make(self, rng, n, dtype):
+        return _embeddings(rng, n)
+
+    def setup(self, backend, n, dtype):
+        self.setup_data(backend, n, dtype)
+        self.ct = self.backend.asarray(rng_ct(n), dtype)
+        self.vg = nce_ref.value_and_grad(nce_ref.similarity)
+        self.time_value_and_grad(backend, n, dtype)
+
+    def time_forward(self, backend, n, dtype):
+        self.sync(nce_ref.similarity(*self.arrays))
+
+    def time_value_and_grad(self, backend, n, dtype):
+        v, g = self.vg(*self.arrays, cotangent=self.ct)
+        self.sync(v, g["a"], g["b"])
+
+    def peakmem_value_and_grad(self, backend, n, dtype):
+        self.vg(*self.arrays, cotangent=self.ct)
+
+
+def rng_ct(n):
+    import numpy as np
+
+    return np.random.default_rng(1).standard_normal((n, n))
+
 
 class InfoNCESymmetric(InfoNCE):
     """CLIP's symmetric loss."""
