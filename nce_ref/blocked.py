@@ -89,32 +89,45 @@ def _dev(x):
     return device(x)
 
 
-def _block(z, pb, w, flush: bool, xp):
-    """One block, generic Array API: ``l`` and (with ``w``) ``dz = w p`` (``z`` is consumed)."""
-    m = xp.maximum(xp.max(z, axis=1), pb) if z.shape[1] else pb
-    z -= xp.expand_dims(m, axis=1)  # our own buffer: in place where the library allows it
-    e = xp.exp(z)
-    r = xp.sum(e, axis=1)
-    dlt = pb - m
-    # l = log(1 + Σ_neg e^{z − pos}) = (m − pos) + log1p(r + expm1(pos − m)), exact when
-    # the positive dominates (m = pos)
-    l = xp.log1p(r + xp.expm1(dlt)) - dlt
+def _block(z, pb, w, flush: bool, shift_free: bool, xp):
+    """One block, generic Array API (``z`` is consumed).
+
+    Returns ``(l, e, scale)``: the terms, and with ``w`` the unnormalised
+    probabilities ``e`` and the row factors ``scale`` such that
+    ``dz = diag(scale) e`` (applied to the GEMMs' small operands, never to ``e``).
+    """
+    if shift_free:
+        # |z| <= L with 2L + log(cols) below log(max float): no shift is needed and
+        # l = log(1 + Σ_neg e^{z − pos}) = log1p(r e^{−pos}) keeps full relative accuracy
+        e = xp.exp(z)
+        r = xp.sum(e, axis=1)
+        ep = xp.exp(pb)
+        l = xp.log1p(r / ep)
+        denom = r + ep
+    else:
+        m = xp.maximum(xp.max(z, axis=1), pb) if z.shape[1] else pb
+        z -= xp.expand_dims(m, axis=1)  # our own buffer: in place where the library allows it
+        e = xp.exp(z)
+        r = xp.sum(e, axis=1)
+        dlt = pb - m
+        # l = (m − pos) + log1p(r + expm1(pos − m)), exact when the positive dominates (m = pos)
+        l = xp.log1p(r + xp.expm1(dlt)) - dlt
+        denom = r + xp.exp(dlt)
     if w is None:
-        return l, None
-    # p_ij = e^{z_ij − lse_i} = e_ij / (r_i + e^{pos_i − m_i});  dz_ij = w_i p_ij
-    denom = r + xp.exp(dlt)
+        return l, None, None
+    # p_ij = e_ij / denom_i;  dz_ij = w_i p_ij = scale_i e_ij
+    scale = w / denom
     if flush:  # entries whose |dz| would be subnormal become 0 (e >= 0, w of any sign)
         tiny = xp.finfo(e.dtype).smallest_normal
-        thr = tiny * denom / xp.maximum(xp.abs(w), xp.full_like(w, tiny))
+        thr = tiny / xp.maximum(xp.abs(scale), xp.full_like(scale, tiny))
         e = flush_below(e, xp.expand_dims(thr, axis=1), xp=xp)
-    e *= xp.expand_dims(w / denom, axis=1)
-    return l, e
+    return l, e, scale
 
 
 _POOL = None
 
 
-def _np_block(z, pb, w, flush: bool):
+def _np_block(z, pb, w, flush: bool, shift_free: bool):
     """NumPy fast path of :func:`_block`: the same arithmetic, in place (``out=``), on
     two halves of the rows in two threads (NumPy's ufuncs release the GIL)."""
     import numpy as np
@@ -123,33 +136,42 @@ def _np_block(z, pb, w, flush: bool):
     global _POOL
 
     def part(zs, ps, ws):
-        m = zs.max(axis=1) if zs.shape[1] else np.full_like(ps, -np.inf)
-        np.maximum(m, ps, out=m)
-        zs -= m[:, None]
-        np.exp(zs, out=zs)
-        r = zs.sum(axis=1)
-        dlt = ps - m
-        l = np.log1p(r + np.expm1(dlt)) - dlt
-        if ws is not None:
+        if shift_free:
+            np.exp(zs, out=zs)
+            r = zs.sum(axis=1)
+            ep = np.exp(ps)
+            l = np.log1p(r / ep)
+            denom = r + ep
+        else:
+            m = zs.max(axis=1) if zs.shape[1] else np.full_like(ps, -np.inf)
+            np.maximum(m, ps, out=m)
+            zs -= m[:, None]
+            np.exp(zs, out=zs)
+            r = zs.sum(axis=1)
+            dlt = ps - m
+            l = np.log1p(r + np.expm1(dlt)) - dlt
             denom = r + np.exp(dlt)
-            if flush:
-                tiny = np.finfo(zs.dtype).smallest_normal
-                thr = tiny * denom / np.maximum(np.abs(ws), tiny)
-                zs[zs < thr[:, None]] = 0
-            zs *= (ws / denom)[:, None]
-        return l
+        if ws is None:
+            return l, None
+        scale = ws / denom
+        if flush:
+            tiny = np.finfo(zs.dtype).smallest_normal
+            zs[zs < (tiny / np.maximum(np.abs(scale), tiny))[:, None]] = 0
+        return l, scale
 
     n = z.shape[0]
     if n < 256 or z.size < 1 << 18:
-        l = part(z, pb, w)
+        l, scale = part(z, pb, w)
     else:
         if _POOL is None:
             _POOL = ThreadPoolExecutor(2, thread_name_prefix="nce_ref")
         h = n // 2
         f = _POOL.submit(part, z[h:], pb[h:], None if w is None else w[h:])
-        l0 = part(z[:h], pb[:h], None if w is None else w[:h])
-        l = np.concatenate([l0, f.result()])
-    return l, (None if w is None else z)
+        l0, s0 = part(z[:h], pb[:h], None if w is None else w[:h])
+        l1, s1 = f.result()
+        l = np.concatenate([l0, l1])
+        scale = None if w is None else np.concatenate([s0, s1])
+    return l, (None if w is None else z), scale
 
 
 def needs_flush(dtype, log_range: float | None, n_entries: int, xp) -> bool:
@@ -164,7 +186,8 @@ def needs_flush(dtype, log_range: float | None, n_entries: int, xp) -> bool:
 
 
 def ce_stream(a: Array, b: Array, pos: Array, *, bands: tuple[int, ...] = (),
-              weights: Array | None = None, block: int, flush: bool, row_offset: int = 0, xp):
+              weights: Array | None = None, block: int, flush: bool, row_offset: int = 0,
+              bound: float | None = None, xp):
     """Stream the rows of ``z = a bᵀ``; return ``l`` and, with ``weights``, the gradient.
 
     Parameters
@@ -177,6 +200,9 @@ def ce_stream(a: Array, b: Array, pos: Array, *, bands: tuple[int, ...] = (),
         The cotangent of each ``l_i``; when given the gradient is fused in.
     block : rows per block.
     row_offset : the global index of row 0 (for the band positions).
+    bound : a bound on ``|z|`` known beforehand (cosine: ``1/τ``), or None.  When
+        ``2·bound + log(C)`` stays below the log of the dtype's largest value the
+        row shift (a max pass and a subtraction pass per block) is skipped.
 
     Returns
     -------
@@ -185,6 +211,8 @@ def ce_stream(a: Array, b: Array, pos: Array, *, bands: tuple[int, ...] = (),
     """
     R = a.shape[0]
     bt = xp.matrix_transpose(b)
+    shift_free = bound is not None and (
+        2.0 * bound + math.log(max(b.shape[0], 1)) + 1.0 < math.log(xp.finfo(a.dtype).max))
     ls, das, dps = [], [], []
     db = None if weights is None else xp.zeros_like(b)
     zdz = None
@@ -197,14 +225,16 @@ def ce_stream(a: Array, b: Array, pos: Array, *, bands: tuple[int, ...] = (),
         pb = pos[r0:r1]
         w = None if weights is None else weights[r0:r1]
         if is_numpy_namespace(xp) and is_writeable_array(z):
-            l, e = _np_block(z, pb, w, flush)
+            l, e, scale = _np_block(z, pb, w, flush, shift_free)
         else:
-            l, e = _block(z, pb, w, flush, xp)
+            l, e, scale = _block(z, pb, w, flush, shift_free, xp)
         ls.append(l)
         if weights is None:
             continue
-        dab = e @ b
-        db = db + xp.matrix_transpose(e) @ ab
+        # dz = diag(scale) e: scale the rows after the first GEMM and before the second
+        sk = xp.expand_dims(scale, axis=1)
+        dab = (e @ b) * sk
+        db = db + xp.matrix_transpose(e) @ (ab * sk)
         part = xp.sum(ab * dab)
         zdz = part if zdz is None else zdz + part
         das.append(dab)

@@ -76,7 +76,9 @@ def _streamed(ctx, fa, fb, pos, tau, tau0, *, kind, reduction, segments, block, 
     xp = ctx.xp
     fa = fa / tau
     r_total = fa.shape[0]
-    log_range = 2.0 / tau0 if kind == "cosine" and isinstance(tau0, float) else None
+    # cosine scores lie in [-1, 1], so |z| <= 1/τ is known before any GEMM
+    bound = 1.0 / tau0 if kind == "cosine" and isinstance(tau0, float) else None
+    log_range = None if bound is None else 2.0 * bound
     flush = needs_flush(ctx.dtype, log_range, r_total * fb.shape[0], xp)
 
     def sweep(weights):
@@ -87,7 +89,7 @@ def _streamed(ctx, fa, fb, pos, tau, tau0, *, kind, reduction, segments, block, 
                 l, gr = ce_stream_symmetric(fa, fb, pos, weights=w, block=block, flush=flush, xp=xp)
             else:
                 l, gr = ce_stream(fa[r0:r1, :], fb, pos[r0:r1], bands=bands, weights=w, block=block,
-                                  flush=flush, row_offset=r0, xp=xp)
+                                  flush=flush, row_offset=r0, bound=bound, xp=xp)
             out.append(l)
             grads.append(gr)
         l = out[0] if len(out) == 1 else xp.concat(out)
