@@ -39,7 +39,7 @@ from ._ops import flush_below
 Array = Any
 
 #: default memory budget of the streamed kernels' block buffers, in bytes
-DEFAULT_MEMORY_BUDGET = 256 * 2**20
+DEFAULT_MEMORY_BUDGET = 128 * 2**20
 
 __all__ = ["ce_stream", "choose_block", "DEFAULT_MEMORY_BUDGET"]
 

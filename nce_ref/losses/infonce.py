@@ -201,7 +201,7 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
         symmetric (two passes); "neg_euclidean" and paired negatives compute the
         dense score matrix.
     memory_budget : int, optional
-        Bytes for the streamed block buffers (two blocks x columns), default 256 MiB.
+        Bytes for the streamed block buffers (two blocks x columns), default 128 MiB.
     check_finite : bool, default True
         Raise ``ValueError`` on NaN or inf inputs and ``FloatingPointError`` when
         the result overflows the dtype.
