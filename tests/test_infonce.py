@@ -381,3 +381,18 @@ def test_subnormal_probabilities_are_flushed_without_changing_the_result(rng):
     for name in ("query", "key"):
         scale = float(np.max(np.abs(g64[name])))
         assert np.max(np.abs(g32[name] - g64[name])) <= 1e-3 * scale, name
+
+
+@pytest.mark.parametrize("opts", [{}, {"symmetric": True, "block_size": 2},
+                                  {"similarity": "neg_euclidean"}])
+def test_runs_under_jax_jit(opts, rng):
+    jax = pytest.importorskip("jax", reason="jax not installed")
+    jax.config.update("jax_enable_x64", True)
+    jnp = jax.numpy
+    q, k = jnp.asarray(rng.standard_normal((6, 3))), jnp.asarray(rng.standard_normal((6, 3)))
+    f = jax.jit(lambda q, k, t: nce_ref.value_and_grad(nce_ref.info_nce)(q, k, temperature=t, **opts))
+    v, g = f(q, k, jnp.asarray(0.2))
+    v0, g0 = nce_ref.value_and_grad(nce_ref.info_nce)(q, k, temperature=0.2, **opts)
+    assert_close(np.asarray(v), np.asarray(v0), rtol=1e-13)
+    for name in ("query", "key", "temperature"):
+        assert_close(np.asarray(g[name]), np.asarray(g0[name]), rtol=1e-12, atol=1e-14, err_msg=name)
