@@ -10,7 +10,7 @@ It is computed as ``l = (m − pos) + log1p(r + expm1(pos − m))`` with
 ``m = max(pos, max_K z)`` and ``r = Σ_K e^{z − m}``: when the positive is the
 largest logit (``m = pos``) this is ``log1p(Σ_K e^{z − pos})``, exact to a few ulps
 however small the loss, where ``LSE − pos`` would lose every digit below
-``eps·|pos|`` (a loss of 1e-9 next to logits of 20 would keep 7 digits).
+``eps·|pos|`` (a loss of 1e-9 next to logits of 20 would keep about 6 digits).
 
 VJP, for a cotangent ``g (N,)`` of ``l`` (``p`` = softmax over the candidates):
 
