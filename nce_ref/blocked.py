@@ -174,6 +174,12 @@ def _np_block(z, pb, w, flush: bool, shift_free: bool):
     return l, (None if w is None else z), scale
 
 
+def _shift_free(bound: float | None, n_cols: int, dtype, xp) -> bool:
+    """Whether ``e^z`` can be summed unshifted: ``2·bound + log(cols)`` below log(max)."""
+    return bound is not None and (
+        2.0 * bound + math.log(max(n_cols, 1)) + 1.0 < math.log(xp.finfo(dtype).max))
+
+
 def needs_flush(dtype, log_range: float | None, n_entries: int, xp) -> bool:
     """Whether softmax entries can fall below ``smallest_normal``.
 
@@ -211,8 +217,7 @@ def ce_stream(a: Array, b: Array, pos: Array, *, bands: tuple[int, ...] = (),
     """
     R = a.shape[0]
     bt = xp.matrix_transpose(b)
-    shift_free = bound is not None and (
-        2.0 * bound + math.log(max(b.shape[0], 1)) + 1.0 < math.log(xp.finfo(a.dtype).max))
+    shift_free = _shift_free(bound, b.shape[0], a.dtype, xp)
     ls, das, dps = [], [], []
     db = None if weights is None else xp.zeros_like(b)
     zdz = None
@@ -255,7 +260,7 @@ def _lse_terms(m, r, pos, xp):
 
 
 def ce_stream_symmetric(a: Array, b: Array, pos: Array, *, weights: Array | None = None,
-                        block: int, flush: bool, xp):
+                        block: int, flush: bool, bound: float | None = None, xp):
     """CLIP's symmetric terms ``l_i = ½(row_i + col_i)`` of ``z = a bᵀ`` (square), streamed.
 
     Pass 1 streams the row statistics and, online, the column ones (running
@@ -263,44 +268,72 @@ def ce_stream_symmetric(a: Array, b: Array, pos: Array, *, weights: Array | None
     from row ``j``).  Pass 2 recomputes each block and forms
     ``dz_ij = ½ w_i e^{z_ij − lse_i} + ½ w_j e^{z_ij − lse'_j}`` for the two gradient
     GEMMs: four N x N x D GEMM units in all, three when a single block holds the
-    whole matrix (it is kept from pass 1).  Returns as :func:`ce_stream`.
+    whole matrix (it is kept from pass 1).  With a ``bound`` on ``|z|`` (see
+    :func:`ce_stream`) no shift is needed: one ``exp`` per entry serves the rows and
+    the columns, and ``dz = e ∘ (α_i + β_j)``.  Returns as :func:`ce_stream`.
     """
     R = a.shape[0]
     bt = xp.matrix_transpose(b)
-    m_c, r_c = pos, xp.zeros_like(pos)
-    m_r, r_r = [], []
-    kept = None
     single = block >= R
-    for r0 in range(0, R, block):
-        r1 = min(R, r0 + block)
-        z = _mask_band(a[r0:r1, :] @ bt, r0, r1, 0, xp)
-        new = xp.maximum(m_c, xp.max(z, axis=0))
-        r_c = r_c * xp.exp(m_c - new) + xp.sum(xp.exp(z - xp.expand_dims(new, axis=0)), axis=0)
-        m_c = new
-        m = xp.maximum(xp.max(z, axis=1), pos[r0:r1])
-        r_r.append(xp.sum(xp.exp(z - xp.expand_dims(m, axis=1)), axis=1))
-        m_r.append(m)
-        if single:
-            kept = z
-    m_r = m_r[0] if len(m_r) == 1 else xp.concat(m_r)
-    r_r = r_r[0] if len(r_r) == 1 else xp.concat(r_r)
-    l_r, lse_r = _lse_terms(m_r, r_r, pos, xp)
-    l_c, lse_c = _lse_terms(m_c, r_c, pos, xp)
-    l = 0.5 * (l_r + l_c)
-    if weights is None:
-        return l, None
-    half = 0.5 * weights
-    wc = xp.expand_dims(half, axis=0)
-    lc = xp.expand_dims(lse_c, axis=0)
+    if _shift_free(bound, b.shape[0], a.dtype, xp):
+        ep = xp.exp(pos)
+        r_c = xp.zeros_like(pos)
+        r_r, kept = [], None
+        for r0 in range(0, R, block):
+            r1 = min(R, r0 + block)
+            e = xp.exp(_mask_band(a[r0:r1, :] @ bt, r0, r1, 0, xp))
+            r_r.append(xp.sum(e, axis=1))
+            r_c = r_c + xp.sum(e, axis=0)
+            if single:
+                kept = e
+        r_r = r_r[0] if len(r_r) == 1 else xp.concat(r_r)
+        l_r, l_c = xp.log1p(r_r / ep), xp.log1p(r_c / ep)
+        if weights is None:
+            return 0.5 * (l_r + l_c), None
+        alpha = 0.5 * weights / (r_r + ep)
+        beta = xp.expand_dims(0.5 * weights / (r_c + ep), axis=0)
+
+        def dz_block(r0, r1, ab):
+            e = kept if single else xp.exp(_mask_band(ab @ bt, r0, r1, 0, xp))
+            return e * (xp.expand_dims(alpha[r0:r1], axis=1) + beta)
+    else:
+        m_c, r_c = pos, xp.zeros_like(pos)
+        m_r, r_r = [], []
+        kept = None
+        for r0 in range(0, R, block):
+            r1 = min(R, r0 + block)
+            z = _mask_band(a[r0:r1, :] @ bt, r0, r1, 0, xp)
+            new = xp.maximum(m_c, xp.max(z, axis=0))
+            r_c = (r_c * xp.exp(m_c - new)
+                   + xp.sum(xp.exp(z - xp.expand_dims(new, axis=0)), axis=0))
+            m_c = new
+            m = xp.maximum(xp.max(z, axis=1), pos[r0:r1])
+            r_r.append(xp.sum(xp.exp(z - xp.expand_dims(m, axis=1)), axis=1))
+            m_r.append(m)
+            if single:
+                kept = z
+        m_r = m_r[0] if len(m_r) == 1 else xp.concat(m_r)
+        r_r = r_r[0] if len(r_r) == 1 else xp.concat(r_r)
+        l_r, lse_r = _lse_terms(m_r, r_r, pos, xp)
+        l_c, lse_c = _lse_terms(m_c, r_c, pos, xp)
+        if weights is None:
+            return 0.5 * (l_r + l_c), None
+        half = 0.5 * weights
+        wc = xp.expand_dims(half, axis=0)
+        lc = xp.expand_dims(lse_c, axis=0)
+
+        def dz_block(r0, r1, ab):
+            z = kept if single else _mask_band(ab @ bt, r0, r1, 0, xp)
+            return (xp.expand_dims(half[r0:r1], axis=1)
+                    * xp.exp(z - xp.expand_dims(lse_r[r0:r1], axis=1)) + wc * xp.exp(z - lc))
+
     db = xp.zeros_like(b)
     das = []
     zdz = None
     for r0 in range(0, R, block):
         r1 = min(R, r0 + block)
         ab = a[r0:r1, :]
-        z = kept if single else _mask_band(ab @ bt, r0, r1, 0, xp)
-        dz = (xp.expand_dims(half[r0:r1], axis=1) * xp.exp(z - xp.expand_dims(lse_r[r0:r1], axis=1))
-              + wc * xp.exp(z - lc))
+        dz = dz_block(r0, r1, ab)
         if flush:
             dz = xp.where(xp.abs(dz) < xp.finfo(dz.dtype).smallest_normal, xp.zeros_like(dz), dz)
         dab = dz @ b
@@ -309,5 +342,6 @@ def ce_stream_symmetric(a: Array, b: Array, pos: Array, *, weights: Array | None
         zdz = part if zdz is None else zdz + part
         das.append(dab)
     da = das[0] if len(das) == 1 else xp.concat(das, axis=0)
+    half = 0.5 * weights
     dpos = half * (xp.expm1(-l_r) + xp.expm1(-l_c))
-    return l, (da, db, dpos, zdz)
+    return 0.5 * (l_r + l_c), (da, db, dpos, zdz)

@@ -86,7 +86,8 @@ def _streamed(ctx, fa, fb, pos, tau, tau0, *, kind, reduction, segments, block, 
         for r0, r1, bands in segments:
             w = None if weights is None else weights[r0:r1]
             if symmetric:
-                l, gr = ce_stream_symmetric(fa, fb, pos, weights=w, block=block, flush=flush, xp=xp)
+                l, gr = ce_stream_symmetric(fa, fb, pos, weights=w, block=block, flush=flush,
+                                            bound=bound, xp=xp)
             else:
                 l, gr = ce_stream(fa[r0:r1, :], fb, pos[r0:r1], bands=bands, weights=w, block=block,
                                   flush=flush, row_offset=r0, bound=bound, xp=xp)
