@@ -141,6 +141,16 @@ def _check_dim(d: int, name: str) -> None:
         raise ValueError(f"`{name}` must have at least one column (D >= 1); got D = 0")
 
 
+def check_pair(a: Array, b: Array, name_a: str, name_b: str) -> tuple[int, int]:
+    """Two (N, D) arrays of one shape, N >= 1 and D >= 1; returns ``(N, D)``."""
+    n, d = a.shape
+    _check_rows(n, name_a)
+    _check_dim(d, name_a)
+    if tuple(b.shape) != (n, d):
+        raise ValueError(f"`{name_b}` must have the shape of `{name_a}` {(n, d)}; got {tuple(b.shape)}")
+    return n, d
+
+
 @differentiable("info_nce", wrt=("query", "key", "negatives", "temperature"),
                 scalars=("temperature",))
 def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
@@ -271,11 +281,7 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
                          "negatives": 2 if negative_mode == "unpaired" else 3},
                   xp=xp, check_finite=check_finite)
     xp = ctx.xp
-    n, d = query.shape
-    _check_rows(n, "query")
-    _check_dim(d, "query")
-    if tuple(key.shape) != (n, d):
-        raise ValueError(f"`key` must have the shape of `query` {(n, d)}; got {tuple(key.shape)}")
+    n, d = check_pair(query, key, "query", "key")
     if negatives is not None:
         if negative_mode == "unpaired":
             if negatives.shape[1] != d:
@@ -439,11 +445,7 @@ def nt_xent(z1: Array, z2: Array, /, *, temperature: float | Array = 0.5,
     check_reduction(reduction)
     ctx = resolve({"z1": z1, "z2": z2}, ndims={"z1": 2, "z2": 2}, xp=xp, check_finite=check_finite)
     xp = ctx.xp
-    n, d = z1.shape
-    _check_rows(n, "z1")
-    _check_dim(d, "z1")
-    if tuple(z2.shape) != (n, d):
-        raise ValueError(f"`z2` must have the shape of `z1` {(n, d)}; got {tuple(z2.shape)}")
+    n, d = check_pair(z1, z2, "z1", "z2")
     tau, tau0 = scalar_param(ctx, temperature, "temperature", positive=True)
     block = choose_block(n, 2 * n, ctx.finfo().bits // 8, block_size=block_size,
                          memory_budget=memory_budget)
