@@ -61,8 +61,10 @@ def _cosine(a, b, eps, xp):
 
 def _normalize_vjp(xh, n, d, gxh, eps, xp):
     # x̂ = x / max(‖x‖, eps).  For ‖x‖ > eps: J = (I − x̂x̂ᵀ)/‖x‖; else J = I/eps.
-    proj = gxh - xh * xp.sum(xh * gxh, axis=-1, keepdims=True)
-    return xp.where(n > eps, proj, gxh) / d
+    # The branch is taken on the per-row factor c, not on the (N, D) arrays.
+    c = xp.sum(xh * gxh, axis=-1, keepdims=True)
+    c = xp.where(n > eps, c, xp.zeros_like(c))
+    return (gxh - xh * c) * (1.0 / d)
 
 
 def _dot(a, b, eps, xp):
