@@ -5,6 +5,7 @@ arrays of the caller's namespace, device and dtype; every differentiable functio
 has a hand-derived gradient available through :func:`value_and_grad`.
 """
 
+from . import mi
 from .autodiff import value_and_grad, vjp
 from .losses import info_nce, info_nce_from_scores, nt_xent
 from .similarity import similarity
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "info_nce",
     "info_nce_from_scores",
+    "mi",
     "nt_xent",
     "similarity",
     "value_and_grad",

@@ -256,8 +256,9 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
     >>> loss = nce_ref.info_nce(q, q, temperature=1.0)
     >>> float(loss), float(np.log(1 + np.exp(-1.0)))  # log(e + 1) - 1 for each row
     (0.31326168751822286, 0.31326168751822286)
-    >>> float(nce_ref.info_nce(np.ones((4, 3)), np.ones((4, 3))))  # collinear: log N
-    1.3862943611198906
+    >>> loss = nce_ref.info_nce(np.ones((4, 3)), np.ones((4, 3)))  # collinear: log N
+    >>> bool(abs(loss - np.log(4)) <= 4 * np.finfo(float).eps)
+    True
     """
     kind, eps = check_similarity(similarity, eps)
     check_option(negative_mode, "negative_mode", NEGATIVE_MODES)
@@ -438,8 +439,9 @@ def nt_xent(z1: Array, z2: Array, /, *, temperature: float | Array = 0.5,
     Examples
     --------
     >>> import numpy as np, nce_ref
-    >>> float(nce_ref.nt_xent(np.ones((3, 2)), np.ones((3, 2))))  # log(2*3 - 1)
-    1.6094379124341003
+    >>> loss = nce_ref.nt_xent(np.ones((3, 2)), np.ones((3, 2)))  # log(2*3 - 1)
+    >>> bool(abs(loss - np.log(5)) <= 4 * np.finfo(float).eps)
+    True
     """
     kind, eps = check_similarity(similarity, eps)
     check_reduction(reduction)
