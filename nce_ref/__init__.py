@@ -7,17 +7,20 @@ has a hand-derived gradient available through :func:`value_and_grad`.
 
 from . import mi
 from .autodiff import value_and_grad, vjp
-from .losses import info_nce, info_nce_from_scores, nt_xent
+from .losses import batch_triplet, info_nce, info_nce_from_scores, nt_xent, supcon, triplet
 from .similarity import similarity
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "batch_triplet",
     "info_nce",
     "info_nce_from_scores",
     "mi",
     "nt_xent",
     "similarity",
+    "supcon",
+    "triplet",
     "value_and_grad",
     "vjp",
 ]

@@ -1,0 +1,122 @@
+"""asv: supcon, triplet and batch_triplet, forward and value_and_grad.
+
+SupCon runs on (N, 2, D) features (2N anchors and columns) with N/8 classes; the
+triplet losses on (N, D) embeddings.  batch_triplet's "all" and "semi_hard" minings
+cost O(N³) and are timed at N = 256 only; "hard" is O(N²) and runs at every size.
+"""
+
+from __future__ import annotations
+
+from nce_ref import value_and_grad
+
+from .common import BACKENDS, DIM, DTYPES, XPBenchmark, sizes, skip_if
+
+try:  # the suite must import against commits that predate these losses
+    import nce_ref.losses.supcon as _supcon
+    import nce_ref.losses.triplet as _triplet
+except ImportError:  # pragma: no cover
+    _supcon = _triplet = None
+
+CUBIC_MAX_N = 256
+
+
+def _labels(rng, n):
+    return rng.integers(0, max(1, n // 8), n)
+
+
+class SupCon(XPBenchmark):
+    """``supcon(features (N, 2, D), labels, temperature=0.07)`` for each ``positives``."""
+
+    param_names = ("backend", "n", "dtype", "positives")
+    params = (BACKENDS, sizes(), DTYPES, ["out", "per_pair"])
+
+    def make(self, rng, n, dtype):
+        return (rng.standard_normal((n, 2, DIM)),)
+
+    def setup(self, backend, n, dtype, positives):
+        skip_if(_supcon is None, "this nce_ref has no supcon")
+        self.setup_data(backend, n, dtype)
+        import numpy as np
+
+        self.labels = self.backend.asarray(_labels(np.random.default_rng(1), n))
+        self.kw = {"temperature": 0.07, "positives": positives}
+        self.vg = value_and_grad(_supcon.supcon)
+        self.time_value_and_grad(backend, n, dtype, positives)  # warm-up
+
+    def time_forward(self, backend, n, dtype, positives):
+        self.sync(_supcon.supcon(*self.arrays, self.labels, **self.kw))
+
+    def time_value_and_grad(self, backend, n, dtype, positives):
+        v, g = self.vg(*self.arrays, self.labels, **self.kw)
+        self.sync(v, g["features"])
+
+    def peakmem_forward(self, backend, n, dtype, positives):
+        _supcon.supcon(*self.arrays, self.labels, **self.kw)
+
+    def peakmem_value_and_grad(self, backend, n, dtype, positives):
+        self.vg(*self.arrays, self.labels, **self.kw)
+
+
+class Triplet(XPBenchmark):
+    """``triplet(anchor, positive, negative)`` (euclidean, hinge) on (N, D) rows."""
+
+    param_names = ("backend", "n", "dtype", "distance")
+    params = (BACKENDS, sizes(), DTYPES, ["euclidean", "cosine"])
+
+    def make(self, rng, n, dtype):
+        return tuple(rng.standard_normal((n, DIM)) for _ in range(3))
+
+    def setup(self, backend, n, dtype, distance):
+        skip_if(_triplet is None, "this nce_ref has no triplet")
+        self.setup_data(backend, n, dtype)
+        self.kw = {"distance": distance, "swap": True}
+        self.vg = value_and_grad(_triplet.triplet)
+        self.time_value_and_grad(backend, n, dtype, distance)
+
+    def time_forward(self, backend, n, dtype, distance):
+        self.sync(_triplet.triplet(*self.arrays, **self.kw))
+
+    def time_value_and_grad(self, backend, n, dtype, distance):
+        v, g = self.vg(*self.arrays, **self.kw)
+        self.sync(v, g["anchor"], g["positive"], g["negative"])
+
+    def peakmem_forward(self, backend, n, dtype, distance):
+        _triplet.triplet(*self.arrays, **self.kw)
+
+    def peakmem_value_and_grad(self, backend, n, dtype, distance):
+        self.vg(*self.arrays, **self.kw)
+
+
+class BatchTriplet(XPBenchmark):
+    """``batch_triplet(embeddings, labels, mining=...)`` (euclidean, N/8 classes)."""
+
+    param_names = ("backend", "n", "dtype", "mining")
+    params = (BACKENDS, sizes(), DTYPES, ["hard", "semi_hard", "all"])
+
+    def make(self, rng, n, dtype):
+        return (rng.standard_normal((n, DIM)),)
+
+    def setup(self, backend, n, dtype, mining):
+        skip_if(_triplet is None, "this nce_ref has no batch_triplet")
+        skip_if(mining != "hard" and n > CUBIC_MAX_N,
+                f"mining={mining!r} costs O(N^3): timed at N <= {CUBIC_MAX_N} only")
+        self.setup_data(backend, n, dtype)
+        import numpy as np
+
+        self.labels = self.backend.asarray(_labels(np.random.default_rng(1), n))
+        self.kw = {"mining": mining, "margin": 0.5}
+        self.vg = value_and_grad(_triplet.batch_triplet)
+        self.time_value_and_grad(backend, n, dtype, mining)
+
+    def time_forward(self, backend, n, dtype, mining):
+        self.sync(_triplet.batch_triplet(*self.arrays, self.labels, **self.kw))
+
+    def time_value_and_grad(self, backend, n, dtype, mining):
+        v, g = self.vg(*self.arrays, self.labels, **self.kw)
+        self.sync(v, g["embeddings"])
+
+    def peakmem_forward(self, backend, n, dtype, mining):
+        _triplet.batch_triplet(*self.arrays, self.labels, **self.kw)
+
+    def peakmem_value_and_grad(self, backend, n, dtype, mining):
+        self.vg(*self.arrays, self.labels, **self.kw)

@@ -1,0 +1,81 @@
+"""Cases for supcon: every option, and the edge cases of issue 3."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import Case
+
+KINDS = ("cosine", "dot", "neg_sq_euclidean", "neg_euclidean")
+_ZERO_NOTE = ("inside the eps-ball the normalisation is x/eps, so the gradient is g/eps; "
+              "a finite-difference step of 1e-6 leaves the ball")
+
+
+def _supcon(rng):
+    n, v, d = 6, 2, 3
+    f = rng.standard_normal((n, v, d))
+    f2 = rng.standard_normal((8, d))
+    y = np.array([0, 1, 0, 2, 1, 0])
+    y8 = np.array([3, 3, 1, 1, 1, 7, 7, 0])  # one singleton class (0)
+    out = [Case(f"labels, positives={pm}", (f, y), {"temperature": 0.2, "positives": pm})
+           for pm in ("out", "in", "per_pair")]
+    out += [Case(f"labels, {k}", (f, y), {"temperature": 0.5, "similarity": k}) for k in KINDS[1:]]
+    out += [
+        Case("no labels (NT-Xent)", (f,), {"temperature": 0.3}),
+        Case("no labels, 3 views, per_pair", (rng.standard_normal((4, 3, d)),),
+             {"temperature": 0.3, "positives": "per_pair"}),
+        Case("contrast_mode one", (f, y), {"temperature": 0.2, "contrast_mode": "one"}),
+        Case("contrast_mode one, in, none", (f, y),
+             {"temperature": 0.2, "contrast_mode": "one", "positives": "in", "reduction": "none"}),
+        Case("(N, D) layout with a singleton, exclude", (f2, y8), {"temperature": 0.1}),
+        Case("(N, D) layout with a singleton, zero", (f2, y8),
+             {"temperature": 0.1, "no_positive": "zero"}),
+        Case("(N, D) layout, per_pair, sum", (f2, y8),
+             {"temperature": 0.1, "positives": "per_pair", "reduction": "sum"}),
+        Case("reduction none", (f, y), {"temperature": 0.2, "reduction": "none"}),
+        Case("base_temperature (SupContrast)", (f, y), {"temperature": 0.1, "base_temperature": 0.07}),
+        Case("base_temperature 1 (lightly rescale), in", (f, y),
+             {"temperature": 0.5, "base_temperature": 1.0, "positives": "in"}),
+        Case("multi-label rows", (f, np.array([[1, 0, 0], [0, 1, 1], [1, 1, 0],
+                                               [0, 0, 1], [0, 0, 0], [1, 0, 0]])),
+             {"temperature": 0.2}),
+        Case("asymmetric bool mask", (f,), {"mask": np.triu(rng.random((n, n)) < 0.5),
+                                            "temperature": 0.2}),
+        Case("asymmetric 0/1 float mask, per_pair", (f2,),
+             {"mask": (rng.random((8, 8)) < 0.3).astype(np.float64), "temperature": 0.2,
+              "positives": "per_pair"}),
+    ]
+    e = np.eye(4)
+    col = np.outer(rng.uniform(0.5, 2.0, 6), np.abs(rng.standard_normal(d)) + 0.1)
+    out += [
+        Case("singleton classes only, V=1 (no positive: 0)", (f2, np.arange(8)), {}, kind="edge"),
+        Case("all labels equal (no negatives)", (f, np.zeros(n, dtype=np.int64)),
+             {"temperature": 0.2}, kind="edge"),
+        Case("all labels equal, in", (f, np.zeros(n, dtype=np.int64)),
+             {"temperature": 0.2, "positives": "in"}, kind="edge"),
+        Case("all labels equal, per_pair", (f, np.zeros(n, dtype=np.int64)),
+             {"temperature": 0.2, "positives": "per_pair"}, kind="edge"),
+        Case("N = 1, V = 1", (f2[:1],), {}, kind="edge"),
+        Case("N = 1, V = 2 (one positive, no negative)", (f[:1],), {"temperature": 0.3},
+             kind="edge"),
+        Case("4 orthogonal unit vectors, 2 classes, temperature 0.005 (log 3)",
+             (e, np.array([0, 0, 1, 1])), {"temperature": 0.005}, kind="edge"),
+        Case("duplicate embeddings", (np.concatenate([f2[:4], f2[:4]]), np.array([0, 1, 2, 0, 0, 1, 2, 0])),
+             {"temperature": 0.2}, kind="edge"),
+        Case("collinear embeddings", (col, y), {"temperature": 0.1}, kind="edge"),
+        Case("zero vectors under cosine", (np.concatenate([np.zeros((2, d)), f2[2:]]), y8),
+             {"temperature": 0.2}, kind="edge", fd=False, note=_ZERO_NOTE),
+        Case("positive probability below tiny", (np.stack([f2[:4], -f2[:4]], axis=1),),
+             {"temperature": 1e-3}, kind="edge", fd=False,
+             note="each positive is antipodal: ~2e3 nats below its row's maximum"),
+        Case("large, negative, non-contiguous labels", (f, np.array([-7, 10**12, -7, 5, 10**12, -7])),
+             {"temperature": 0.2}, kind="edge"),
+        Case("float labels", (f, np.array([0.5, -1.0, 0.5, 2.0, -1.0, 0.5])), {"temperature": 0.2},
+             kind="edge"),
+        Case("bool labels", (f2, np.array([True, False, True, True, False, False, True, False])),
+             {"temperature": 0.2, "positives": "in"}, kind="edge"),
+    ]
+    return out
+
+
+CASES = {"supcon": _supcon}

@@ -1,0 +1,71 @@
+"""Oracle for supcon: the definitions written out per anchor, in mpmath (50 digits)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._mp import lse, mp, sim, to_f64, to_mp
+
+
+def _related(n, labels, mask):
+    """rel[i][j]: sample j is a positive of sample i (before removing the anchor itself)."""
+    if mask is not None:
+        m = np.asarray(mask)
+        return [[bool(m[i, j] != 0) for j in range(n)] for i in range(n)]
+    if labels is None:
+        return [[i == j for j in range(n)] for i in range(n)]
+    lab = np.asarray(labels)
+    if lab.ndim == 1:
+        return [[bool(lab[i] == lab[j]) for j in range(n)] for i in range(n)]
+    return [[bool(np.any((lab[i] != 0) & (lab[j] != 0))) for j in range(n)] for i in range(n)]
+
+
+def supcon(features, labels=None, *, mask=None, temperature=0.07, base_temperature=None,
+           positives="out", no_positive="exclude", similarity="cosine", contrast_mode="all",
+           reduction="mean", eps=1e-12, **_):
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim == 2:
+        f = f[:, None, :]
+    n, v, _d = f.shape
+    views = [to_mp(f[i, k]) for k in range(v) for i in range(n)]  # view-major: row k*n + i
+    sample = [r % n for r in range(n * v)]
+    anchors = range(n * v) if contrast_mode == "all" else range(n)
+    rel = _related(n, labels, mask)
+    t = mp.mpf(float(temperature))
+    per, count = [], []
+    for a in anchors:
+        z = {c: sim(views[a], views[c], similarity, eps) / t for c in range(n * v) if c != a}
+        pos = [c for c in z if rel[sample[a]][sample[c]]]
+        negs = [c for c in z if c not in pos]
+        if not pos:
+            per.append(mp.mpf(0))
+            count.append(0)
+            continue
+        if positives == "out":
+            terms = [lse(z.values()) - z[p] for p in pos]
+            per.append(mp.fsum(terms) / len(pos))
+            count.append(1)
+        elif positives == "in":
+            lp = lse([z[p] for p in pos]) - mp.log(len(pos))
+            per.append(lse(z.values()) - lp)
+            count.append(1)
+        else:
+            per.append(mp.fsum(lse([z[p]] + [z[k] for k in negs]) - z[p] for p in pos))
+            count.append(len(pos))
+    scale = mp.mpf(1) if base_temperature is None else t / mp.mpf(float(base_temperature))
+    per = [scale * x for x in per]
+    if reduction == "none":
+        return to_f64(per)
+    total = mp.fsum(per)
+    if reduction == "sum":
+        return to_f64(total)
+    if positives == "per_pair" or no_positive == "exclude":
+        denom = sum(count)
+    else:
+        denom = len(per)
+    return to_f64(total / denom if denom else mp.mpf(0))
+
+
+ORACLES = {"supcon": supcon}
+
+__all__ = ["ORACLES"]
