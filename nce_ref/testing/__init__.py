@@ -1,18 +1,24 @@
-"""Testing helpers: the finite-difference gradient checker, tolerances, oracles and cases.
+"""Testing helpers: the finite-difference gradient checker, tolerances, oracles and cases,
+and :func:`verify`, which checks another implementation against the reference.
 
 This subpackage may use NumPy directly (it is test infrastructure, not a backend path).
 """
 
 from ._gradcheck import GradCheckError, GradReport, check_grad, numeric_grad
 from ._tolerances import atol_for, dtype_name, eps_of, rtol_for
+from ._verify import CaseResult, VerifyError, VerifyReport, verify
 
 __all__ = [
+    "CaseResult",
     "GradCheckError",
     "GradReport",
+    "VerifyError",
+    "VerifyReport",
     "atol_for",
     "check_grad",
     "dtype_name",
     "eps_of",
     "numeric_grad",
     "rtol_for",
+    "verify",
 ]
