@@ -5,7 +5,15 @@ This subpackage may use NumPy directly (it is test infrastructure, not a backend
 """
 
 from ._gradcheck import GradCheckError, GradReport, check_grad, numeric_grad
-from ._tolerances import atol_for, dtype_name, eps_of, rtol_for
+from ._tolerances import (
+    atol_for,
+    call_tolerances,
+    dtype_name,
+    eps_of,
+    rtol_for,
+    sensitivity,
+    value_tolerances,
+)
 from ._verify import CaseResult, VerifyError, VerifyReport, verify
 
 __all__ = [
@@ -15,10 +23,13 @@ __all__ = [
     "VerifyError",
     "VerifyReport",
     "atol_for",
+    "call_tolerances",
     "check_grad",
     "dtype_name",
     "eps_of",
     "numeric_grad",
     "rtol_for",
+    "sensitivity",
+    "value_tolerances",
     "verify",
 ]

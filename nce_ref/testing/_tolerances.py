@@ -2,13 +2,19 @@
 
 ``rtol`` for results against a float64 oracle fed the same-dtype inputs is
 ``4·sqrt(eps)`` (array-api-extra's default); outputs that can be ~0 add an
-``atol = 10·eps·scale``.  Gradients against central finite differences are only
-checked in float64, with torch's defaults.
+``atol = 10·eps·scale``.  A loss value is compared with :func:`value_tolerances`:
+its ``atol`` is scaled by the first-order sensitivity ``Σ |∂L/∂x · x|`` (over every
+input, the temperature included), which is the size of the rounding error that a
+correct implementation makes; it grows like ``1/τ`` by itself, so no separate
+temperature factor is applied to values.  Gradients against central finite
+differences are only checked in float64, with torch's defaults.
 """
 
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 _EPS = {
     "float16": 2.0 ** -10,
@@ -36,21 +42,102 @@ def eps_of(dtype) -> float:
     return _EPS[dtype_name(dtype)]
 
 
-def rtol_for(dtype, *, temperature: float | None = None) -> float:
-    """``4·sqrt(eps)``; multiplied by ``1/τ`` for ``τ < 1`` below float64 (error ∝ 1/τ).
+#: multiple of ``eps/τ`` added to the relative tolerance of quantities computed from
+#: logits of size ``1/τ`` (probabilities, gradients): the logits carry an absolute
+#: rounding error of a few ``eps/τ``, which becomes the probabilities' relative error
+TEMPERATURE_ULPS = 32.0
 
-    float16 and bfloat16 results are computed in float32 and rounded once to the
-    output dtype, so their tolerance is a few ulps of that dtype.
+
+def rtol_for(dtype, *, temperature: float | None = None) -> float:
+    """``4·sqrt(eps)``, plus ``32·eps/τ`` for ``τ < 1`` (logits of size ``1/τ``).
+
+    The second term is the relative error of a softmax computed from logits of
+    size ``1/τ`` (a few ulps of ``1/τ`` each): it matters only for gradients at
+    small temperatures (float32 at ``τ = 1e-4``: ``0.04``, against ``1.4e-3``
+    without it).  float16 and bfloat16 results are computed in float32 and
+    rounded once to the output dtype, so their tolerance is a few ulps of that
+    dtype.
     """
     name = dtype_name(dtype)
     if name in ("float16", "bfloat16"):
         return 4.0 * _EPS[name]
     r = 4.0 * math.sqrt(_EPS[name])
-    if temperature is not None and temperature < 1.0 and name != "float64":
-        r /= temperature
+    if temperature is not None and 0.0 < temperature < 1.0:
+        r += TEMPERATURE_ULPS * _EPS[name] / temperature
     return r
 
 
 def atol_for(dtype, scale: float = 1.0) -> float:
     """``10·eps·scale`` for outputs that can be ~0."""
     return 10.0 * _EPS[dtype_name(dtype)] * max(1.0, scale)
+
+
+def sensitivity(grads, inputs) -> float:
+    """First-order sensitivity ``Σ_x Σ |∂L/∂x · x|`` of a value to its inputs.
+
+    ``grads`` and ``inputs`` map names to NumPy arrays or floats (the reference's
+    float64 gradient and the inputs as rounded to the tested dtype); names absent
+    from either are skipped, and so are entries whose product is not finite.
+    Relative rounding of every input by ``eps`` moves
+    the value by at most ``eps`` times this, to first order.
+    """
+    total = 0.0
+    for name, g in grads.items():
+        x = inputs.get(name)
+        if x is None or g is None or isinstance(x, bool):
+            continue
+        if not isinstance(x, (int, float, np.ndarray, np.generic)):
+            continue
+        g = np.asarray(g, dtype=np.float64)
+        x = np.asarray(x, dtype=np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            gx = np.abs(g * x)
+        # entries where either factor is 0 (an input of -inf the value does not
+        # depend on) contribute nothing; a non-finite product is left out
+        total += float(np.sum(np.where((g != 0) & (x != 0) & np.isfinite(gx), gx, 0.0)))
+    return total
+
+
+def value_tolerances(dtype, want, sens: float = 0.0) -> tuple[float, float]:
+    """``(rtol, atol)`` for a value ``want`` (float64 reference on the same rounded inputs).
+
+    ``rtol = 4·sqrt(eps)``; ``atol = 10·eps·max(1, max|want|, sens)`` with ``sens``
+    from :func:`sensitivity`.
+    """
+    scale = max(1.0, float(np.max(np.abs(np.asarray(want, dtype=np.float64)), initial=0.0)), sens)
+    return rtol_for(dtype), atol_for(dtype, scale)
+
+
+def _rounded(v, dtype):
+    if isinstance(v, np.ndarray) and v.dtype.kind == "f":
+        return np.asarray(v, dtype=dtype_name(dtype)).astype(np.float64)
+    if isinstance(v, float):
+        return float(np.asarray(v, dtype=dtype_name(dtype)))
+    return v
+
+
+def call_tolerances(fn, args, kwargs, dtype, want) -> tuple[float, float]:
+    """:func:`value_tolerances` for ``fn(*args, **kwargs)`` evaluated in ``dtype``.
+
+    ``fn`` is a registered public function; its float64 NumPy gradient at the
+    inputs rounded to ``dtype`` gives the sensitivity; for a non-scalar value, the
+    largest over its elements (the first 256).
+    """
+    from nce_ref import vjp
+
+    from ..autodiff import lookup
+
+    r_args = [_rounded(a, dtype) for a in args]
+    r_kw = {k: _rounded(v, dtype) for k, v in kwargs.items()}
+    entry = lookup(fn)
+    bound = entry.signature.bind_partial(*r_args, **r_kw)
+    value, back = vjp(fn, *r_args, **r_kw)
+    value = np.asarray(value, dtype=np.float64)
+    sens = 0.0
+    if value.size:
+        # the sensitivity of each output separately (a sum of signed cotangents can cancel)
+        cts = [None] if value.ndim == 0 else [np.eye(1, value.size, i).reshape(value.shape)
+                                              for i in range(min(value.size, 256))]
+        for ct in cts:
+            sens = max(sens, sensitivity(back(ct), dict(bound.arguments)))
+    return value_tolerances(dtype, want, sens)

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..autodiff import Entry, lookup, vjp
 from . import conventions as _conventions
-from ._tolerances import atol_for, rtol_for
+from ._tolerances import atol_for, rtol_for, sensitivity, value_tolerances
 from .cases import Case, cases_for
 
 __all__ = ["verify", "VerifyReport", "CaseResult", "VerifyError", "FRAMEWORKS"]
@@ -794,11 +794,10 @@ def _run_case(impl, fw: _Framework, entry: Entry, plan: _Plan, dtype: str, *, sc
     # values
     given = dict(plan.pos) | plan.ref_kw
     # first-order sensitivity sum |dL/dx * x|: the rounding error a correct implementation makes
-    sens = sum(float(np.sum(np.abs(g * _round(given[n], dtype)))) for n, g in want_g.items()
-               if n in given and isinstance(_round(given[n], dtype), (np.ndarray, float)))
+    sens = sensitivity(want_g, {n: _round(given[n], dtype) for n in want_g if n in given})
     scale_v = max(1.0, float(np.max(np.abs(want), initial=0.0)), sens)
     rtol, rtol_g = _tolerances(dtype, plan.ref_kw)
-    atol = atol_for(dtype, scale_v)
+    rtol, atol = value_tolerances(dtype, want, sens)
     out.rtol, out.atol = rtol, atol
     ok, aerr, rerr, ulps, idx = _compare_value(got, want, dtype, rtol, atol)
     res.value_abs_err, res.value_rel_err, res.value_ulps = aerr, rerr, ulps
