@@ -7,7 +7,9 @@ samples; each returns an estimate in nats with a registered analytic gradient:
 - :func:`infonce` (``log N − L``), :func:`nwj`, :func:`tuba`, :func:`dv`, :func:`mine`
   (with :func:`mine_update` for its explicit state), :func:`js`,
   :func:`interpolated`, :func:`smile`: lower bounds;
-- :func:`loo_upper`: the leave-one-out upper bound for a known conditional.
+- :func:`loo_upper`: the leave-one-out upper bound for a known conditional;
+- :func:`bound_from_embeddings`: any of them (but the interpolated bound) on the critic
+  ``sim(x_i, y_j)/τ`` of two embedding batches, streamed over row blocks (no N x N matrix).
 
 Ground truth, in NumPy/SciPy float64:
 
@@ -22,8 +24,10 @@ Ground truth, in NumPy/SciPy float64:
 
 from . import critics, exact, sample, theory
 from .bounds import dv, infonce, interpolated, js, loo_upper, mine, mine_update, nwj, smile, tuba
+from .embeddings import bound_from_embeddings
 
 __all__ = [
+    "bound_from_embeddings",
     "critics",
     "dv",
     "exact",

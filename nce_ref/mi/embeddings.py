@@ -1,0 +1,480 @@
+r"""The MI bounds of :mod:`nce_ref.mi.bounds` on a separable critic, streamed over row blocks.
+
+For embeddings ``x (N, D)`` and ``y (N, D)`` the critic is
+``scores[i, j] = sim(x_i, y_j) / τ``, a bilinear form
+:math:`z = a\,f_b^\top` of the features of :func:`nce_ref.similarity.bilinear_features`
+(``a = f_a/τ``).  Every supported bound is a function of a few statistics of ``z``
+that can be accumulated over blocks of rows without the N x N matrix:
+
+- the diagonal :math:`p_i = z_{ii}` (row-wise, O(N·D), no GEMM);
+- per row, over the off-diagonal entries :math:`w_{ij}` (:math:`w = z`, or SMILE's
+  clipped :math:`\operatorname{clip}(z, -c, c)`): the shift :math:`m_i = \max_{j\ne i} w_{ij}`,
+  the shifted sum :math:`r_i = \sum_{j\ne i} e^{w_{ij} - m_i}` and the row log-sum-exp
+  :math:`\ell_i = m_i + \log r_i`;
+- pooled sums of :math:`\operatorname{softplus}(z_{ij})` (JS).
+
+The gradient with respect to ``z`` of every supported bound has, off the diagonal, the
+form :math:`G_{ij} = -e_{ij}\,e^{\lambda_i - \Lambda}` with :math:`e_{ij}` the block's
+own elementwise matrix (:math:`e^{w_{ij} - m_i}`, or :math:`\sigma(z_{ij})` for JS), a
+per-row log-scale :math:`\lambda_i` known once the row is done and one global
+:math:`\Lambda`.  So the three GEMMs of each block (:math:`z`, :math:`U = e f_b`,
+:math:`e^\top(\rho\,a)`) run in a single pass; ``docs/mi.md``, "Bounds on
+embeddings, streamed", derives it with the symbols of this file.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from array_api_compat import is_numpy_namespace, is_torch_namespace, is_writeable_array
+
+from .._array import check_option, check_real, resolve, scalar_grad, scalar_param
+from .._ops import flush_below, logsumexp, sigmoid, softplus
+from ..autodiff import differentiable, forward_only, lookup
+from ..blocked import _mask_band, _shift_free, choose_block, needs_flush
+from ..losses.infonce import _pos_from_features, check_pair, info_nce
+from ..similarity import BILINEAR, DEFAULT_EPS, bilinear_features, check_similarity
+from .bounds import JS_REPORTS, _baseline, _check_axis, _exp, _log_moving_average
+
+Array = Any
+
+__all__ = ["bound_from_embeddings", "STREAMED_BOUNDS"]
+
+#: the bounds of :mod:`nce_ref.mi.bounds` that :func:`bound_from_embeddings` streams
+STREAMED_BOUNDS = ("infonce", "nwj", "tuba", "dv", "mine", "js", "smile", "loo_upper")
+
+_NOT_STREAMED = {
+    "interpolated": (
+        "its leave-one-out statistics are row-local and could be streamed, but the formula "
+        "lives inline in nce_ref.mi.interpolated on the full matrix; compose "
+        "nce_ref.mi.interpolated(nce_ref.similarity(x, y, kind=...) / temperature, ...) instead"),
+}
+
+_INFO_NCE_IMPL = lookup(info_nce).impl
+
+
+def _np_own(x: Array, xp) -> bool:
+    """Whether ``x`` is a writable NumPy buffer of ours (the in-place fast paths)."""
+    return is_numpy_namespace(xp) and is_writeable_array(x)
+
+
+def _exp_inplace(z: Array, *, xp) -> Array:
+    """``e^z``, overwriting ``z`` (our own buffer) where the library allows it."""
+    if is_writeable_array(z):
+        if is_numpy_namespace(xp):
+            return xp.exp(z, out=z)
+        if is_torch_namespace(xp):
+            return z.exp_()
+    return xp.exp(z)
+
+
+def _row_lse(z: Array, r0: int, r1: int, *, clip: float | None, shift_free: bool, want: bool,
+             flush: bool, xp):
+    """Row statistics of a block over its off-diagonal entries; ``z`` is consumed.
+
+    Returns ``(m, r, e)``: ``m_i = max_{j≠i} w_ij`` (0 when shift-free), ``r_i =
+    Σ_{j≠i} e^{w_ij − m_i}`` and, with ``want``, ``e_ij = e^{w_ij − m_i}`` (0 on the
+    diagonal, and where SMILE's clip is active), flushed below ``smallest_normal``.
+    """
+    inside = None
+    if clip is not None:
+        if want and math.isfinite(clip):
+            inside = xp.abs(z) <= clip  # torch.clamp's gradient at the ends
+        if _np_own(z, xp):
+            z.clip(-clip, clip, out=z)
+        else:
+            z = xp.clip(z, min=-clip, max=clip)
+    z = _mask_band(z, r0, r1, 0, xp)  # after the clip: the diagonal must stay -inf
+    if shift_free:
+        m = xp.zeros((z.shape[0],), dtype=z.dtype, device=_dev(z))
+    else:
+        m = xp.max(z, axis=1)
+        z -= xp.expand_dims(m, axis=1)
+    e = _exp_inplace(z, xp=xp)
+    r = xp.sum(e, axis=1)
+    if not want:
+        return m, r, None
+    if inside is not None:
+        if _np_own(e, xp):
+            e *= inside
+        else:
+            e = xp.where(inside, e, xp.zeros_like(e))
+    if flush:  # entries of a row are <= 1 = its maximum: below tiny, below the rounding
+        e = flush_below(e, xp.finfo(e.dtype).smallest_normal, xp=xp)
+    return m, r, e
+
+
+def _dev(x):
+    from array_api_compat import device
+
+    return device(x)
+
+
+def _sweep(a: Array, fb: Array, rows, *, block: int, grad: bool, fixed: Array | float | None, xp):
+    """One pass over the row blocks of ``z = a fbᵀ``.
+
+    ``rows(z, r0, r1) -> (stats, e, lam)``: per-row statistics (a tuple of (R,)
+    arrays), the block's gradient matrix ``e`` and its per-row log-scales ``lam``
+    (``G = −e ∘ e^{lam − Λ}``).  With ``grad`` the two gradient GEMMs are fused in:
+    ``U = e fb`` is kept per row (rescaled exactly at the end), and
+    ``db = eᵀ (a ∘ e^{lam − M})`` is accumulated relative to ``M`` = ``fixed`` (Λ
+    known up front) or the running maximum of ``lam`` (Λ known only at the end:
+    the accumulator is rescaled by ``e^{M_old − M_new}`` when the maximum grows).
+
+    Returns ``(stats, grads)`` with ``grads = (U, lam, db, M)`` or ``None``.
+    """
+    n = a.shape[0]
+    bt = xp.matrix_transpose(fb)
+    stats, us, lams = [], [], []
+    db = m_run = None
+    for r0 in range(0, n, block):
+        r1 = min(n, r0 + block)
+        ab = a[r0:r1, :]
+        st, e, lam = rows(ab @ bt, r0, r1)
+        stats.append(st)
+        if not grad:
+            continue
+        us.append(e @ fb)
+        lams.append(lam)
+        et = xp.matrix_transpose(e)
+        if fixed is not None:
+            # ρ = e^{lam − Λ} <= the marginal term: inf only where the estimate overflows
+            # (reported by result_finite); 0 then keeps the GEMM free of inf·0
+            rho = _exp(lam - fixed, xp=xp)
+            rho = xp.where(rho == math.inf, xp.zeros_like(rho), rho)
+            part = et @ (ab * xp.expand_dims(rho, axis=1))
+            db = part if db is None else db + part
+            continue
+        new = xp.max(lam) if m_run is None else xp.maximum(m_run, xp.max(lam))
+        part = et @ (ab * xp.expand_dims(xp.exp(lam - new), axis=1))
+        db = part if db is None else db * xp.exp(m_run - new) + part
+        m_run = new
+    stats = tuple(stats[0][k] if len(stats) == 1 else xp.concat([s[k] for s in stats])
+                  for k in range(len(stats[0])))
+    if not grad:
+        return stats, None
+    u = us[0] if len(us) == 1 else xp.concat(us, axis=0)
+    lam = lams[0] if len(lams) == 1 else xp.concat(lams)
+    return stats, (u, lam, db, m_run)
+
+
+def _check_options(bound, log_baseline, clip, report, log_moving_average):
+    """The bound's own options: required where it takes them, refused elsewhere."""
+    given = {"log_baseline": log_baseline, "clip": clip, "report": report,
+             "log_moving_average": log_moving_average}
+    takes = {"tuba": ("log_baseline",), "smile": ("clip",), "js": ("report",),
+             "mine": ("log_moving_average",)}.get(bound, ())
+    for name, v in given.items():
+        if v is not None and name not in takes:
+            raise ValueError(f"`{name}` is not an option of bound={bound!r}; got {v!r}")
+    if bound == "smile" and clip is None:
+        raise ValueError("bound='smile' needs `clip` (a float > 0, inf allowed)")
+    if bound == "mine" and log_moving_average is None:
+        raise ValueError("bound='mine' needs `log_moving_average` (see nce_ref.mi.mine_update)")
+
+
+@differentiable("mi.bound_from_embeddings", wrt=("x", "y", "log_baseline", "temperature"),
+                scalars=("log_baseline", "temperature"))
+def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None = None, /, *,
+                          bound: str = "infonce", similarity: str = "dot",
+                          temperature: float | Array = 1.0, clip: float | None = None,
+                          report: str | None = None, log_moving_average: float | Array | None = None,
+                          axis: int = 1, eps: float = DEFAULT_EPS, block_size: int | None = None,
+                          memory_budget: int | None = None, check_finite: bool = True, xp=None):
+    r"""An MI bound of :mod:`nce_ref.mi` on the critic ``sim(x_i, y_j)/τ``, streamed.
+
+    Equals ``getattr(nce_ref.mi, bound)(nce_ref.similarity(x, y, kind=similarity) /
+    temperature, ...)``, value and gradient, to rounding, without holding the N x N
+    score matrix: rows of :math:`z_{ij} = s(x_i, y_j)/\tau` are computed in blocks,
+    and forward plus backward cost the three N x N x D GEMMs of the floor (one for
+    ``bound="infonce"``'s forward, which is :func:`nce_ref.info_nce`'s kernel).
+    Peak extra memory: two blocks of rows plus O(N·D).
+
+    With :math:`p_i = z_{ii}` (computed row-wise), :math:`|O| = N(N-1)`, and per row
+    over the off-diagonal entries :math:`\ell_i = \log\sum_{j\ne i} e^{w_{ij}}`
+    (:math:`w = z`; SMILE: :math:`w = \operatorname{clip}(z, -c, c)`):
+
+    ==============  ==================================================================================
+    ``bound``       value from the streamed statistics
+    ==============  ==================================================================================
+    ``"infonce"``   :math:`\log N - \mathcal{L}`, :math:`\mathcal{L}` = :func:`nce_ref.info_nce` (its kernel)
+    ``"tuba"``      :math:`1 + \overline{p - b} - \exp(\operatorname{LSE}_i(\ell_i - b_i) - \log|O|)`
+    ``"nwj"``       ``"tuba"`` with :math:`b = 1`
+    ``"js"``        ``report="mi"``: ``"tuba"`` with :math:`b = 0` (NWJ at :math:`1 + f`);
+                    ``report="objective"``: :math:`-\overline{\operatorname{softplus}(-p)} -
+                    \frac{1}{|O|}\sum_{i\ne j}\operatorname{softplus}(z_{ij})`
+    ``"dv"``        :math:`\bar p - (\operatorname{LSE}_i \ell_i - \log|O|)`
+    ``"mine"``      ``"dv"``'s value; gradient normalised by :math:`\mu` (:func:`nce_ref.mi.mine`)
+    ``"smile"``     ``"dv"`` with the clipped :math:`w` in :math:`\ell`
+    ``"loo_upper"`` :math:`\overline{p - \ell} + \log(N - 1)`
+    ==============  ==================================================================================
+
+    (:math:`\bar v` is the mean over i; :math:`b_i = \log a_i` the log-baseline.)
+    ``"interpolated"`` is not streamed: see Notes.
+
+    Parameters
+    ----------
+    x, y : array, shape (N, D)
+        The joint samples :math:`(x_i, y_i)`; ``scores[i, j] = sim(x_i, y_j)/τ`` has rows x.
+        N >= 2 (N >= 1 for ``"infonce"``).
+    log_baseline : float, 0-d array or array of shape (N,), optional
+        ``bound="tuba"`` only (default 0.0): :math:`\log a`, scalar or one value per
+        conditioning sample (per x with ``axis=1``, per y with ``axis=0``).  Differentiable.
+    bound : str, default "infonce"
+        One of ``"infonce"``, ``"nwj"``, ``"tuba"``, ``"dv"``, ``"mine"``, ``"js"``,
+        ``"smile"``, ``"loo_upper"``.
+    similarity : {"dot", "cosine", "neg_sq_euclidean"}, default "dot"
+        The bilinear similarities of :func:`nce_ref.similarity` ("neg_euclidean" is
+        not a product of features and cannot be streamed).
+    temperature : float or 0-d array, default 1.0
+        :math:`\tau > 0`; differentiable.
+    clip : float > 0, optional
+        ``bound="smile"`` only (required): the clip :math:`c` (``inf`` is DV).
+    report : {"mi", "objective"}, optional
+        ``bound="js"`` only (default ``"mi"``), as in :func:`nce_ref.mi.js`.
+    log_moving_average : float or 0-d array, optional
+        ``bound="mine"`` only (required): :math:`\log\mu`, not differentiated.
+    axis : {1, 0}, default 1
+        As in :mod:`nce_ref.mi.bounds`: 0 reads the score matrix transposed (each
+        :math:`y_j` contrasts the :math:`x_i`); the bilinear similarities are
+        symmetric, so this exchanges ``x`` and ``y``.
+    eps : float, default 1e-12
+        Norm floor of the cosine similarity.
+    block_size, memory_budget : int, optional
+        Rows per block, or the bytes of the two block buffers (default 128 MiB), as
+        in :func:`nce_ref.info_nce` (the same errors).
+    check_finite : bool, default True
+        Refuse NaN/inf inputs (``ValueError``) and an estimate that overflows the
+        dtype (``FloatingPointError``).
+    xp : namespace, optional
+
+    Returns
+    -------
+    estimate : 0-d array, in nats
+        In the inputs' namespace, device and floating dtype (float16/bfloat16 are
+        computed in float32).
+
+    Raises
+    ------
+    ValueError, TypeError
+        Unknown or unstreamed ``bound``, a non-bilinear ``similarity``, an option the
+        bound does not take (or a missing required one), mismatched shapes, N too
+        small, bad ``block_size``/``memory_budget``/``temperature``; the message
+        names the argument.
+
+    Notes
+    -----
+    Off the diagonal every supported gradient is
+    :math:`G_{ij} = \partial I/\partial z_{ij} = -e_{ij}\, e^{\lambda_i - \Lambda}`:
+
+    - TUBA, NWJ: :math:`e = e^{z - m}`,
+      :math:`\lambda_i = m_i - b_i`, :math:`\Lambda = \log|O|`;
+    - MINE: :math:`\lambda_i = m_i`, :math:`\Lambda = \log\mu + \log|O|`;
+    - DV, SMILE: :math:`\lambda_i = m_i`, :math:`\Lambda = \operatorname{LSE}_i \ell_i`
+      (known only after the pass), times :math:`[-c \le z_{ij} \le c]` for SMILE;
+    - LOO: :math:`\lambda_i = -\log r_i`, :math:`\Lambda = \log N`;
+    - JS (either report): :math:`e = \sigma(z)`, :math:`\lambda = 0`, :math:`\Lambda = \log|O|`.
+
+    The diagonal's :math:`\partial I/\partial p_i` is :math:`1/N` (JS:
+    :math:`\sigma(-p_i)/N`).  So :math:`\partial I/\partial a = -\operatorname{diag}(e^{\lambda-\Lambda})\,U`
+    with :math:`U = e f_b` kept per row, and :math:`\partial I/\partial f_b =
+    -e^{M - \Lambda}\sum_{\rm blocks} e^\top(e^{\lambda - M} \circ a)` with :math:`M`
+    either :math:`\Lambda` itself or, for DV/SMILE, the running maximum of
+    :math:`\lambda` (the accumulator is rescaled when it grows, as in an online
+    softmax): one pass, three GEMMs.  :math:`\partial I/\partial\tau =
+    -(\sum_i a_i\cdot\partial_{a_i} I + \sum_i p_i\,\partial_{p_i} I)/\tau`, O(N·D).
+
+    ``"interpolated"`` is not streamed here: its leave-one-out log-mean-exp
+    :math:`L_{ik}` and :math:`B_{ik}` are row-local (each row's statistics are known
+    once its block is done, so it *can* be streamed in one pass), but its forward
+    and VJP are written inline in :func:`nce_ref.mi.interpolated` for a full matrix
+    with one diagonal; streaming it without copying the formula needs that body
+    factored into a helper on a block of rows with an offset diagonal.
+
+    Examples
+    --------
+    >>> import numpy as np, nce_ref
+    >>> from nce_ref import mi
+    >>> rng = np.random.default_rng(0)
+    >>> x, y = rng.standard_normal((64, 8)), rng.standard_normal((64, 8))
+    >>> v = mi.bound_from_embeddings(x, y, bound="dv", similarity="cosine", temperature=0.1,
+    ...                              block_size=10)
+    >>> dense = mi.dv(nce_ref.similarity(x, y, kind="cosine") / 0.1)
+    >>> bool(np.isclose(v, dense, rtol=1e-12))
+    True
+    >>> v, g = nce_ref.value_and_grad(mi.bound_from_embeddings)(x, y, 0.5, bound="tuba")
+    >>> sorted(g), g["x"].shape
+    (['log_baseline', 'temperature', 'x', 'y'], (64, 8))
+    """
+    if bound in _NOT_STREAMED:
+        raise ValueError(f"`bound`={bound!r} is not streamed: {_NOT_STREAMED[bound]}")
+    check_option(bound, "bound", STREAMED_BOUNDS)
+    kind, eps = check_similarity(similarity, eps)
+    if kind not in BILINEAR:
+        raise ValueError(f"`similarity` must be one of {', '.join(map(repr, BILINEAR))} (a product "
+                         f"of row features, which streams); got {kind!r}: compose "
+                         f"nce_ref.mi.{bound}(nce_ref.similarity(x, y, kind={kind!r}) / temperature)")
+    _check_options(bound, log_baseline, clip, report, log_moving_average)
+    ax = _check_axis(axis)
+    arrays = {"x": x, "y": y}
+    if bound == "tuba" and hasattr(log_baseline, "ndim") and log_baseline.ndim == 1:
+        arrays["log_baseline"] = log_baseline
+    ctx = resolve(arrays, ndims={"x": 2, "y": 2}, xp=xp, check_finite=check_finite)
+    xp = ctx.xp
+    n, _ = check_pair(x, y, "x", "y")
+    if bound != "infonce" and n < 2:
+        raise ValueError(f"bound={bound!r} needs N >= 2 joint samples (its marginal term averages "
+                         f"the off-diagonal pairs); got `x` of shape {tuple(x.shape)}")
+    tau, tau0 = scalar_param(ctx, temperature, "temperature", positive=True)
+    block = choose_block(n, n, ctx.finfo().bits // 8, block_size=block_size,
+                         memory_budget=memory_budget)
+    if ax == 0:  # rows are y: the similarities are symmetric, so exchange the operands
+        rows_in, cols_in, names = y, x, ("y", "x")
+    else:
+        rows_in, cols_in, names = x, y, ("x", "y")
+
+    if bound == "infonce":
+        return _infonce(ctx, rows_in, cols_in, names, n, temperature=temperature, kind=kind, eps=eps,
+                        block_size=block)
+
+    clip_c = check_real(clip, "clip", positive=True, finite=False) if bound == "smile" else None
+    report = check_option("mi" if report is None else report, "report", JS_REPORTS)
+    if bound == "tuba":
+        lb, to_grad = _baseline(ctx, 0.0 if log_baseline is None else log_baseline, n)
+        b = lb[:, 0] if lb.ndim == 2 else lb
+    else:
+        b = {"nwj": 1.0, "js": 0.0}.get(bound, 0.0)
+    log_mu = _log_moving_average(ctx, log_moving_average, "log_moving_average") if bound == "mine" else None
+
+    a_in, b_in = ctx.to_compute(rows_in), ctx.to_compute(cols_in)
+    fa, fb, back_f = bilinear_features(a_in, b_in, kind=kind, eps=eps, xp=xp)
+    s_pos, back_pos = _pos_from_features(a_in, b_in, fa, fb, kind=kind, eps=eps, xp=xp)
+    pos = s_pos / tau
+    a = fa / tau
+    # a bound on |w| known before any GEMM: cosine scores lie in [-1, 1]; SMILE clips
+    wbound = 1.0 / tau0 if kind == "cosine" and isinstance(tau0, float) else None
+    if clip_c is not None and math.isfinite(clip_c):
+        wbound = clip_c if wbound is None else min(wbound, clip_c)
+    shift_free = _shift_free(wbound, n, ctx.dtype, xp)
+    grad = not forward_only()
+    flush = grad and not shift_free and needs_flush(
+        ctx.dtype, None if wbound is None else 2.0 * wbound, n * n, xp)
+    log_o = math.log(n * (n - 1))
+
+    if bound == "js":
+        def rows(z, r0, r1):
+            z = _mask_band(z, r0, r1, 0, xp)  # softplus(-inf) = sigmoid(-inf) = 0
+            if shift_free:
+                # |z| is bounded: E = e^z is a normal number, one exp serves the value and
+                # the gradient: σ(z) = E/(1 + E), softplus(z) = log1p(E), e^{z − 0} = E
+                ez = _exp_inplace(z, xp=xp)
+                den = None
+                if report == "objective":
+                    if _np_own(ez, xp):  # one scratch buffer for softplus, then 1 + E
+                        den = xp.log1p(ez, out=xp.empty_like(ez))
+                        st = (xp.sum(den, axis=1),)
+                    else:
+                        st = (xp.sum(xp.log1p(ez), axis=1),)
+                else:
+                    st = (xp.zeros((r1 - r0,), dtype=ez.dtype, device=ctx.device), xp.sum(ez, axis=1))
+                if not grad:
+                    return st, None, None
+                lam = xp.zeros((r1 - r0,), dtype=ez.dtype, device=ctx.device)
+                den = 1.0 + ez if den is None else xp.add(ez, 1.0, out=den)
+                if _np_own(den, xp):
+                    return st, xp.divide(ez, den, out=den), lam
+                return st, ez / den, lam
+            e = None
+            if grad:
+                e = sigmoid(z, xp=xp)
+                if flush:
+                    e = flush_below(e, xp.finfo(e.dtype).smallest_normal, xp=xp)
+            if report == "objective":
+                st = (xp.sum(softplus(z, xp=xp), axis=1),)
+            else:
+                m, r, _ = _row_lse(z, r0, r1, clip=None, shift_free=shift_free, want=False,
+                                   flush=False, xp=xp)
+                st = (m, r)
+            lam = None if e is None else xp.zeros((r1 - r0,), dtype=a.dtype, device=ctx.device)
+            return st, e, lam
+        fixed = log_o
+    else:
+        def rows(z, r0, r1):
+            m, r, e = _row_lse(z, r0, r1, clip=clip_c, shift_free=shift_free, want=grad,
+                               flush=flush, xp=xp)
+            if not grad:
+                return (m, r), None, None
+            if bound in ("tuba", "nwj"):
+                lam = m - (b[r0:r1] if getattr(b, "ndim", 0) == 1 else b)
+            elif bound == "loo_upper":
+                lam = -xp.log(r)
+            else:
+                lam = m
+            return (m, r), e, lam
+        fixed = {"tuba": log_o, "nwj": log_o, "mine": None if log_mu is None else log_mu + log_o,
+                 "loo_upper": math.log(n)}.get(bound)
+
+    stats, gr = _sweep(a, fb, rows, block=block, grad=grad, fixed=fixed, xp=xp)
+
+    def mean(v):
+        return xp.sum(v) / float(n)
+
+    if bound == "js" and report == "objective":
+        value = -mean(softplus(-pos, xp=xp)) - xp.sum(stats[0]) / float(n * (n - 1))
+    else:
+        ell = stats[0] + xp.log(stats[1])  # the off-diagonal row log-sum-exp
+        if bound in ("tuba", "nwj", "js"):
+            marg_log = logsumexp(ell - b, axis=0, xp=xp) - log_o
+            value = 1.0 + mean(pos - b) - _exp(marg_log, xp=xp)
+        elif bound == "loo_upper":
+            value = mean(pos - ell) + math.log(n - 1)
+        else:  # dv, mine, smile
+            lse_all = logsumexp(ell, axis=0, xp=xp)
+            value = mean(pos) - (lse_all - log_o)
+    value = ctx.result_finite(value, "mi.bound_from_embeddings")
+    if not grad:
+        return ctx.to_out(value), None
+
+    u, lam, db_acc, m_run = gr
+    big_lambda = lse_all if bound in ("dv", "smile") else fixed
+    da = -u * xp.expand_dims(_exp(lam - big_lambda, xp=xp), axis=1)
+    dfb = -db_acc if m_run is None else -db_acc * xp.exp(m_run - big_lambda)
+    if bound == "js":
+        dpos = sigmoid(-pos, xp=xp) / float(n)
+    else:
+        dpos = xp.full_like(pos, 1.0 / n)
+    dtau = -(xp.sum(a * da) + xp.sum(dpos * pos)) / tau
+    dfa, dfb, g_pa, g_pb = back_pos(dpos / tau, da / tau, dfb)
+    ga, gb = back_f(dfa, dfb)
+    ga, gb = ga + g_pa, gb + g_pb
+    dlb = None
+    if bound == "tuba":  # ∂I/∂b_i = −1/N + Σ_{j≠i} e^{z_ij − b_i}/|O|
+        dlb = _exp(ell - b - log_o, xp=xp) - 1.0 / n
+    grads = {names[0]: ga, names[1]: gb}
+    inputs = {"x": x, "y": y}
+
+    def vjp(g):
+        g = ctx.to_compute(g)
+        out = {k: ctx.like(v * g, inputs[k]) for k, v in grads.items()}
+        out["temperature"] = scalar_grad(ctx, dtau * g, tau0)
+        if dlb is not None:
+            out["log_baseline"] = to_grad(dlb * g)
+        return out
+
+    return ctx.to_out(value), vjp
+
+
+def _infonce(ctx, rows_in, cols_in, names, n, *, temperature, kind, eps, block_size):
+    """``log N − L`` with ``L`` from :func:`nce_ref.info_nce`'s streamed kernel (reused)."""
+    loss, back = _INFO_NCE_IMPL(rows_in, cols_in, temperature=temperature, similarity=kind, eps=eps,
+                                block_size=block_size, check_finite=False, xp=ctx.xp)
+    value = ctx.to_out(ctx.result_finite(math.log(n) - loss, "mi.bound_from_embeddings"))
+    if back is None:
+        return value, None
+
+    def vjp(g):
+        gl = back(-g)
+        return {names[0]: gl["query"], names[1]: gl["key"], "temperature": gl["temperature"]}
+
+    return value, vjp

@@ -1,0 +1,251 @@
+"""``nce_ref.mi.bound_from_embeddings``: the streamed bounds against the dense composition.
+
+The dense composition is ``mi.<bound>(nce_ref.similarity(x, y) / τ)`` with the registered
+VJPs of the similarity and of the bound chained by hand (``∂/∂τ = −Σ G∘s/τ²``), in NumPy
+float64 on the same-dtype inputs; the streamed result runs on every backend, in float32
+and float64, for several block layouts.  The mpmath oracle, finite differences on the
+registered cases and cross-backend gradients are in ``test_registry_generic.py``
+(``nce_ref/testing/cases/mi_embeddings.py``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from array_api_compat import is_lazy_array
+
+import nce_ref
+from nce_ref import mi
+from nce_ref.mi.embeddings import STREAMED_BOUNDS
+from nce_ref.testing import check_grad
+
+from ._helpers import assert_close, assert_like
+
+SIMS = ["dot", "cosine", "neg_sq_euclidean"]
+N, D = 7, 4
+TAU = {"dot": 1.5, "cosine": 0.5, "neg_sq_euclidean": 4.0}
+
+# block layouts: one row, a block that does not divide N, the smallest budget (one row), default
+BLOCKS = {
+    "block 1": {"block_size": 1},
+    "block 3": {"block_size": 3},
+    "tiny budget": "tiny",
+    "default": {},
+}
+
+
+def _options(bound, x, y, tau, kind):
+    """(extra positional args, keyword options) of one bound, and the dense call's."""
+    if bound == "tuba":
+        lb = np.random.default_rng(3).standard_normal(N)
+        return (lb,), {}, (lb,), {}
+    if bound == "mine":
+        s = nce_ref.similarity(x, y, kind=kind) / tau
+        lma = float(mi.mine_update(s)) - 0.25  # not the batch mean: MINE's own gradient
+        return (), {"log_moving_average": lma}, (lma,), {}
+    if bound == "smile":
+        s = nce_ref.similarity(x, y, kind=kind) / tau
+        w = np.sort(np.abs(s[~np.eye(N, dtype=bool)]))
+        c = float(0.5 * (w[len(w) // 2] + w[len(w) // 2 + 1]))  # between two |scores|: no kink
+        return (), {"clip": c}, (), {"clip": c}
+    return (), {}, (), {}
+
+
+def _dense(bound, x, y, extra, kw, *, kind, tau, axis=1):
+    """Value and gradients of the dense composition, by the registered VJPs (NumPy float64)."""
+    s, back_s = nce_ref.vjp(nce_ref.similarity, x, y, kind=kind)
+    v, back = nce_ref.vjp(getattr(mi, bound), s / tau, *extra, axis=axis, **kw)
+    g = back()
+    ga = back_s(g["scores"] / tau)
+    out = {"x": ga["a"], "y": ga["b"], "temperature": -float(np.sum(g["scores"] * s)) / tau ** 2}
+    if "log_baseline" in g:
+        out["log_baseline"] = g["log_baseline"]
+    return float(v), out
+
+
+def _variants():
+    out = []
+    for b in STREAMED_BOUNDS:
+        out.append((b, {}))
+        if b == "js":
+            out.append((b, {"report": "objective"}))
+    return out
+
+
+VARIANTS = _variants()
+IDS = [b + ("-" + "-".join(map(str, kw.values())) if kw else "") for b, kw in VARIANTS]
+
+
+@pytest.mark.parametrize("blocks", list(BLOCKS), ids=list(BLOCKS))
+@pytest.mark.parametrize("kind", SIMS)
+@pytest.mark.parametrize("bound,opts", VARIANTS, ids=IDS)
+def test_streamed_equals_dense_composition(backend, dtype, bound, opts, kind, blocks, rng):
+    x64, y64 = rng.standard_normal((N, D)), rng.standard_normal((N, D))
+    x_np, y_np = x64.astype(dtype), y64.astype(dtype)
+    tau = TAU[kind]
+    # the reference: the dense composition on the same-dtype inputs, in float64
+    xr, yr = x_np.astype(np.float64), y_np.astype(np.float64)
+    extra, kw, dextra, dkw = _options(bound, xr, yr, tau, kind)
+    v_ref, g_ref = _dense(bound, xr, yr, dextra, {**dkw, **opts}, kind=kind, tau=tau)
+    block = BLOCKS[blocks]
+    if block == "tiny":
+        block = {"memory_budget": 2 * N * np.dtype(dtype).itemsize}  # one row of scores
+    x, y = backend.asarray(x_np, dtype), backend.asarray(y_np, dtype)
+    args = (x, y) + tuple(backend.asarray(e, dtype) for e in extra)
+    v, g = nce_ref.value_and_grad(mi.bound_from_embeddings)(
+        *args, bound=bound, similarity=kind, temperature=tau, **kw, **opts, **block)
+    got = assert_like(v, backend, dtype=dtype, shape=(), ref_array=x)
+    assert_close(got, v_ref, dtype=dtype, temperature=tau, tol_scale=backend.tol_scale)
+    assert set(g) == set(g_ref)
+    for name, ref in g_ref.items():
+        shape = np.shape(ref)
+        gv = assert_like(g[name], backend, dtype=dtype, shape=shape,
+                         ref_array=x if name != "temperature" else None)
+        # gradient entries can be ~0: atol relative to the largest entry (STYLE.md B6, row 2)
+        assert_close(gv, ref, dtype=dtype, temperature=tau, tol_scale=backend.tol_scale,
+                     scale=float(np.max(np.abs(ref))), err_msg=f"{bound} {kind}: gradient of {name}")
+
+
+@pytest.mark.parametrize("kind", SIMS)
+@pytest.mark.parametrize("bound,opts", VARIANTS, ids=IDS)
+def test_axis_zero_reads_the_transpose(bound, opts, kind, rng):
+    x, y = rng.standard_normal((N, D)), rng.standard_normal((N, D))
+    tau = TAU[kind]
+    extra, kw, dextra, dkw = _options(bound, x, y, tau, kind)
+    v_ref, g_ref = _dense(bound, x, y, dextra, {**dkw, **opts}, kind=kind, tau=tau, axis=0)
+    v, g = nce_ref.value_and_grad(mi.bound_from_embeddings)(
+        x, y, *extra, bound=bound, similarity=kind, temperature=tau, axis=0, block_size=3, **kw, **opts)
+    assert_close(v, v_ref, dtype="float64")
+    for name, ref in g_ref.items():
+        assert_close(g[name], ref, dtype="float64", scale=float(np.max(np.abs(ref))))
+
+
+def _fd_options(bound, x, y, tau, kind):
+    """Options where the registered gradient is the value's derivative."""
+    if bound == "js":
+        return (), {"report": "objective"}
+    if bound == "mine":  # at the batch mean MINE's gradient is DV's, the derivative of the value
+        return (), {"log_moving_average": float(mi.mine_update(nce_ref.similarity(x, y, kind=kind) / tau))}
+    extra, kw, _, _ = _options(bound, x, y, tau, kind)
+    return extra, kw
+
+
+@pytest.mark.parametrize("kind", SIMS)
+@pytest.mark.parametrize("bound", STREAMED_BOUNDS)
+def test_gradient_matches_finite_differences(bound, kind, rng):
+    x, y = rng.standard_normal((N, D)), rng.standard_normal((N, D))
+    tau = TAU[kind]
+    extra, kw = _fd_options(bound, x, y, tau, kind)
+    check_grad(mi.bound_from_embeddings, x, y, *extra, bound=bound, similarity=kind,
+               temperature=tau, block_size=3, **kw)
+
+
+@pytest.mark.parametrize("tau", [1e-3, 1e3])
+@pytest.mark.parametrize("bound,opts", VARIANTS, ids=IDS)
+def test_extreme_temperatures_with_cosine(backend, dtype, bound, opts, tau, rng):
+    x64, y64 = rng.standard_normal((N, D)), rng.standard_normal((N, D))
+    xr, yr = x64.astype(dtype).astype(np.float64), y64.astype(dtype).astype(np.float64)
+    extra, kw, dextra, dkw = _options(bound, xr, yr, tau, "cosine")
+    if bound == "mine":  # a moving average of the batch's order keeps the gradient finite
+        lma = float(mi.mine_update(nce_ref.similarity(xr, yr, kind="cosine") / tau))
+        kw, dextra = {"log_moving_average": lma}, (lma,)
+    call = nce_ref.value_and_grad(mi.bound_from_embeddings)
+    x, y = backend.asarray(xr, dtype), backend.asarray(yr, dtype)
+    args = (x, y) + tuple(backend.asarray(e, dtype) for e in extra)
+    try:
+        v_ref, g_ref = _dense(bound, xr, yr, dextra, {**dkw, **opts}, kind="cosine", tau=tau)
+    except FloatingPointError:
+        # e^{1/τ} overflows the marginal term of NWJ/TUBA/JS-mi: a clear error, never NaN
+        if is_lazy_array(x):  # JAX: values are not inspected (STYLE.md); the estimate is -inf
+            v = call(*args, bound=bound, similarity="cosine", temperature=tau, block_size=3, **kw, **opts)[0]
+            assert backend.to_numpy(v) == -np.inf
+            return
+        with pytest.raises(FloatingPointError):
+            call(*args, bound=bound, similarity="cosine", temperature=tau, block_size=3, **kw, **opts)
+        return
+    if dtype == "float32" and not math.isfinite(float(np.float32(v_ref))):
+        pytest.skip("the float64 estimate is beyond float32's range")
+    try:
+        v, g = call(*args, bound=bound, similarity="cosine", temperature=tau, block_size=3, **kw, **opts)
+    except FloatingPointError:
+        assert dtype == "float32"  # an overflow in float32 only, reported as an error
+        return
+    got = assert_like(v, backend, dtype=dtype, shape=(), ref_array=x)
+    assert np.isfinite(got)
+    assert_close(got, v_ref, dtype=dtype, temperature=tau, tol_scale=backend.tol_scale)
+    for name, ref in g_ref.items():
+        gv = backend.to_numpy(g[name])
+        assert np.all(np.isfinite(gv)), name
+        assert_close(gv, ref, dtype=dtype, temperature=tau, tol_scale=backend.tol_scale,
+                     scale=float(np.max(np.abs(ref))), err_msg=f"{bound}: gradient of {name}")
+
+
+def test_forward_equals_value_of_value_and_grad(rng):
+    x, y = rng.standard_normal((N, D)), rng.standard_normal((N, D))
+    for bound, opts in VARIANTS:
+        extra, kw, _, _ = _options(bound, x, y, 1.0, "dot")
+        v = mi.bound_from_embeddings(x, y, *extra, bound=bound, block_size=2, **kw, **opts)
+        w, _ = nce_ref.value_and_grad(mi.bound_from_embeddings)(x, y, *extra, bound=bound, **kw, **opts)
+        assert_close(v, w, dtype="float64")
+
+
+def test_infonce_is_log_n_minus_info_nce(rng):
+    x, y = rng.standard_normal((N, D)), rng.standard_normal((N, D))
+    v = mi.bound_from_embeddings(x, y, similarity="cosine", temperature=0.1)
+    loss = nce_ref.info_nce(x, y, similarity="cosine", temperature=0.1)
+    assert float(v) == math.log(N) - float(loss)
+    assert float(v) <= math.log(N)
+
+
+# -- errors -------------------------------------------------------------------------------
+
+def _xy(n=4, d=3):
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((n, d)), rng.standard_normal((n, d))
+
+
+@pytest.mark.parametrize("kwargs,exc,name", [
+    ({"bound": "nope"}, ValueError, "`bound`"),
+    ({"bound": "interpolated"}, ValueError, "`bound`"),
+    ({"bound": 3}, ValueError, "`bound`"),
+    ({"similarity": "neg_euclidean"}, ValueError, "`similarity`"),
+    ({"similarity": "manhattan"}, ValueError, "`similarity`"),
+    ({"block_size": 0}, ValueError, "`block_size`"),
+    ({"block_size": 1.5}, TypeError, "`block_size`"),
+    ({"memory_budget": 8}, ValueError, "`memory_budget`"),
+    ({"memory_budget": "1MB"}, TypeError, "`memory_budget`"),
+    ({"temperature": 0.0}, ValueError, "`temperature`"),
+    ({"bound": "dv", "clip": 1.0}, ValueError, "`clip`"),
+    ({"bound": "smile"}, ValueError, "`clip`"),
+    ({"bound": "smile", "clip": -1.0}, ValueError, "`clip`"),
+    ({"bound": "mine"}, ValueError, "`log_moving_average`"),
+    ({"bound": "js", "report": "value"}, ValueError, "`report`"),
+    ({"bound": "nwj", "report": "mi"}, ValueError, "`report`"),
+    ({"axis": 2}, ValueError, "`axis`"),
+])
+def test_bad_options_raise_naming_the_argument(kwargs, exc, name):
+    x, y = _xy()
+    with pytest.raises(exc, match=name):
+        mi.bound_from_embeddings(x, y, **kwargs)
+
+
+def test_bad_arrays_raise_naming_the_argument():
+    x, y = _xy()
+    with pytest.raises(ValueError, match="`y`"):
+        mi.bound_from_embeddings(x, y[:3])
+    with pytest.raises(ValueError, match="`y`"):
+        mi.bound_from_embeddings(x, y[:, :2])
+    with pytest.raises(ValueError, match="`x`"):
+        mi.bound_from_embeddings(x[0], y)
+    with pytest.raises(TypeError, match="`x`"):
+        mi.bound_from_embeddings(x.tolist(), y)
+    with pytest.raises(ValueError, match="`x`"):
+        mi.bound_from_embeddings(x[:1], y[:1], bound="dv")  # N >= 2 for a marginal term
+    with pytest.raises(ValueError, match="`log_baseline`"):
+        mi.bound_from_embeddings(x, y, 0.5, bound="dv")
+    with pytest.raises(ValueError, match="`log_baseline`"):
+        mi.bound_from_embeddings(x, y, np.zeros(3), bound="tuba")
+    with pytest.raises(ValueError, match="`x`"):
+        mi.bound_from_embeddings(np.where(x > 0, np.nan, x), y)
