@@ -1,75 +1,100 @@
-"""asv: info_nce and nt_xent, forward and value_and_grad, against the 3-GEMM floor and torch.
+"""asv: info_nce (one-way and CLIP's symmetric), nt_xent, info_nce_from_scores and
+similarity, forward and value_and_grad, against the three-GEMM floor and torch autograd.
 
-Read the ratios from one run: ``InfoNCE.time_value_and_grad / GemmFloor.time_three_gemms``
-and ``InfoNCE.time_value_and_grad / TorchAutogradInfoNCE.time_forward_backward``.
+Read the ratios from one run, at equal ``(backend, n, d, dtype)``:
+
+- ``InfoNCE.time_value_and_grad / GemmFloor.time_three_gemms`` and
+  ``InfoNCE.time_value_and_grad / TorchAutogradInfoNCE.time_forward_backward``;
+- ``InfoNCESymmetric`` against the same floor and ``TorchAutogradCLIP``;
+- ``NTXent`` (2N x 2N scores) against ``GemmFloor`` at ``2N`` and ``TorchAutogradNTXent``.
+
+``track_gpu_peak_bytes`` records the GPU memory high-water mark above the inputs
+(``peakmem_`` measures host memory only).
 """
 
 from __future__ import annotations
 
+import math
+
 import nce_ref
 
-from .common import BACKENDS, DIM, DTYPES, XPBenchmark, get_backend, sizes, skip_if
+from .common import BACKENDS, DTYPES, XPBenchmark, _FunctionBenchmark, dims, get_backend, sizes, skip_if
 
 
-def _embeddings(rng, n):
-    return rng.standard_normal((n, DIM)), rng.standard_normal((n, DIM))
+def _embeddings(rng, n, d):
+    return rng.standard_normal((n, d)), rng.standard_normal((n, d))
 
 
-class InfoNCE(XPBenchmark):
-    """``nce_ref.info_nce(q, k, temperature=0.07)`` (cosine, in-batch negatives)."""
+class _Embeddings(_FunctionBenchmark):
+    """Two (N, D) standard normal embeddings; params ``(backend, n, d, dtype)``."""
 
-    param_names = ("backend", "n", "dtype")
-    params = (BACKENDS, sizes(gpu_large=True), DTYPES)
+    param_names = ("backend", "n", "d", "dtype")
+    params = (BACKENDS, sizes(gpu_large=True), dims(), DTYPES)
 
     def make(self, rng, n, dtype):
-        return _embeddings(rng, n)
+        return _embeddings(rng, n, self.d)
 
-    def setup(self, backend, n, dtype):
-        self.setup_data(backend, n, dtype)
-        self.vg = nce_ref.value_and_grad(nce_ref.info_nce)
-        self.time_value_and_grad(backend, n, dtype)  # warm-up (pools, handles)
-
-    def time_forward(self, backend, n, dtype):
-        self.sync(nce_ref.info_nce(*self.arrays, temperature=0.07))
-
-    def time_value_and_grad(self, backend, n, dtype):
-        v, g = self.vg(*self.arrays, temperature=0.07)
-        self.sync(v, g["query"], g["key"])
-
-    def peakmem_value_and_grad(self, backend, n, dtype):
-        self.vg(*self.arrays, temperature=0.07)
-
-    def track_gpu_peak_bytes(self, backend, n, dtype):
-        """GPU memory high-water mark of value_and_grad (``peakmem_`` sees host RSS only)."""
-        skip_if(not self.backend.gpu, "GPU backends only")
-        if backend == "cupy":
-            import cupy
-
-            pool = cupy.get_default_memory_pool()
-            pool.free_all_blocks()
-            self.time_value_and_grad(backend, n, dtype)
-            return pool.total_bytes()
-        torch = self.backend.lib
-        torch.cuda.reset_peak_memory_stats()
-        self.time_value_and_grad(backend, n, dtype)
-        return torch.cuda.max_memory_allocated()
+    def track_gpu_peak_bytes(self, *p):
+        return self.gpu_peak_bytes()
 
     track_gpu_peak_bytes.unit = "bytes"
 
-    def track_max_rel_err_vs_f64(self, backend, n, dtype):
-        """Relative error of the loss against the NumPy float64 computation."""
-        import numpy as np
-
-        rng = np.random.default_rng(0)
-        q, k = _embeddings(rng, n)
-        ref = float(nce_ref.info_nce(q, k, temperature=0.07))
-        got = float(self.backend.to_numpy(nce_ref.info_nce(*self.arrays, temperature=0.07)))
-        return abs(got - ref) / abs(ref)
+    def track_max_rel_err_vs_f64(self, backend, n, d, dtype):
+        return self.rel_err_vs_f64(n, dtype)
 
     track_max_rel_err_vs_f64.unit = "relative error"
 
 
-class InfoNCEFromScores(XPBenchmark):
+class InfoNCE(_Embeddings):
+    """``nce_ref.info_nce(q, k, temperature=0.07)`` (cosine, in-batch negatives)."""
+
+    def setup(self, backend, n, d, dtype):
+        self.prepare(backend, n, dtype, nce_ref.info_nce, d=d, temperature=0.07)
+
+
+class InfoNCESymmetric(_Embeddings):
+    """CLIP's symmetric loss, ``info_nce(..., symmetric=True)``."""
+
+    def setup(self, backend, n, d, dtype):
+        self.prepare(backend, n, dtype, nce_ref.info_nce, d=d, temperature=0.07, symmetric=True)
+
+
+class InfoNCEDot(_Embeddings):
+    """``info_nce(..., similarity="dot")``: logits without a known bound (row shifts)."""
+
+    params = (BACKENDS, sizes(), dims(), DTYPES)
+
+    def setup(self, backend, n, d, dtype):
+        self.prepare(backend, n, dtype, nce_ref.info_nce, d=d, temperature=0.07, similarity="dot")
+
+
+class NTXent(_Embeddings):
+    """``nce_ref.nt_xent(z1, z2, temperature=0.5)`` (2N x 2N scores)."""
+
+    params = (BACKENDS, sizes(), dims(), DTYPES)
+
+    def setup(self, backend, n, d, dtype):
+        self.prepare(backend, n, dtype, nce_ref.nt_xent, d=d, temperature=0.5)
+
+
+class Similarity(_Embeddings):
+    """``nce_ref.similarity`` (cosine), forward and VJP with a dense N x N cotangent."""
+
+    params = (BACKENDS, sizes(), dims(), DTYPES)
+
+    def setup(self, backend, n, d, dtype):
+        import numpy as np
+
+        self.prepare(backend, n, dtype, nce_ref.similarity, d=d, warm=False)
+        ct = np.random.default_rng(1).standard_normal((n, n))
+        self.vg_kw = {"cotangent": self.backend.asarray(ct, dtype)}
+        self._value_and_grad()
+
+    def track_max_rel_err_vs_f64(self, backend, n, d, dtype):
+        return math.nan  # a matrix, not a loss: not tracked
+
+
+class InfoNCEFromScores(_FunctionBenchmark):
     """``nce_ref.info_nce_from_scores`` on an N x N logit matrix."""
 
     param_names = ("backend", "n", "dtype")
@@ -79,147 +104,117 @@ class InfoNCEFromScores(XPBenchmark):
         return (rng.standard_normal((n, n)),)
 
     def setup(self, backend, n, dtype):
-        self.setup_data(backend, n, dtype)
-        self.vg = nce_ref.value_and_grad(nce_ref.info_nce_from_scores)
-        self.time_value_and_grad(backend, n, dtype)
-
-    def time_forward(self, backend, n, dtype):
-        self.sync(nce_ref.info_nce_from_scores(*self.arrays))
-
-    def time_value_and_grad(self, backend, n, dtype):
-        v, g = self.vg(*self.arrays)
-        self.sync(v, g["scores"])
-
-    def peakmem_value_and_grad(self, backend, n, dtype):
-        self.vg(*self.arrays)
-
-
-class Similarity(XPBenchmark):
-    """``nce_ref.similarity`` (cosine), forward and VJP."""
-
-    param_names = ("backend", "n", "dtype")
-    params = (BACKENDS, sizes(), DTYPES)
-
-    def make(self, rng, n, dtype):
-        return _embeddings(rng, n)
-
-    def setup(self, backend, n, dtype):
-        self.setup_data(backend, n, dtype)
-        self.ct = self.backend.asarray(rng_ct(n), dtype)
-        self.vg = nce_ref.value_and_grad(nce_ref.similarity)
-        self.time_value_and_grad(backend, n, dtype)
-
-    def time_forward(self, backend, n, dtype):
-        self.sync(nce_ref.similarity(*self.arrays))
-
-    def time_value_and_grad(self, backend, n, dtype):
-        v, g = self.vg(*self.arrays, cotangent=self.ct)
-        self.sync(v, g["a"], g["b"])
-
-    def peakmem_value_and_grad(self, backend, n, dtype):
-        self.vg(*self.arrays, cotangent=self.ct)
-
-
-def rng_ct(n):
-    import numpy as np
-
-    return np.random.default_rng(1).standard_normal((n, n))
-
-
-class InfoNCESymmetric(InfoNCE):
-    """CLIP's symmetric loss."""
-
-    def time_forward(self, backend, n, dtype):
-        self.sync(nce_ref.info_nce(*self.arrays, temperature=0.07, symmetric=True))
-
-    def time_value_and_grad(self, backend, n, dtype):
-        v, g = self.vg(*self.arrays, temperature=0.07, symmetric=True)
-        self.sync(v, g["query"], g["key"])
-
-    def peakmem_value_and_grad(self, backend, n, dtype):
-        self.vg(*self.arrays, temperature=0.07, symmetric=True)
-
-
-class NTXent(XPBenchmark):
-    """``nce_ref.nt_xent(z1, z2, temperature=0.5)`` (2N x 2N scores)."""
-
-    param_names = ("backend", "n", "dtype")
-    params = (BACKENDS, sizes(), DTYPES)
-
-    def make(self, rng, n, dtype):
-        return _embeddings(rng, n)
-
-    def setup(self, backend, n, dtype):
-        self.setup_data(backend, n, dtype)
-        self.vg = nce_ref.value_and_grad(nce_ref.nt_xent)
-        self.time_value_and_grad(backend, n, dtype)
-
-    def time_forward(self, backend, n, dtype):
-        self.sync(nce_ref.nt_xent(*self.arrays))
-
-    def time_value_and_grad(self, backend, n, dtype):
-        v, g = self.vg(*self.arrays)
-        self.sync(v, g["z1"], g["z2"])
-
-    def peakmem_value_and_grad(self, backend, n, dtype):
-        self.vg(*self.arrays)
+        self.prepare(backend, n, dtype, nce_ref.info_nce_from_scores)
 
 
 class GemmFloor(XPBenchmark):
-    """The floor of forward + backward: S = A Bᵀ, dA = G B, dB = Gᵀ A (N x N x D each)."""
+    """The floor of forward + backward: S = A Bᵀ, dA = G B, dB = Gᵀ A (N x N x D each),
+    run in row blocks of at most 8192 so that it fits any N (the same GEMM count)."""
 
-    param_names = ("backend", "n", "dtype")
-    params = (BACKENDS, sizes(gpu_large=True), DTYPES)
+    param_names = ("backend", "n", "d", "dtype")
+    params = (BACKENDS, sorted(set(sizes(gpu_large=True)) | {2 * n for n in sizes() if n <= 16384}),
+              dims(), DTYPES)
 
     def make(self, rng, n, dtype):
-        return _embeddings(rng, n)
+        return _embeddings(rng, n, self.d)
 
-    def setup(self, backend, n, dtype):
-        self.setup_data(backend, n, dtype)
-        self.time_three_gemms(backend, n, dtype)
+    def setup(self, backend, n, d, dtype):
+        self.setup_data(backend, n, dtype, d)
+        self.time_three_gemms(backend, n, d, dtype)
 
-    def time_three_gemms(self, backend, n, dtype):
+    def time_three_gemms(self, backend, n, d, dtype):
         xp = self.backend.xp
         a, b = self.arrays
-        s = a @ xp.matrix_transpose(b)
-        self.sync(s @ b, xp.matrix_transpose(s) @ a)
+        bt = xp.matrix_transpose(b)
+        da, db = [], None
+        for r0 in range(0, n, 8192):
+            ab = a[r0:r0 + 8192, :]
+            s = ab @ bt
+            da.append(s @ b)
+            t = xp.matrix_transpose(s) @ ab
+            db = t if db is None else db + t
+        self.sync(*da, db)
 
 
-class TorchAutogradInfoNCE:
-    """A plain torch formulation of the same loss, differentiated by torch autograd."""
+class _TorchAutograd:
+    """A plain torch formulation, differentiated by torch autograd (dense N x N logits)."""
 
-    param_names = ("device", "n", "dtype")
-    params = (["cpu", "cuda"], sizes(gpu_large=True), DTYPES)
+    param_names = ("device", "n", "d", "dtype")
+    params = (["cpu", "cuda"], sizes(gpu_large=True), dims(), DTYPES)
     timeout = 600
 
-    def setup(self, device, n, dtype):
+    def setup(self, device, n, d, dtype):
         import numpy as np
 
         torch = get_backend("torch").lib
         skip_if(device == "cuda" and not torch.cuda.is_available(), "no CUDA device")
         skip_if(device == "cuda" and dtype == "float64", "float64 is CPU-only here")
-        self.torch = torch
-        self.device = device
+        skip_if(device == "cpu" and n > 32768, "N > 32768 runs on GPU only")
+        # the dense logits and their gradient alone: 2 (k N)² itemsize bytes
+        need = 2 * (self.width * n) ** 2 * (4 if dtype == "float32" else 8)
+        skip_if(need > 140 * 2**30, f"the dense logits need {need / 2**30:.0f} GiB")
+        self.torch, self.device, self.n = torch, device, n
         rng = np.random.default_rng(0)
-        q, k = _embeddings(rng, n)
+        q, k = _embeddings(rng, n, d)
         dt = getattr(torch, dtype)
         self.q = torch.tensor(q, dtype=dt, device=device, requires_grad=True)
         self.k = torch.tensor(k, dtype=dt, device=device, requires_grad=True)
         self.labels = torch.arange(n, device=device)
-        self.time_forward_backward(device, n, dtype)
+        self.time_forward_backward(device, n, d, dtype)
 
-    def _sync(self):
+    width = 1
+
+    def time_forward_backward(self, *p):
+        self.loss().backward()
+        self.q.grad = None
+        self.k.grad = None
         if self.device == "cuda":
             self.torch.cuda.synchronize()
 
-    def time_forward_backward(self, device, n, dtype):
+    def peakmem_forward_backward(self, *p):
+        self.time_forward_backward()
+
+    def track_gpu_peak_bytes(self, *p):
+        if self.device != "cuda":
+            return math.nan  # asv shows n/a
+        torch = self.torch
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        self.time_forward_backward()
+        return torch.cuda.max_memory_allocated() - base
+
+    track_gpu_peak_bytes.unit = "bytes"
+
+
+class TorchAutogradInfoNCE(_TorchAutograd):
+    """``cross_entropy(normalize(q) @ normalize(k).T / 0.07, arange(N))``."""
+
+    def loss(self):
         F = self.torch.nn.functional
         logits = F.normalize(self.q, dim=1) @ F.normalize(self.k, dim=1).T / 0.07
-        loss = F.cross_entropy(logits, self.labels)
-        loss.backward()
-        self.q.grad = None
-        self.k.grad = None
-        self._sync()
+        return F.cross_entropy(logits, self.labels)
 
-    def peakmem_forward_backward(self, device, n, dtype):
-        self.time_forward_backward(device, n, dtype)
+
+class TorchAutogradCLIP(_TorchAutograd):
+    """CLIP: the mean of the row and column cross-entropies of the same logits."""
+
+    def loss(self):
+        F = self.torch.nn.functional
+        logits = F.normalize(self.q, dim=1) @ F.normalize(self.k, dim=1).T / 0.07
+        return 0.5 * (F.cross_entropy(logits, self.labels) + F.cross_entropy(logits.T, self.labels))
+
+
+class TorchAutogradNTXent(_TorchAutograd):
+    """SimCLR's NT-Xent: 2N x 2N cosine logits, self-similarity masked, temperature 0.5."""
+
+    params = (["cpu", "cuda"], sizes(), dims(), DTYPES)
+    width = 2
+
+    def loss(self):
+        torch, F = self.torch, self.torch.nn.functional
+        z = F.normalize(torch.cat([self.q, self.k]), dim=1)
+        logits = z @ z.T / 0.5
+        m = logits.shape[0]
+        logits = logits.masked_fill(torch.eye(m, dtype=torch.bool, device=z.device), float("-inf"))
+        target = torch.cat([torch.arange(self.n, m), torch.arange(0, self.n)]).to(z.device)
+        return F.cross_entropy(logits, target)

@@ -8,10 +8,9 @@ logsumexp).  Also timed: the exact expectation of the InfoNCE bound
 
 from __future__ import annotations
 
-import nce_ref
 from nce_ref import mi
 
-from .common import BACKENDS, DTYPES, XPBenchmark, sizes
+from .common import BACKENDS, DTYPES, XPBenchmark, _FunctionBenchmark, sizes
 
 #: name -> (function, extra positional arguments, keyword arguments)
 BOUNDS = {
@@ -27,7 +26,7 @@ BOUNDS = {
 }
 
 
-class MIBound(XPBenchmark):
+class MIBound(_FunctionBenchmark):
     """``nce_ref.mi.<bound>(scores)`` on standard normal scores."""
 
     param_names = ("backend", "bound", "n", "dtype")
@@ -37,29 +36,11 @@ class MIBound(XPBenchmark):
         return (rng.standard_normal((n, n)),)
 
     def setup(self, backend, bound, n, dtype):
-        self.setup_data(backend, n, dtype)
-        self.f, self.extra, self.kw = BOUNDS[bound]
-        self.vg = nce_ref.value_and_grad(self.f)
-        self.time_value_and_grad(backend, bound, n, dtype)  # warm-up
-
-    def time_forward(self, backend, bound, n, dtype):
-        self.sync(self.f(*self.arrays, *self.extra, **self.kw))
-
-    def time_value_and_grad(self, backend, bound, n, dtype):
-        v, g = self.vg(*self.arrays, *self.extra, **self.kw)
-        self.sync(v, g["scores"])
-
-    def peakmem_value_and_grad(self, backend, bound, n, dtype):
-        self.vg(*self.arrays, *self.extra, **self.kw)
+        f, extra, kw = BOUNDS[bound]
+        self.prepare(backend, n, dtype, f, *extra, **kw)
 
     def track_max_rel_err_vs_f64(self, backend, bound, n, dtype):
-        """Relative error of the estimate against the NumPy float64 computation."""
-        import numpy as np
-
-        (s,) = self.make(np.random.default_rng(0), n, dtype)
-        ref = float(self.f(s, *self.extra, **self.kw))
-        got = float(self.backend.to_numpy(self.f(*self.arrays, *self.extra, **self.kw)))
-        return abs(got - ref) / max(abs(ref), 1e-300)
+        return self.rel_err_vs_f64(n, dtype)
 
     track_max_rel_err_vs_f64.unit = "relative error"
 
