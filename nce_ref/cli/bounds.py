@@ -51,7 +51,7 @@ def estimators(alpha: float, clip: float) -> list[Estimator]:
 
 
 def _evaluate(scores: np.ndarray, alpha: float, clip: float) -> dict[str, float]:
-    from . import bounds as b
+    from ..mi import bounds as b
 
     return {
         "infonce": float(b.infonce(scores)),
@@ -108,7 +108,7 @@ def run_experiment(*, batch_sizes=(64,), dim: int = 20, mi_levels=DEFAULT_MI, st
     ``summary`` is JSON-ready; ``traces[N][key]`` is the (levels * steps,) array of
     per-batch estimates of estimator ``key`` (for the figure).
     """
-    from . import critics, exact, sample
+    from ..mi import critics, exact, sample
 
     ests = estimators(alpha, clip)
     summary = {"config": {"batch_sizes": list(batch_sizes), "dim": dim, "mi": list(mi_levels),

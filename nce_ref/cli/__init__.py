@@ -3,9 +3,12 @@
 Subcommands live in their own modules, each defining ``configure(parser)`` and
 ``run(args) -> int``:
 
-- ``check``  (``nce_ref._cli_check``): self-verification on every installed backend;
-- ``bounds`` (``nce_ref.mi._cli``): the MI-bounds demonstration;
-- ``verify`` (``nce_ref.testing._cli_verify``): check another implementation.
+- ``check``  (``nce_ref.cli.check``): self-verification on every installed backend;
+- ``bounds`` (``nce_ref.cli.bounds``): the MI-bounds demonstration;
+- ``verify`` (``nce_ref.cli.verify``): check another implementation.
+
+The drivers generate data and print tables with NumPy (like ``nce_ref.testing``);
+no kernel lives here.
 """
 
 from __future__ import annotations
@@ -13,12 +16,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import sys
 
 SUBCOMMANDS = {
-    "check": ("nce_ref._cli_check", "verify every function on every installed backend"),
-    "bounds": ("nce_ref.mi._cli", "the MI-bounds experiment: I(X;Y) >= log N - L and its rivals"),
-    "verify": ("nce_ref.testing._cli_verify", "verify another implementation against the reference"),
+    "check": ("nce_ref.cli.check", "verify every function on every installed backend"),
+    "bounds": ("nce_ref.cli.bounds", "the MI-bounds experiment: I(X;Y) >= log N - L and its rivals"),
+    "verify": ("nce_ref.cli.verify", "verify another implementation against the reference"),
 }
 
 
@@ -33,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nce-ref",
         description="nce_ref: the reference for contrastive losses and MI estimators.")
-    from . import __version__
+    from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"nce-ref {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -54,7 +56,3 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     return int(args._run(args) or 0)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

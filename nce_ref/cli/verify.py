@@ -95,7 +95,7 @@ def _fail(args, message: str) -> int:
 
 def run(args) -> int:
     from ..autodiff import lookup
-    from ._verify import VerifyError, verify
+    from ..testing._verify import VerifyError, verify
 
     try:
         lookup(args.reference)
