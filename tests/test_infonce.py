@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import nce_ref
-from nce_ref.testing import check_grad
+from nce_ref.testing import check_grad, numeric_grad
+from nce_ref.testing._tolerances import FD_ATOL, FD_RTOL
 
 from ._helpers import assert_close, assert_like
 
@@ -356,6 +357,33 @@ def test_streamed_blocks_equal_one_block(backend, kind, block, rng):
         for name in g1:
             assert_close(backend.to_numpy(gb[name]), backend.to_numpy(g1[name]), rtol=1e-12,
                          atol=1e-14, err_msg=name)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "dot", "neg_sq_euclidean"])
+@pytest.mark.parametrize("block", [1, 3, 7])
+def test_streamed_equals_the_dense_score_matrix(backend, kind, block, rng):
+    # the streamed kernel against the dense path: the materialized similarity matrix
+    # through info_nce_from_scores (columns: keys, then the unpaired negatives)
+    q, k, negs = rng.standard_normal((7, 4)), rng.standard_normal((7, 4)), rng.standard_normal((3, 4))
+    Q, K, Nn = (backend.asarray(a) for a in (q, k, negs))
+    tau = 0.3
+
+    def dense(query, key, negatives, temperature):
+        s = nce_ref.similarity(query, np.concatenate([key, negatives]), kind=kind) / temperature
+        return nce_ref.info_nce_from_scores(s)
+
+    v, g = nce_ref.value_and_grad(nce_ref.info_nce)(Q, K, Nn, in_batch_negatives=True, similarity=kind,
+                                                      temperature=tau, block_size=block)
+    want = dense(q, k, negs, tau)
+    assert_close(backend.to_numpy(v), want, rtol=1e-13, atol=1e-14)
+    # gradients against central differences of the dense composition
+    args = {"query": q, "key": k, "negatives": negs}
+    for name in args:
+        num = numeric_grad(lambda x, name=name: float(dense(**(args | {name: x}), temperature=tau)),
+                           args[name])
+        assert_close(backend.to_numpy(g[name]), num, rtol=FD_RTOL, atol=FD_ATOL, err_msg=name)
+    num_t = numeric_grad(lambda t: float(dense(q, k, negs, t)), tau)
+    assert_close(backend.to_numpy(g["temperature"]), num_t, rtol=FD_RTOL, atol=FD_ATOL)
 
 
 def test_memory_budget_picks_the_block():
