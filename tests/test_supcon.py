@@ -15,6 +15,7 @@ import pytest
 import nce_ref
 from nce_ref.losses.supcon import supcon
 from nce_ref.testing import check_grad
+from nce_ref.testing.conventions import supcontrast_supcon
 
 from ._helpers import assert_close, assert_like
 
@@ -292,40 +293,6 @@ def test_runs_under_jax_jit(labelled):
 
 # -- peers and autograd oracles ------------------------------------------------------------------
 
-def _torch_supcontrast(torch, features, labels=None, mask=None, temperature=0.07,
-                       contrast_mode="all", base_temperature=0.07):
-    """SupContrast's ``SupConLoss.forward`` (HobbitLong/SupContrast, losses.py, with the
-    ``mask_pos_pairs`` fix for anchors without positives), transcribed."""
-    batch_size = features.shape[0]
-    if labels is None and mask is None:
-        mask = torch.eye(batch_size, dtype=features.dtype)
-    elif labels is not None:
-        labels = labels.contiguous().view(-1, 1)
-        mask = torch.eq(labels, labels.T).to(features.dtype)
-    else:
-        mask = mask.to(features.dtype)
-    contrast_count = features.shape[1]
-    contrast_feature = torch.cat(torch.unbind(features, dim=1), dim=0)
-    if contrast_mode == "one":
-        anchor_feature, anchor_count = features[:, 0], 1
-    else:
-        anchor_feature, anchor_count = contrast_feature, contrast_count
-    adc = torch.div(torch.matmul(anchor_feature, contrast_feature.T), temperature)
-    logits_max, _ = torch.max(adc, dim=1, keepdim=True)
-    logits = adc - logits_max.detach()
-    mask = mask.repeat(anchor_count, contrast_count)
-    logits_mask = torch.scatter(torch.ones_like(mask), 1,
-                                torch.arange(batch_size * anchor_count).view(-1, 1), 0)
-    mask = mask * logits_mask
-    exp_logits = torch.exp(logits) * logits_mask
-    log_prob = logits - torch.log(exp_logits.sum(1, keepdim=True))
-    mask_pos_pairs = mask.sum(1)
-    mask_pos_pairs = torch.where(mask_pos_pairs < 1e-6, 1, mask_pos_pairs)
-    mean_log_prob_pos = (mask * log_prob).sum(1) / mask_pos_pairs
-    loss = -(temperature / base_temperature) * mean_log_prob_pos
-    return loss.view(anchor_count, batch_size).mean()
-
-
 @pytest.mark.oracle
 @pytest.mark.parametrize("setup", ["labels", "labels-one", "mask", "none", "singletons"])
 def test_matches_supcontrast_values_and_autograd(rng, setup):
@@ -340,7 +307,8 @@ def test_matches_supcontrast_values_and_autograd(rng, setup):
     kw = {"labels": torch.tensor(y)} if setup in ("labels", "labels-one", "singletons") else {}
     if setup == "mask":
         kw = {"mask": torch.tensor(m)}
-    loss = _torch_supcontrast(torch, F.normalize(x, dim=2), temperature=t, contrast_mode=mode, **kw)
+    # the transcription of SupContrast that `nce-ref verify` also uses (one copy)
+    loss = supcontrast_supcon(F.normalize(x, dim=2), temperature=t, contrast_mode=mode, **kw)
     loss.backward()
     args = (raw,) if setup in ("mask", "none") else (raw, y)
     extra = {"mask": m} if setup == "mask" else {}
