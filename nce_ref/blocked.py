@@ -41,20 +41,21 @@ Array = Any
 #: default memory budget of the streamed kernels' block buffers, in bytes
 DEFAULT_MEMORY_BUDGET = 128 * 2**20
 
-__all__ = ["ce_stream", "choose_block", "DEFAULT_MEMORY_BUDGET"]
+__all__ = ["ce_stream", "choose_block", "root_logits", "DEFAULT_MEMORY_BUDGET"]
 
 
 def choose_block(n_rows: int, n_cols: int, itemsize: int, *, block_size: Any = None,
-                 memory_budget: Any = None) -> int:
+                 memory_budget: Any = None, buffers: int = 2) -> int:
     """Rows per block: ``block_size`` if given, else the most that fit the budget.
 
-    The kernel holds two ``rows x n_cols`` buffers per block.
+    The kernel holds ``buffers`` (two; four for the euclidean distance's square
+    root) ``rows x n_cols`` buffers per block.
     """
     if block_size is not None:
         return min(check_int(block_size, "block_size", minimum=1), max(n_rows, 1))
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
     budget = check_int(budget, "memory_budget", minimum=1)
-    per_row = 2 * max(n_cols, 1) * itemsize
+    per_row = buffers * max(n_cols, 1) * itemsize
     if budget < per_row:
         raise ValueError(f"`memory_budget` of {budget} bytes is too small for one row of "
                          f"{max(n_cols, 1)} scores; the smallest that works is {per_row}")
@@ -191,9 +192,24 @@ def needs_flush(dtype, log_range: float | None, n_entries: int, xp) -> bool:
     return log_range + 2.0 * math.log(max(n_entries, 2)) > -math.log(tiny) - 8.0
 
 
+def root_logits(y: Array, u: Array, v: Array, xp):
+    """Logits ``z = −sqrt(−y)`` of a negative squared distance ``y = −d²`` (scaled), and the
+    factor ``∂z/∂y = 1/(2 sqrt(−y))``.
+
+    Where ``−y <= u_i + v_j`` (the rounding noise of the GEMM expansion, see
+    :func:`nce_ref.similarity.similarity`) the distance is exactly 0 and so is the
+    factor (the subgradient of ``−‖·‖`` at 0).  Returns ``(z, dzdy)``.
+    """
+    t = -y
+    zero = t <= (xp.expand_dims(u, axis=1) + xp.expand_dims(v, axis=0))
+    d = xp.sqrt(xp.where(zero, xp.zeros_like(t), t))
+    dzdy = xp.where(zero, xp.zeros_like(d), 0.5 / xp.where(zero, xp.ones_like(d), d))
+    return -d, dzdy
+
+
 def ce_stream(a: Array, b: Array, pos: Array, *, bands: tuple[int, ...] = (),
               weights: Array | None = None, block: int, flush: bool, row_offset: int = 0,
-              bound: float | None = None, xp):
+              bound: float | None = None, root: tuple[Array, Array] | None = None, xp):
     """Stream the rows of ``z = a bᵀ``; return ``l`` and, with ``weights``, the gradient.
 
     Parameters
@@ -209,6 +225,11 @@ def ce_stream(a: Array, b: Array, pos: Array, *, bands: tuple[int, ...] = (),
     bound : a bound on ``|z|`` known beforehand (cosine: ``1/τ``), or None.  When
         ``2·bound + log(C)`` stays below the log of the dtype's largest value the
         row shift (a max pass and a subtraction pass per block) is skipped.
+    root : ``(u (R,), v (C,))``, optional
+        The logits are ``z = −sqrt(−a bᵀ)`` (a negative euclidean distance from the
+        features of the negative squared one), exactly 0 where ``−a bᵀ <= u_i + v_j``
+        (:func:`root_logits`); the gradient returned is the one of ``a`` and ``b``,
+        and ``zdz = Σ dz∘z = 2 Σ_i ⟨a_i, da_i⟩``.
 
     Returns
     -------
@@ -217,7 +238,7 @@ def ce_stream(a: Array, b: Array, pos: Array, *, bands: tuple[int, ...] = (),
     """
     R = a.shape[0]
     bt = xp.matrix_transpose(b)
-    shift_free = _shift_free(bound, b.shape[0], a.dtype, xp)
+    shift_free = root is None and _shift_free(bound, b.shape[0], a.dtype, xp)
     ls, das, dps = [], [], []
     db = None if weights is None else xp.zeros_like(b)
     zdz = None
@@ -225,22 +246,31 @@ def ce_stream(a: Array, b: Array, pos: Array, *, bands: tuple[int, ...] = (),
         r1 = min(R, r0 + block)
         ab = a[r0:r1, :]
         z = ab @ bt
+        if root is not None:
+            z, dzdy = root_logits(z, root[0][r0:r1], root[1], xp)
         for off in bands:
             z = _mask_band(z, r0, r1, row_offset + off, xp)
         pb = pos[r0:r1]
         w = None if weights is None else weights[r0:r1]
+        fl = flush and root is None  # with a root, flush after the chain factor below
         if is_numpy_namespace(xp) and is_writeable_array(z):
-            l, e, scale = _np_block(z, pb, w, flush, shift_free)
+            l, e, scale = _np_block(z, pb, w, fl, shift_free)
         else:
-            l, e, scale = _block(z, pb, w, flush, shift_free, xp)
+            l, e, scale = _block(z, pb, w, fl, shift_free, xp)
         ls.append(l)
         if weights is None:
             continue
+        if root is not None:  # dz/dy = dz ∘ dzdy: the gradient of the GEMM's output
+            e = e * dzdy
+            if flush:
+                tiny = xp.finfo(e.dtype).smallest_normal
+                thr = tiny / xp.maximum(xp.abs(scale), xp.full_like(scale, tiny))
+                e = flush_below(e, xp.expand_dims(thr, axis=1), xp=xp)
         # dz = diag(scale) e: scale the rows after the first GEMM and before the second
         sk = xp.expand_dims(scale, axis=1)
         dab = (e @ b) * sk
         db = db + xp.matrix_transpose(e) @ (ab * sk)
-        part = xp.sum(ab * dab)
+        part = xp.sum(ab * dab) * (2.0 if root is not None else 1.0)
         zdz = part if zdz is None else zdz + part
         das.append(dab)
         dps.append(w * xp.expm1(-l))
@@ -260,7 +290,8 @@ def _lse_terms(m, r, pos, xp):
 
 
 def ce_stream_symmetric(a: Array, b: Array, pos: Array, *, weights: Array | None = None,
-                        block: int, flush: bool, bound: float | None = None, xp):
+                        block: int, flush: bool, bound: float | None = None,
+                        root: tuple[Array, Array] | None = None, xp):
     """CLIP's symmetric terms ``l_i = ½(row_i + col_i)`` of ``z = a bᵀ`` (square), streamed.
 
     Pass 1 streams the row statistics and, online, the column ones (running
@@ -270,12 +301,22 @@ def ce_stream_symmetric(a: Array, b: Array, pos: Array, *, weights: Array | None
     GEMMs: four N x N x D GEMM units in all, three when a single block holds the
     whole matrix (it is kept from pass 1).  With a ``bound`` on ``|z|`` (see
     :func:`ce_stream`) no shift is needed: one ``exp`` per entry serves the rows and
-    the columns, and ``dz = e ∘ (α_i + β_j)``.  Returns as :func:`ce_stream`.
+    the columns, and ``dz = e ∘ (α_i + β_j)``.  ``root`` as in :func:`ce_stream`.
+    Returns as :func:`ce_stream`.
     """
     R = a.shape[0]
     bt = xp.matrix_transpose(b)
     single = block >= R
-    if _shift_free(bound, b.shape[0], a.dtype, xp):
+
+    def logits(r0, r1, ab):
+        """The block's logits, the positives masked, and the chain factor (or None)."""
+        y = ab @ bt
+        if root is None:
+            return _mask_band(y, r0, r1, 0, xp), None
+        z, dzdy = root_logits(y, root[0][r0:r1], root[1], xp)
+        return _mask_band(z, r0, r1, 0, xp), dzdy
+
+    if root is None and _shift_free(bound, b.shape[0], a.dtype, xp):
         ep = xp.exp(pos)
         r_c = xp.zeros_like(pos)
         r_r, kept = [], None
@@ -302,7 +343,7 @@ def ce_stream_symmetric(a: Array, b: Array, pos: Array, *, weights: Array | None
         kept = None
         for r0 in range(0, R, block):
             r1 = min(R, r0 + block)
-            z = _mask_band(a[r0:r1, :] @ bt, r0, r1, 0, xp)
+            z, dzdy = logits(r0, r1, a[r0:r1, :])
             new = xp.maximum(m_c, xp.max(z, axis=0))
             r_c = (r_c * xp.exp(m_c - new)
                    + xp.sum(xp.exp(z - xp.expand_dims(new, axis=0)), axis=0))
@@ -311,7 +352,7 @@ def ce_stream_symmetric(a: Array, b: Array, pos: Array, *, weights: Array | None
             r_r.append(xp.sum(xp.exp(z - xp.expand_dims(m, axis=1)), axis=1))
             m_r.append(m)
             if single:
-                kept = z
+                kept = z, dzdy
         m_r = m_r[0] if len(m_r) == 1 else xp.concat(m_r)
         r_r = r_r[0] if len(r_r) == 1 else xp.concat(r_r)
         l_r, lse_r = _lse_terms(m_r, r_r, pos, xp)
@@ -323,9 +364,10 @@ def ce_stream_symmetric(a: Array, b: Array, pos: Array, *, weights: Array | None
         lc = xp.expand_dims(lse_c, axis=0)
 
         def dz_block(r0, r1, ab):
-            z = kept if single else _mask_band(ab @ bt, r0, r1, 0, xp)
-            return (xp.expand_dims(half[r0:r1], axis=1)
-                    * xp.exp(z - xp.expand_dims(lse_r[r0:r1], axis=1)) + wc * xp.exp(z - lc))
+            z, dzdy = kept if single else logits(r0, r1, ab)
+            dz = (xp.expand_dims(half[r0:r1], axis=1)
+                  * xp.exp(z - xp.expand_dims(lse_r[r0:r1], axis=1)) + wc * xp.exp(z - lc))
+            return dz if dzdy is None else dz * dzdy  # the gradient of the GEMM's output
 
     db = xp.zeros_like(b)
     das = []
@@ -338,10 +380,11 @@ def ce_stream_symmetric(a: Array, b: Array, pos: Array, *, weights: Array | None
             dz = xp.where(xp.abs(dz) < xp.finfo(dz.dtype).smallest_normal, xp.zeros_like(dz), dz)
         dab = dz @ b
         db = db + xp.matrix_transpose(dz) @ ab
-        part = xp.sum(ab * dab)
+        part = xp.sum(ab * dab) * (2.0 if root is not None else 1.0)
         zdz = part if zdz is None else zdz + part
         das.append(dab)
     da = das[0] if len(das) == 1 else xp.concat(das, axis=0)
     half = 0.5 * weights
     dpos = half * (xp.expm1(-l_r) + xp.expm1(-l_c))
     return 0.5 * (l_r + l_c), (da, db, dpos, zdz)
+

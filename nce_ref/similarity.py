@@ -110,11 +110,24 @@ def _neg_sq_euclidean(a, b, eps, xp):
     return -d2, back
 
 
+#: squared distances below ``NOISE_ULPS·eps·(‖a'‖² + ‖b'‖²)`` (centred) are taken as 0
+NOISE_ULPS = 16.0
+
+
+def euclidean_noise(fa: Array, fb: Array, xp) -> tuple[Array, Array]:
+    """``(u, v)`` with ``u_i + v_j`` the zero threshold of ``‖a_i − b_j‖²`` (see
+    :func:`similarity`), from the neg_sq_euclidean features of :func:`bilinear_features`
+    (``fa = [2a', −‖a'‖², −1]``, ``fb = [b', 1, ‖b'‖²]``)."""
+    k = fa.shape[1]
+    e = NOISE_ULPS * xp.finfo(fa.dtype).eps
+    return -e * fa[:, k - 2], e * fb[:, k - 1]
+
+
 def _neg_euclidean(a, b, eps, xp):
     ac, bc, na2, nb2, d2 = _sq_dist(a, b, xp)
     # Below the rounding noise of the expansion the distance is taken as exactly 0,
     # where the subgradient 0 is used (the minimum-norm element of the unit ball).
-    noise = 16.0 * xp.finfo(d2.dtype).eps * (na2 + nb2)
+    noise = NOISE_ULPS * xp.finfo(d2.dtype).eps * (na2 + nb2)
     zero = d2 <= noise
     d = xp.where(zero, xp.zeros_like(d2), xp.sqrt(d2))
 

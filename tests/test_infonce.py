@@ -342,7 +342,7 @@ def test_value_and_grad_rejects_unregistered_functions():
 
 # -- streaming ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["cosine", "dot", "neg_sq_euclidean"])
+@pytest.mark.parametrize("kind", ["cosine", "dot", "neg_sq_euclidean", "neg_euclidean"])
 @pytest.mark.parametrize("block", [1, 2, 5, 7, 100])
 def test_streamed_blocks_equal_one_block(backend, kind, block, rng):
     q, k, negs = rng.standard_normal((7, 4)), rng.standard_normal((7, 4)), rng.standard_normal((3, 4))
@@ -359,7 +359,7 @@ def test_streamed_blocks_equal_one_block(backend, kind, block, rng):
                          atol=1e-14, err_msg=name)
 
 
-@pytest.mark.parametrize("kind", ["cosine", "dot", "neg_sq_euclidean"])
+@pytest.mark.parametrize("kind", ["cosine", "dot", "neg_sq_euclidean", "neg_euclidean"])
 @pytest.mark.parametrize("block", [1, 3, 7])
 def test_streamed_equals_the_dense_score_matrix(backend, kind, block, rng):
     # the streamed kernel against the dense path: the materialized similarity matrix

@@ -14,7 +14,7 @@ from .._array import check_option, resolve, scalar_grad, scalar_param
 from .._reduce import check_reduction, reduce_fwd
 from ..autodiff import differentiable, forward_only
 from ..blocked import ce_stream, ce_stream_symmetric, choose_block, needs_flush
-from ..similarity import BILINEAR, DEFAULT_EPS, bilinear_features, check_similarity, sim_fwd
+from ..similarity import BILINEAR, DEFAULT_EPS, bilinear_features, check_similarity, euclidean_noise, sim_fwd
 from ._objective import ce_rows, temperature_grad
 
 Array = Any
@@ -65,6 +65,9 @@ def _streamed(ctx, fa, fb, pos, tau, tau0, *, kind, reduction, segments, block, 
               symmetric=False):
     """Run ``blocked.ce_stream`` over row segments of ``z = fa fbᵀ / τ``; return ``(value, vjp)``.
 
+    For ``kind="neg_euclidean"``, ``fa, fb`` are the neg_sq_euclidean features and
+    ``z = −sqrt(−fa fbᵀ)/τ`` (``blocked.root_logits``, 1/τ² folded into ``fa``).
+
     ``segments`` is a list of ``(r0, r1, bands)``: rows ``[r0, r1)`` with their
     excluded diagonals.  ``assemble(dfa, dfb, dpos) -> dict`` maps the gradients of
     the features (``fa`` before the 1/τ fold) and of ``pos`` to the inputs' (in the
@@ -74,7 +77,13 @@ def _streamed(ctx, fa, fb, pos, tau, tau0, *, kind, reduction, segments, block, 
     forward keeps nothing N x N and the VJP sweeps again with the cotangent.
     """
     xp = ctx.xp
-    fa = fa / tau
+    if kind == "neg_euclidean":
+        # z = −sqrt(−fa·fb)/τ = −sqrt(−(fa/τ²)·fb): fold 1/τ² and take the root per block
+        fold = tau * tau
+        root = tuple(x / f for x, f in zip(euclidean_noise(fa, fb, xp), (fold, 1.0)))
+    else:
+        fold, root = tau, None
+    fa = fa / fold
     r_total = fa.shape[0]
     # cosine scores lie in [-1, 1], so |z| <= 1/τ is known before any GEMM
     bound = 1.0 / tau0 if kind == "cosine" and isinstance(tau0, float) else None
@@ -87,10 +96,11 @@ def _streamed(ctx, fa, fb, pos, tau, tau0, *, kind, reduction, segments, block, 
             w = None if weights is None else weights[r0:r1]
             if symmetric:
                 l, gr = ce_stream_symmetric(fa, fb, pos, weights=w, block=block, flush=flush,
-                                            bound=bound, xp=xp)
+                                            bound=bound, root=root, xp=xp)
             else:
+                rt = None if root is None else (root[0][r0:r1], root[1])
                 l, gr = ce_stream(fa[r0:r1, :], fb, pos[r0:r1], bands=bands, weights=w, block=block,
-                                  flush=flush, row_offset=r0, bound=bound, xp=xp)
+                                  flush=flush, row_offset=r0, bound=bound, root=rt, xp=xp)
             out.append(l)
             grads.append(gr)
         l = out[0] if len(out) == 1 else xp.concat(out)
@@ -103,7 +113,7 @@ def _streamed(ctx, fa, fb, pos, tau, tau0, *, kind, reduction, segments, block, 
             dfb, zdz = dfb + g[1], zdz + g[3]
         dpos = xp.concat([g[2] for g in grads]) if len(grads) > 1 else grads[0][2]
         dtau = -(zdz + xp.sum(dpos * pos)) / tau
-        return l, (assemble(dfa / tau, dfb, dpos / tau), dtau)
+        return l, (assemble(dfa / fold, dfb, dpos / tau), dtau)
 
     if forward_only():
         per, _ = sweep(None)
@@ -129,6 +139,21 @@ def _streamed(ctx, fa, fb, pos, tau, tau0, *, kind, reduction, segments, block, 
         return out | {"temperature": scalar_grad(ctx, dtau * g, tau0)}
 
     return ctx.to_out(value), vjp_scalar
+
+
+#: similarities whose score matrix is streamed: the bilinear ones, and the euclidean
+#: distance as the root of the squared one's bilinear form
+STREAMED = BILINEAR + ("neg_euclidean",)
+
+
+def _feature_kind(kind: str) -> str:
+    """The bilinear features a streamed similarity is computed from."""
+    return "neg_sq_euclidean" if kind == "neg_euclidean" else kind
+
+
+def _buffers(kind: str) -> int:
+    """Block buffers of the streamed kernel: two, four with the root's chain factor."""
+    return 4 if kind == "neg_euclidean" else 2
 
 
 def _check_rows(n: int, name: str) -> None:
@@ -207,12 +232,13 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
     block_size : int, optional
         Rows of the score matrix computed at a time.  Default: as many as fit
         ``memory_budget``.  Results equal the dense computation to rounding.
-        Streaming applies to the similarities "cosine", "dot" and
-        "neg_sq_euclidean" with in-batch and/or unpaired negatives, one-way or
-        symmetric (two passes); "neg_euclidean" and paired negatives compute the
-        dense score matrix.
+        Streaming applies to every similarity with in-batch and/or unpaired
+        negatives, one-way or symmetric (two passes); "neg_euclidean" is the root
+        of the squared distance's bilinear form, taken per block.  Paired negatives
+        have no N x N matrix (their scores are N x M) and are computed directly.
     memory_budget : int, optional
-        Bytes for the streamed block buffers (two blocks x columns), default 128 MiB.
+        Bytes for the streamed block buffers (two blocks x columns; four for
+        "neg_euclidean"), default 128 MiB.
     check_finite : bool, default True
         Raise ``ValueError`` on NaN or inf inputs and ``FloatingPointError`` when
         the result overflows the dtype.
@@ -294,13 +320,13 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
     tau, tau0 = scalar_param(ctx, temperature, "temperature", positive=True)
     n_cols = (n if in_batch else 0) + (0 if negatives is None else negatives.shape[-2])
     block = choose_block(n, n_cols, ctx.finfo().bits // 8, block_size=block_size,
-                         memory_budget=memory_budget)
+                         memory_budget=memory_budget, buffers=_buffers(kind))
     q, k = ctx.to_compute(query), ctx.to_compute(key)
     neg = None if negatives is None else ctx.to_compute(negatives)
 
-    if kind in BILINEAR and (neg is None or negative_mode == "unpaired"):
+    if kind in STREAMED and (neg is None or negative_mode == "unpaired"):
         cols = k if neg is None else xp.concat([k, neg], axis=0)
-        fa, fb_all, back_f = bilinear_features(q, cols, kind=kind, eps=eps, xp=xp)
+        fa, fb_all, back_f = bilinear_features(q, cols, kind=_feature_kind(kind), eps=eps, xp=xp)
         fk = fb_all[:n, :]
         s_pos, back_pos = _pos_from_features(q, k, fa, fk, kind=kind, eps=eps, xp=xp)
         fb = fb_all if in_batch else fb_all[n:, :]
@@ -450,11 +476,11 @@ def nt_xent(z1: Array, z2: Array, /, *, temperature: float | Array = 0.5,
     n, d = check_pair(z1, z2, "z1", "z2")
     tau, tau0 = scalar_param(ctx, temperature, "temperature", positive=True)
     block = choose_block(n, 2 * n, ctx.finfo().bits // 8, block_size=block_size,
-                         memory_budget=memory_budget)
+                         memory_budget=memory_budget, buffers=_buffers(kind))
     a, b = ctx.to_compute(z1), ctx.to_compute(z2)
     u = xp.concat([a, b], axis=0)
-    if kind in BILINEAR:
-        fa, fb, back_f = bilinear_features(u, u, kind=kind, eps=eps, xp=xp)
+    if kind in STREAMED:
+        fa, fb, back_f = bilinear_features(u, u, kind=_feature_kind(kind), eps=eps, xp=xp)
         s_pos, back_pos = _pos_from_features(a, b, fa[:n, :], fb[n:, :], kind=kind, eps=eps, xp=xp)
         pos = xp.concat([s_pos, s_pos]) / tau
 
@@ -462,7 +488,7 @@ def nt_xent(z1: Array, z2: Array, /, *, temperature: float | Array = 0.5,
             d1, d2, ga, gb = back_pos(dpos[:n] + dpos[n:], dfa[:n, :], dfb[n:, :])
             dfa = xp.concat([d1, dfa[n:, :]], axis=0)
             dfb = xp.concat([dfb[:n, :], d2], axis=0)
-            if kind == "neg_sq_euclidean":
+            if kind in ("neg_sq_euclidean", "neg_euclidean"):
                 g1, g2 = back_f(dfa, dfb)
                 gu = g1 + g2
             else:  # fa and fb are the same features of u: one VJP of their sum
