@@ -1,4 +1,4 @@
-"""Row-block streaming of the InfoNCE objective over a bilinear score matrix.
+"""Row-block streaming of the InfoNCE and SupCon objectives over a bilinear score matrix.
 
 For logits that are a product ``z = a bᵀ`` (``a (R, K)``, ``b (C, K)``; the
 similarity and ``1/τ`` are folded into the operands, O((R + C)·K) work), the
@@ -34,14 +34,15 @@ from typing import Any
 from array_api_compat import is_numpy_namespace, is_writeable_array
 
 from ._array import check_int
-from ._ops import flush_below
+from ._ops import flush_below, sigmoid, softplus
 
 Array = Any
 
 #: default memory budget of the streamed kernels' block buffers, in bytes
 DEFAULT_MEMORY_BUDGET = 128 * 2**20
 
-__all__ = ["ce_stream", "choose_block", "root_logits", "DEFAULT_MEMORY_BUDGET"]
+__all__ = ["ce_stream", "ce_stream_symmetric", "supcon_stream", "choose_block", "root_logits",
+           "DEFAULT_MEMORY_BUDGET"]
 
 
 def choose_block(n_rows: int, n_cols: int, itemsize: int, *, block_size: Any = None,
@@ -131,8 +132,9 @@ _POOL = None
 def _np_block(z, pb, w, flush: bool, shift_free: bool):
     """NumPy fast path of :func:`_block`: the same arithmetic, in place (``out=``), on
     two halves of the rows in two threads (NumPy's ufuncs release the GIL)."""
-    import numpy as np
     from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
 
     global _POOL
 
@@ -207,6 +209,18 @@ def root_logits(y: Array, u: Array, v: Array, xp):
     return -d, dzdy
 
 
+def _grad_gemms(e: Array, scale: Array, ab: Array, b: Array, db: Array, xp):
+    """The two gradient GEMMs of a block with ``dz = diag(scale) e``: the rows are
+    scaled after the first GEMM and before the second, never ``e`` itself.
+
+    Returns ``(da_blk, db + dzᵀ ab, Σ_i ⟨ab_i, da_i⟩)`` (the last is ``Σ dz∘(ab bᵀ)``).
+    """
+    sk = xp.expand_dims(scale, axis=1)
+    dab = (e @ b) * sk
+    db = db + xp.matrix_transpose(e) @ (ab * sk)
+    return dab, db, xp.sum(ab * dab)
+
+
 def ce_stream(a: Array, b: Array, pos: Array, *, bands: tuple[int, ...] = (),
               weights: Array | None = None, block: int, flush: bool, row_offset: int = 0,
               bound: float | None = None, root: tuple[Array, Array] | None = None, xp):
@@ -266,11 +280,8 @@ def ce_stream(a: Array, b: Array, pos: Array, *, bands: tuple[int, ...] = (),
                 tiny = xp.finfo(e.dtype).smallest_normal
                 thr = tiny / xp.maximum(xp.abs(scale), xp.full_like(scale, tiny))
                 e = flush_below(e, xp.expand_dims(thr, axis=1), xp=xp)
-        # dz = diag(scale) e: scale the rows after the first GEMM and before the second
-        sk = xp.expand_dims(scale, axis=1)
-        dab = (e @ b) * sk
-        db = db + xp.matrix_transpose(e) @ (ab * sk)
-        part = xp.sum(ab * dab) * (2.0 if root is not None else 1.0)
+        dab, db, part = _grad_gemms(e, scale, ab, b, db, xp)
+        part = part * (2.0 if root is not None else 1.0)
         zdz = part if zdz is None else zdz + part
         das.append(dab)
         dps.append(w * xp.expm1(-l))
@@ -388,3 +399,300 @@ def ce_stream_symmetric(a: Array, b: Array, pos: Array, *, weights: Array | None
     dpos = half * (xp.expm1(-l_r) + xp.expm1(-l_c))
     return 0.5 * (l_r + l_c), (da, db, dpos, zdz)
 
+
+# -- SupCon: rows with a block-local positive mask ------------------------------------------
+#
+# For anchor rows ``[r0, r1)`` of ``z = a bᵀ`` and the boolean ``P`` (the anchors'
+# positives, the anchor's own column excluded), with the other columns but the anchor's own
+# as the negatives ``N``: ``e = exp(z − h)`` with the shift ``h = hP`` on P and ``hN`` on N
+# (the max over P and over N; 0 with a ``bound``), ``sP = Σ_P e``, ``sN = Σ_N e``, so that
+# ``LSE_P = hP + log sP``, ``LSE_N = hN + log sN`` each keep their own maximum, and
+#
+#     t  = LSE_K − LSE_P = log(1 + e^{hN − hP} sN/sP),   p⁻ = 1 − e^{−t} (the negatives' share)
+#     in:       l = t + log n,                 dz = w p⁻ e (N/sN − P/sP)
+#     out:      l = t + (LSE_P − mean_P z),    dz = w (e^{z − LSE_K} − P/n)
+#     per_pair: l = Σ_P softplus(LSE_N − z),   dz = w (e N Σ_P σ / sN − σ(LSE_N − z) P)
+#
+# (derivation: docs/supcon_triplet.md, "Streaming").  ``dz = diag(scale) E`` with the row
+# factor applied after the first gradient GEMM and to the rows of ``a`` before the second.
+
+def _supcon_rows(positives: str, npos, s_p, s_n, h_p, h_n, zsum, xp):
+    """Per-row terms from the block's sums; returns ``(l, has, t, lse_n, s_p_safe, nps)``.
+
+    ``h_p``/``h_n`` are the shifts of ``e`` on P and N (None: unshifted); ``zsum = Σ_P z``
+    (``"out"`` only); ``t = LSE_K − LSE_P`` (0 without negatives), ``lse_n = LSE_N``.
+    """
+    has = npos > 0
+    has_n = s_n > 0
+    one = xp.ones_like(s_p)
+    sps = xp.where(has, s_p, one)
+    sns = xp.where(has_n, s_n, one)
+    nps = xp.where(has, npos, one)
+    q = sns / sps
+    if h_p is None:
+        t = xp.log1p(q)
+        lse_n = xp.log(sns)
+    else:
+        # t = log(1 + q e^d), d = h_N − h_P: log1p(q e^d) for d <= 0 (q <= C: no overflow),
+        # d + log(q + e^{−d}) above (q >= 1/C: no underflow)
+        zero = xp.zeros_like(q)
+        d = h_n - h_p
+        dm, dp = xp.minimum(d, zero), xp.maximum(d, zero)
+        t = xp.where(d <= 0, xp.log1p(q * xp.exp(dm)), dp + xp.log(q + xp.exp(-dp)))
+        lse_n = h_n + xp.log(sns)
+    t = xp.where(has & has_n, t, xp.zeros_like(t))
+    if positives == "per_pair":
+        return None, has, t, lse_n, sps, nps  # its terms need the logits (see _supcon_block)
+    if positives == "in":
+        l = t + xp.log(nps)
+    else:
+        # LSE_P − mean_P = (h_P − mean_P) + log sP >= log n: no cancellation with t; exactly 0
+        # for a single positive (with a shift), and set so without one
+        j = -zsum / nps if h_p is None else h_p - zsum / nps
+        j = j + xp.log(sps)
+        l = t + xp.where(npos > 1.5, j, xp.zeros_like(j))
+    return xp.where(has, l, xp.zeros_like(l)), has, t, lse_n, sps, nps
+
+
+def _supcon_factors(positives: str, w, has, t, sps, s_n, nps, shift_free: bool, xp):
+    """Row factors of the gradient block: ``(scale, on_p, on_n, minus_p)`` such that
+    ``dz = diag(scale) (e ∘ (on_p P + on_n N) − minus_p P)``; ``on_p = on_n = None`` means
+    ``e`` itself, ``minus_p = None`` no linear part.  ``p⁻ = 1 − e^{−t}`` is the negatives'
+    share of the softmax over K, ``p⁺ = e^{−t}`` the positives'."""
+    w = xp.where(has, w, xp.zeros_like(w))
+    sns = xp.where(s_n > 0, s_n, xp.ones_like(s_n))
+    if positives == "in":  # w p⁻ e (N/sN − P/sP)
+        return -w * xp.expm1(-t), -1.0 / sps, 1.0 / sns, None
+    if shift_free:  # p^K = e / S with S = sP + sN: dz = (w/S)(e − P S/n)
+        s = sps + s_n
+        return w / s, None, None, s / nps
+    # p^K = e p⁺/sP on P and e p⁻/sN on N
+    return w, xp.exp(-t) / sps, -xp.expm1(-t) / sns, 1.0 / nps
+
+
+def _flush_threshold(scale, on_p, on_n, xp):
+    """Per-row bound below which ``e`` gives a subnormal ``|dz|`` (then flushed to 0)."""
+    tiny = xp.finfo(scale.dtype).smallest_normal
+    mult = xp.abs(scale)
+    if on_p is not None:
+        mult = mult * xp.maximum(xp.abs(on_p), xp.abs(on_n))
+    elif on_n is not None:
+        mult = mult * xp.abs(on_n)
+    return tiny / xp.maximum(mult, xp.full_like(mult, tiny))
+
+
+def _supcon_block(z, p, r0: int, r1: int, positives: str, w, flush: bool, shift_free: bool, xp):
+    """One block, generic Array API.  ``z`` (consumed) and ``p`` (bool, the anchor's own
+    column False).  Returns ``(l, npos, scale, E)`` (``E`` None without ``w``)."""
+    pf = xp.astype(p, z.dtype)
+    npos = xp.sum(pf, axis=1)
+    zsum = xp.vecdot(z, pf, axis=-1) if positives == "out" else None  # before the band: z finite
+    z = _mask_band(z, r0, r1, 0, xp)
+    nf = 1.0 - pf  # the anchor's own column is in nf, where e = 0
+    if shift_free:
+        h_p = h_n = None
+        e = xp.exp(z)
+    else:
+        ninf = xp.full_like(z, -math.inf)
+        m_p = xp.max(xp.where(p, z, ninf), axis=1)
+        m_n = xp.max(xp.where(p, ninf, z), axis=1)
+        h_p = xp.where(xp.isfinite(m_p), m_p, xp.zeros_like(m_p))
+        h_n = xp.where(xp.isfinite(m_n), m_n, xp.zeros_like(m_n))
+        e = xp.exp(z - xp.where(p, xp.expand_dims(h_p, axis=1), xp.expand_dims(h_n, axis=1)))
+    s_p = xp.vecdot(e, pf, axis=-1)
+    s_n = xp.vecdot(e, nf, axis=-1)
+    l, has, t, lse_n, sps, nps = _supcon_rows(positives, npos, s_p, s_n, h_p, h_n, zsum, xp)
+    if positives != "per_pair":
+        z = None  # only the pairs' terms need the logits again
+    else:
+        has_n = s_n > 0
+        arg = xp.where(p & xp.expand_dims(has_n, axis=1), xp.expand_dims(lse_n, axis=1) - z,
+                       xp.full_like(z, -math.inf))  # −inf off the pairs: softplus 0, σ 0
+        l = xp.sum(softplus(arg, xp=xp), axis=1)
+    if w is None:
+        return l, npos, None, None
+    if positives == "per_pair":
+        sig = sigmoid(arg, xp=xp)
+        w = xp.where(has, w, xp.zeros_like(w))
+        scale, on_p, on_n = w, None, xp.sum(sig, axis=1) / xp.where(has_n, s_n, xp.ones_like(s_n))
+        e = e * nf  # p^N = e/sN on N only
+    else:
+        scale, on_p, on_n, minus_p = _supcon_factors(positives, w, has, t, sps, s_n, nps,
+                                                     shift_free, xp)
+    if flush:
+        e = flush_below(e, xp.expand_dims(_flush_threshold(scale, on_p, on_n, xp), axis=1), xp=xp)
+    col = xp.expand_dims
+    if positives == "per_pair":
+        return l, npos, scale, e * col(on_n, axis=1) - sig
+    if on_p is not None:
+        e = e * xp.where(p, col(on_p, axis=1), col(on_n, axis=1))
+    return l, npos, scale, (e if minus_p is None else e - pf * col(minus_p, axis=1))
+
+
+#: bytes per row-chunk buffer of the NumPy SupCon path: the logits' chunk and its mask
+#: (two such buffers) stay in a core's L2 cache through all of its passes
+_CHUNK = 1 << 20
+
+
+def _np_supcon_block(z, relation, r0: int, r1: int, positives: str, w, flush: bool):
+    """NumPy fast path of :func:`_supcon_block` without a shift: the same arithmetic in
+    place, on two halves of the rows in two threads, each half in chunks of rows small
+    enough for every pass to stay in cache (the chunk's mask from ``relation``, float
+    buffers per thread, reused).  ``z`` becomes ``E``.
+
+    ``"per_pair"``: with ``e = e^z`` unshifted, a pair's term is
+    ``softplus(LSE_N − z_p) = log1p(sN / e_p)`` and its ``σ = 1 − e^{−term}``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    global _POOL
+    n, cols = z.shape
+    step = max(1, min(n, _CHUNK // (max(cols, 1) * z.dtype.itemsize)))
+    ones = np.ones(cols, dtype=z.dtype)
+
+    def chunk(zs, ws, q0, buf, buf2):
+        k = zs.shape[0]
+        ps = relation(r0 + q0, r0 + q0 + k)
+        ar = np.arange(k)
+        own = (ar, r0 + q0 + ar)  # the anchor's own column
+        ps[own] = False
+        pf = buf[:k]
+        np.copyto(pf, ps, casting="unsafe")
+        npos = np.vecdot(pf, ones)
+        zsum = np.vecdot(zs, pf) if positives == "out" else None  # before the band: z finite
+        _mask_band(zs, r0 + q0, r0 + q0 + k, 0, np)
+        np.exp(zs, out=zs)
+        s_p = np.vecdot(zs, pf)
+        np.subtract(1.0, pf, out=pf)  # now N (with the anchor's own column, where e = 0)
+        s_n = np.vecdot(zs, pf)
+        l, has, t, _, sps, nps = _supcon_rows(positives, npos, s_p, s_n, None, None, zsum, np)
+        if positives == "per_pair":
+            sns = np.where(s_n > 0, s_n, 1.0)
+            v = buf2[:k]
+            zs[own] = 1.0  # no division by 0 there (restored below; its term is masked)
+            np.divide(sns[:, None], zs, out=v)
+            zs[own] = 0.0
+            np.log1p(v, out=v)  # softplus(LSE_N − z) on every entry
+            np.subtract(1.0, pf, out=pf)  # P again
+            v *= pf  # the pairs' terms; 0 elsewhere (pairs without negatives: log1p(0))
+            l = np.where(s_n > 0, np.vecdot(v, ones), 0.0)  # nothing without negatives
+        if ws is None:
+            return l, npos, None
+        if positives == "per_pair":
+            np.negative(v, out=v)
+            np.expm1(v, out=v)  # −σ on the pairs, 0 elsewhere
+            v *= (s_n > 0)[:, None]
+            scale, on_n = np.where(has, ws, 0.0), -np.vecdot(v, ones) / sns
+            if flush:
+                zs[zs < _flush_threshold(scale, None, on_n, np)[:, None]] = 0
+            np.subtract(1.0, pf, out=pf)  # N
+            pf *= on_n[:, None]
+            zs *= pf  # e N Σσ/sN
+            zs += v  # − σ P
+            return l, npos, scale
+        scale, on_p, on_n, minus_p = _supcon_factors(positives, ws, has, t, sps, s_n, nps, True, np)
+        if flush:
+            zs[zs < _flush_threshold(scale, on_p, on_n, np)[:, None]] = 0
+        if on_p is not None:  # "in": E = e ∘ where(P, on_p, on_n) = on_n (e N + (on_p/on_n) e P)
+            pf *= zs  # e N
+            zs -= pf  # e P, exactly
+            zs *= (on_p / on_n)[:, None]
+            zs += pf
+            scale = scale * on_n
+        if minus_p is not None:  # E = e − P m = e + (N − 1) m (N − 1 ∈ {0, −1}: exact)
+            pf -= 1.0
+            pf *= minus_p[:, None]
+            zs += pf
+        return l, npos, scale
+
+    def part(q0, q1):
+        buf = np.empty((min(step, q1 - q0), cols), dtype=z.dtype)
+        buf2 = np.empty_like(buf) if positives == "per_pair" else None
+        outs = [chunk(z[c0:c1], None if w is None else w[c0:c1], c0, buf, buf2)
+                for c0, c1 in ((c, min(q1, c + step)) for c in range(q0, q1, step))]
+        return [np.concatenate([o[k] for o in outs]) if outs[0][k] is not None else None
+                for k in range(3)]
+
+    if n < 256 or z.size < 1 << 18:
+        l, npos, scale = part(0, n)
+    else:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(2, thread_name_prefix="nce_ref")
+        h = n // 2
+        f = _POOL.submit(part, h, n)
+        l0, n0, s0 = part(0, h)
+        l1, n1, s1 = f.result()
+        l, npos = np.concatenate([l0, l1]), np.concatenate([n0, n1])
+        scale = None if w is None else np.concatenate([s0, s1])
+    return l, npos, scale, (None if w is None else z)
+
+
+def supcon_stream(a: Array, b: Array, relation, *, positives: str, weights: Array | None = None,
+                  block: int, flush: bool, bound: float | None = None,
+                  root: tuple[Array, Array] | None = None, xp):
+    """Stream SupCon's rows of ``z = a bᵀ``: the anchors are the rows of ``a``, anchor ``i``
+    is also column ``i`` of ``b`` (excluded from its own row).
+
+    Parameters
+    ----------
+    a : (R, K), b : (C, K)
+        Anchor and column operands (``1/τ`` folded into ``a``), ``R <= C``.
+    relation : callable
+        ``relation(r0, r1)`` returns a new (r1 − r0, C) boolean array: True where column
+        ``j`` is a positive of anchor ``i`` (the anchor's own column may be either).
+    positives : {"out", "in", "per_pair"}
+    weights : (R,), optional
+        The cotangent of each term; when given the gradient is fused in.  Anchors
+        without a positive get none, whatever their weight.
+    block, flush, bound, root
+        As in :func:`ce_stream`.
+
+    Returns
+    -------
+    l : (R,)
+        The terms (0 for an anchor without a positive; ``"per_pair"``: the sum of its pairs').
+    npos : (R,)
+        Each anchor's number of positives.
+    grads : ``None``, or ``(da (R, K), db (C, K), zdz 0-d)`` with ``zdz = Σ dz∘z``.
+    """
+    R = a.shape[0]
+    bt = xp.matrix_transpose(b)
+    shift_free = root is None and _shift_free(bound, b.shape[0], a.dtype, xp)
+    fast = is_numpy_namespace(xp) and shift_free
+    ls, ns, das = [], [], []
+    db = None if weights is None else xp.zeros_like(b)
+    zdz = None
+    for r0 in range(0, R, block):
+        r1 = min(R, r0 + block)
+        ab = a[r0:r1, :]
+        z = ab @ bt
+        if root is not None:
+            z, dzdy = root_logits(z, root[0][r0:r1], root[1], xp)
+        w = None if weights is None else weights[r0:r1]
+        if fast and is_writeable_array(z):
+            l, npos, scale, e = _np_supcon_block(z, relation, r0, r1, positives, w, flush)
+        else:
+            rel = relation(r0, r1)
+            cols = xp.arange(b.shape[0], device=_dev(z))
+            rows = xp.arange(r0, r1, device=_dev(z))
+            p = rel & (xp.expand_dims(rows, axis=1) != xp.expand_dims(cols, axis=0))
+            l, npos, scale, e = _supcon_block(z, p, r0, r1, positives, w, flush, shift_free, xp)
+        ls.append(l)
+        ns.append(npos)
+        z = rel = None  # the next block's buffers replace these, not add to them
+        if weights is None:
+            continue
+        if root is not None:  # entries flushed above have |z| >> 0: a factor below 1
+            e = e * dzdy
+        dab, db, part = _grad_gemms(e, scale, ab, b, db, xp)
+        e = None
+        part = part * (2.0 if root is not None else 1.0)
+        zdz = part if zdz is None else zdz + part
+        das.append(dab)
+    l = ls[0] if len(ls) == 1 else xp.concat(ls)
+    npos = ns[0] if len(ns) == 1 else xp.concat(ns)
+    if weights is None:
+        return l, npos, None
+    da = das[0] if len(das) == 1 else xp.concat(das, axis=0)
+    return l, npos, (da, db, zdz)

@@ -3,17 +3,26 @@
 SupCon runs on (N, 2, D) features (2N anchors and columns) with N/8 classes; the
 triplet losses on (N, D) embeddings.  batch_triplet's "all" and "semi_hard" minings
 cost O(N³) and are timed at N = 256 only; "hard" is O(N²) and runs at every size.
+
+``SupConStreamed`` is supcon on (N, D) features with 10 classes, an N x N score matrix
+of the shapes of ``bench_infonce``: read its ratios from one run,
+``SupConStreamed.time_value_and_grad / GemmFloor.time_three_gemms`` against
+``InfoNCE.time_value_and_grad / GemmFloor.time_three_gemms``.
 """
 
 from __future__ import annotations
+
+import importlib
 
 from nce_ref import value_and_grad
 
 from .common import BACKENDS, DIM, DTYPES, XPBenchmark, sizes, skip_if
 
 try:  # the suite must import against commits that predate these losses
-    import nce_ref.losses.supcon as _supcon
-    import nce_ref.losses.triplet as _triplet
+    # by module name: `import nce_ref.losses.supcon as m` binds the function of that name,
+    # which the package exports
+    _supcon = importlib.import_module("nce_ref.losses.supcon")
+    _triplet = importlib.import_module("nce_ref.losses.triplet")
 except ImportError:  # pragma: no cover
     _supcon = _triplet = None
 
@@ -54,6 +63,49 @@ class SupCon(XPBenchmark):
         _supcon.supcon(*self.arrays, self.labels, **self.kw)
 
     def peakmem_value_and_grad(self, backend, n, dtype, positives):
+        self.vg(*self.arrays, self.labels, **self.kw)
+
+
+class SupConStreamed(XPBenchmark):
+    """``supcon(features (N, D), labels, temperature=0.07)`` streamed over row blocks.
+
+    ``block``: ``"budget"`` (the default 128 MiB memory budget: one block up to N = 4096
+    in float32) or ``"256"`` rows per block, whose ``peakmem_`` shows the O(N·block) bound.
+    """
+
+    param_names = ("backend", "n", "dtype", "positives", "block")
+    params = (BACKENDS, sizes(), DTYPES, ["out", "in", "per_pair"], ["budget", "256"])
+
+    def make(self, rng, n, dtype):
+        return (rng.standard_normal((n, DIM)),)
+
+    def setup(self, backend, n, dtype, positives, block):
+        skip_if(_supcon is None, "this nce_ref has no supcon")
+        import inspect
+
+        streams = "block_size" in inspect.signature(_supcon.supcon).parameters
+        skip_if(block != "budget" and not streams, "this nce_ref's supcon does not stream")
+        self.setup_data(backend, n, dtype)
+        import numpy as np
+
+        self.labels = self.backend.asarray(np.random.default_rng(1).integers(0, 10, n))
+        self.kw = {"temperature": 0.07, "positives": positives}
+        if block != "budget":
+            self.kw["block_size"] = int(block)
+        self.vg = value_and_grad(_supcon.supcon)
+        self.time_value_and_grad(backend, n, dtype, positives, block)  # warm-up
+
+    def time_forward(self, backend, n, dtype, positives, block):
+        self.sync(_supcon.supcon(*self.arrays, self.labels, **self.kw))
+
+    def time_value_and_grad(self, backend, n, dtype, positives, block):
+        v, g = self.vg(*self.arrays, self.labels, **self.kw)
+        self.sync(v, g["features"])
+
+    def peakmem_forward(self, backend, n, dtype, positives, block):
+        _supcon.supcon(*self.arrays, self.labels, **self.kw)
+
+    def peakmem_value_and_grad(self, backend, n, dtype, positives, block):
         self.vg(*self.arrays, self.labels, **self.kw)
 
 

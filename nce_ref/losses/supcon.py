@@ -10,7 +10,9 @@ Derivations: ``docs/supcon_triplet.md``.
 
 from __future__ import annotations
 
+import inspect
 import math
+from types import SimpleNamespace
 from typing import Any
 
 from array_api_compat import is_lazy_array
@@ -18,9 +20,11 @@ from array_api_compat import is_lazy_array
 from .._array import check_option, check_real, resolve, scalar_grad, scalar_param
 from .._ops import logsumexp, sigmoid, softmax_from_lse, softplus
 from .._reduce import check_reduction, mean_over_fwd, reduce_fwd
-from ..autodiff import differentiable
-from ..similarity import DEFAULT_EPS, check_similarity, sim_fwd
+from ..autodiff import differentiable, forward_only
+from ..blocked import choose_block, needs_flush, supcon_stream
+from ..similarity import DEFAULT_EPS, bilinear_features, check_similarity, euclidean_noise, sim_fwd
 from ._objective import ce_rows, temperature_grad
+from .infonce import STREAMED, _buffers, _feature_kind
 
 Array = Any
 
@@ -76,6 +80,7 @@ def supcon(features: Array, labels: Array | None = None, /, *, mask: Array | Non
            temperature: float | Array = 0.07, base_temperature: float | None = None,
            positives: str = "out", no_positive: str = "exclude", similarity: str = "cosine",
            contrast_mode: str = "all", reduction: str = "mean", eps: float = DEFAULT_EPS,
+           block_size: int | None = None, memory_budget: int | None = None,
            check_finite: bool = True, xp=None):
     r"""Supervised contrastive loss (Khosla et al. 2020), SimCLR's NT-Xent without labels.
 
@@ -139,7 +144,23 @@ def supcon(features: Array, labels: Array | None = None, /, *, mask: Array | Non
         the pairs.  ``"none"``: shape (A,) with A = N·V (``"all"``) or N (``"one"``),
         each anchor's term (``"per_pair"``: the sum of its pairs' terms), 0 for an
         anchor without a positive.
-    eps, check_finite, xp
+    eps : float, default 1e-12
+        Norm floor of the cosine similarity.
+    block_size : int, optional
+        Rows of the score matrix computed at a time.  Default: as many as fit
+        ``memory_budget``.  Results equal the dense computation to rounding.
+        Streaming applies to every similarity ("neg_euclidean" as the root of the
+        squared distance's bilinear form, per block), with every other option
+        (``labels``, multi-label rows, ``mask`` or neither; each ``positives``,
+        ``no_positive``, ``base_temperature``, V, ``contrast_mode``, ``reduction``):
+        each block of anchors builds its own (block, C) positive mask
+        (``labels[rows, None] == labels[None, :]``, the shared labels of its multi-label
+        rows, its rows of ``mask``, or the other views of each sample), so no C x C
+        array is ever held: the extra memory is O(C·block + C·D).
+    memory_budget : int, optional
+        Bytes for the streamed block buffers (two blocks x columns; four for
+        "neg_euclidean"), default 128 MiB.
+    check_finite, xp
         As in :func:`nce_ref.info_nce`; ``check_finite`` also checks that ``mask``
         and multi-label ``labels`` hold only 0 and 1.
 
@@ -151,7 +172,9 @@ def supcon(features: Array, labels: Array | None = None, /, *, mask: Array | Non
     ------
     ValueError, TypeError
         On ``labels`` or ``mask`` of the wrong shape, dtype or values, both given,
-        N = 0, V = 0, D = 0, a non-positive temperature, unknown options.
+        N = 0, V = 0, D = 0, a non-positive temperature, unknown options, a
+        ``block_size`` below 1 or not an integer, a ``memory_budget`` too small for one
+        row; the message names the argument.
 
     Notes
     -----
@@ -172,6 +195,14 @@ def supcon(features: Array, labels: Array | None = None, /, *, mask: Array | Non
     :math:`\sum_a \bar\ell_a \ell_a/\tau` from the factor :math:`\tau/\tau_b`), and
     the similarity VJP carries :math:`\bar z/\tau` to the features.  See
     ``docs/supcon_triplet.md``.
+
+    The streamed path (``nce_ref.blocked.supcon_stream``) computes the same terms
+    from each block's sums :math:`s_P = \sum_{P_a} e^{z - h_P}` and
+    :math:`s_N = \sum_{N_a} e^{z - h_N}`, each shifted by its own set's maximum (or
+    unshifted when the cosine bound :math:`|z| \le 1/\tau` allows), and fuses the
+    gradient into the forward sweep for a scalar ``reduction``: three GEMMs of
+    (block, C, K) per block plus elementwise passes (derivation:
+    ``docs/supcon_triplet.md``, "Streaming").
 
     References
     ----------
@@ -196,6 +227,37 @@ def supcon(features: Array, labels: Array | None = None, /, *, mask: Array | Non
     >>> bool(np.isclose(a, nce_ref.nt_xent(z1, z2, temperature=0.5), rtol=1e-14))
     True
     """
+    return _pick(_setup(features, labels, mask=mask, temperature=temperature,
+                        base_temperature=base_temperature, positives=positives,
+                        no_positive=no_positive, similarity=similarity,
+                        contrast_mode=contrast_mode, reduction=reduction, eps=eps,
+                        check_finite=check_finite, xp=xp),
+                 block_size=block_size, memory_budget=memory_budget)
+
+
+def _pick(st: SimpleNamespace, *, block_size, memory_budget, dense: bool = False):
+    """Choose the block (validating ``block_size``/``memory_budget``), then the path."""
+    block = choose_block(st.n_anchor, st.c, st.ctx.finfo().bits // 8, block_size=block_size,
+                         memory_budget=memory_budget, buffers=_buffers(st.kind))
+    if st.kind in STREAMED and not dense:
+        return _streamed(st, block)
+    return _dense(st)
+
+
+def _dense_supcon(features: Array, labels: Array | None = None, /, **options):
+    """``supcon`` computed densely, the full (A, C) score matrix and masks whatever the
+    similarity: the reference the streamed path is tested against.  Returns
+    ``(value, vjp)`` like the registered implementation."""
+    bound = inspect.signature(supcon).bind(features, labels, **options)
+    bound.apply_defaults()
+    kw = dict(bound.arguments)
+    sizes = {"block_size": kw.pop("block_size"), "memory_budget": kw.pop("memory_budget")}
+    return _pick(_setup(kw.pop("features"), kw.pop("labels"), **kw), **sizes, dense=True)
+
+
+def _setup(features, labels, *, mask, temperature, base_temperature, positives, no_positive,
+           similarity, contrast_mode, reduction, eps, check_finite, xp) -> SimpleNamespace:
+    """Validate everything (before any computation); return what both paths need."""
     kind, eps = check_similarity(similarity, eps)
     check_option(positives, "positives", POSITIVES)
     check_option(no_positive, "no_positive", NO_POSITIVE)
@@ -241,8 +303,42 @@ def supcon(features: Array, labels: Array | None = None, /, *, mask: Array | Non
     c = n * v
     u = f if f.ndim == 2 else xp.reshape(xp.permute_dims(f, (1, 0, 2)), (c, d))  # view-major
     n_anchor = c if contrast_mode == "all" else n
-    anchors = u if n_anchor == c else u[:n, :]
-    rel = _sample_positives(ctx, n, labels, mask)
+    return SimpleNamespace(
+        ctx=ctx, xp=xp, features=features, labels=labels, mask=mask, kind=kind, eps=eps,
+        positives=positives, no_positive=no_positive, reduction=reduction,
+        base_temperature=base_temperature, tau=tau, tau0=tau0, n=n, v=v, d=d, c=c,
+        n_anchor=n_anchor, u=u, anchors=u if n_anchor == c else u[:n, :])
+
+
+def _reduce(per, count, st):
+    """The reduction of the anchors' terms and its VJP (``no_positive``, ``per_pair``)."""
+    if st.reduction == "mean" and (st.positives == "per_pair" or st.no_positive == "exclude"):
+        return mean_over_fwd(per, count, xp=st.xp)
+    return reduce_fwd(per, st.reduction, xp=st.xp)
+
+
+def _features_grad(st, g_anchor, g_u):
+    """Gradients of the anchors and of ``u`` → the gradient of ``features``."""
+    xp, ctx = st.xp, st.ctx
+    if st.n_anchor == st.c:
+        gu = g_u + g_anchor
+    else:
+        gu = g_u + xp.concat([g_anchor, xp.zeros((st.c - st.n, st.d), dtype=ctx.dtype,
+                                                 device=ctx.device)], axis=0)
+    if st.features.ndim == 3:
+        gu = xp.permute_dims(xp.reshape(gu, (st.v, st.n, st.d)), (1, 0, 2))
+    return ctx.like(gu, st.features)
+
+
+def _dense(st: SimpleNamespace):
+    """The (A, C) score matrix and masks at once (any similarity)."""
+    ctx, xp = st.ctx, st.xp
+    n, v, c = st.n, st.v, st.c
+    n_anchor, u, anchors = st.n_anchor, st.u, st.anchors
+    positives, tau, tau0 = st.positives, st.tau, st.tau0
+    base_temperature = st.base_temperature
+    kind, eps = st.kind, st.eps
+    rel = _sample_positives(ctx, n, st.labels, st.mask)
     rel = xp.tile(rel, (v if n_anchor == c else 1, v))  # (A, C)
     not_self = xp.logical_not(ctx.eye(n_anchor, c, dtype=xp.bool))
     pmask = rel & not_self
@@ -273,10 +369,7 @@ def supcon(features: Array, labels: Array | None = None, /, *, mask: Array | Non
         per = xp.where(has, per, zero)
         count = xp.astype(has, ctx.dtype)
     scale = None if base_temperature is None else tau / base_temperature
-    if reduction == "mean" and (positives == "per_pair" or no_positive == "exclude"):
-        value, back_red = mean_over_fwd(per, count, xp=xp)
-    else:
-        value, back_red = reduce_fwd(per, reduction, xp=xp)
+    value, back_red = _reduce(per, count, st)
     if scale is not None:
         value = value * scale
     value = ctx.result_finite(value, "supcon")
@@ -304,12 +397,103 @@ def supcon(features: Array, labels: Array | None = None, /, *, mask: Array | Non
         if scale is not None:
             dtau = dtau + xp.sum(gl * per) / tau
         ga, gu = back_s(dz / tau)
-        if n_anchor == c:
-            gu = gu + ga
-        else:
-            gu = gu + xp.concat([ga, xp.zeros((c - n, d), dtype=ctx.dtype, device=ctx.device)], axis=0)
-        if features.ndim == 3:
-            gu = xp.permute_dims(xp.reshape(gu, (v, n, d)), (1, 0, 2))
-        return {"features": ctx.like(gu, features), "temperature": scalar_grad(ctx, dtau, tau0)}
+        return {"features": _features_grad(st, ga, gu), "temperature": scalar_grad(ctx, dtau, tau0)}
 
     return ctx.to_out(value), vjp
+
+
+def _relation(st: SimpleNamespace):
+    """``relation(r0, r1)``: a new (r1 − r0, C) bool array, anchor rows ``r0..r1`` of ``u``
+    against every column (the anchor's own column is left to the kernel)."""
+    ctx, xp = st.ctx, st.xp
+    n, v = st.n, st.v
+    labels, mask = st.labels, st.mask
+    if mask is None and (labels is None or labels.ndim == 1):
+        lab = xp.arange(n, device=ctx.device) if labels is None else labels  # no labels: views
+        lab = lab if v == 1 else xp.tile(lab, (v,))
+        col = xp.expand_dims(lab, axis=0)
+        return lambda r0, r1: xp.expand_dims(lab[r0:r1], axis=1) == col
+    if mask is None:  # multi-label 0/1 rows: share a label <=> y_i · y_j >= 1
+        y = xp.astype(labels, ctx.dtype)
+        y = y if v == 1 else xp.tile(y, (v, 1))
+        yt = xp.matrix_transpose(y)
+        return lambda r0, r1: (y[r0:r1, :] @ yt) > 0.5
+
+    def rows(s0, s1):  # the user's own rows of `mask`, as a new bool array
+        m = mask[s0:s1, :]
+        return m != 0 if not xp.isdtype(m.dtype, "bool") else xp.asarray(m, copy=True)
+
+    def relation(r0, r1):
+        parts, r = [], r0
+        while r < r1:  # samples r mod N, split where the block crosses into the next view
+            s0 = r % n
+            k = min(r1 - r, n - s0)
+            parts.append(rows(s0, s0 + k))
+            r += k
+        m = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
+        return m if v == 1 else xp.tile(m, (1, v))
+
+    return relation
+
+
+def _streamed(st: SimpleNamespace, block: int):
+    """Stream the anchors' rows of ``z = fa fbᵀ / τ`` (``blocked.supcon_stream``)."""
+    ctx, xp = st.ctx, st.xp
+    tau, tau0 = st.tau, st.tau0
+    fa, fb, back_f = bilinear_features(st.anchors, st.u, kind=_feature_kind(st.kind), eps=st.eps,
+                                       xp=xp)
+    if st.kind == "neg_euclidean":  # z = −sqrt(−(fa/τ²)·fb), the root taken per block
+        fold = tau * tau
+        root = tuple(x / f for x, f in zip(euclidean_noise(fa, fb, xp), (fold, 1.0)))
+    else:
+        fold, root = tau, None
+    a = fa / fold
+    # cosine scores lie in [-1, 1], so |z| <= 1/τ is known before any GEMM
+    bound = 1.0 / tau0 if st.kind == "cosine" and isinstance(tau0, float) else None
+    flush = needs_flush(ctx.dtype, None if bound is None else 2.0 * bound, st.n_anchor * st.c, xp)
+    relation = _relation(st)
+    kb = None if st.base_temperature is None else tau / st.base_temperature
+
+    def sweep(weights):
+        per, npos, grads = supcon_stream(a, fb, relation, positives=st.positives, weights=weights,
+                                         block=block, flush=flush, bound=bound, root=root, xp=xp)
+        count = npos if st.positives == "per_pair" else xp.astype(npos > 0, ctx.dtype)
+        return per, count, grads
+
+    def grads_of(grads, per_dot):
+        """``grads`` for the anchors' cotangents ``gl``; ``per_dot = Σ gl·per``."""
+        da, db, zdz = grads
+        dtau = -zdz / tau
+        if kb is not None:
+            dtau = dtau + per_dot / tau
+        g_anchor, g_u = back_f(da / fold, db)
+        return {"features": _features_grad(st, g_anchor, g_u),
+                "temperature": scalar_grad(ctx, dtau, tau0)}
+
+    def finish(value):
+        return ctx.to_out(ctx.result_finite(value if kb is None else value * kb, "supcon"))
+
+    if forward_only():
+        per, count, _ = sweep(None)
+        return finish(_reduce(per, count, st)[0]), None
+    if st.reduction == "none":
+        per, _, _ = sweep(None)
+
+        def vjp(g):
+            gl = ctx.to_compute(g) if kb is None else ctx.to_compute(g) * kb
+            _, _, grads = sweep(gl)  # anchors without a positive get no gradient
+            return grads_of(grads, xp.sum(gl * per))
+
+        return finish(per), vjp
+    # a scalar reduction gives every anchor the same cotangent: sweep once with unit
+    # weights (the gradient fused in), scale by the reduction's cotangent afterwards
+    per, count, (da, db, zdz) = sweep(xp.ones((st.n_anchor,), dtype=ctx.dtype, device=ctx.device))
+    value, back_red = _reduce(per, count, st)
+
+    def vjp_scalar(g):
+        k = back_red(ctx.to_compute(g))[0]
+        if kb is not None:
+            k = k * kb
+        return grads_of((da * k, db * k, zdz * k), k * xp.sum(per))
+
+    return finish(value), vjp_scalar

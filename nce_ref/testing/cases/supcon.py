@@ -44,6 +44,20 @@ def _supcon(rng):
         Case("asymmetric 0/1 float mask, per_pair", (f2,),
              {"mask": (rng.random((8, 8)) < 0.3).astype(np.float64), "temperature": 0.2,
               "positives": "per_pair"}),
+        # streamed over row blocks (the bilinear similarities): blocks that do not divide
+        # the 12 anchors and cross from one view into the next
+        Case("streamed, block of 1 row", (f, y), {"temperature": 0.2, "block_size": 1}),
+        Case("streamed, blocks of 5, in, none", (f, y),
+             {"temperature": 0.2, "positives": "in", "reduction": "none", "block_size": 5}),
+        Case("streamed, 2-row memory budget, per_pair, multi-label", (f, np.array(
+            [[1, 0, 0], [0, 1, 1], [1, 1, 0], [0, 0, 1], [0, 0, 0], [1, 0, 0]])),
+             {"temperature": 0.2, "positives": "per_pair", "memory_budget": 2 * 2 * 12 * 8}),
+        Case("streamed dot, mask, blocks of 5, base_temperature", (f,),
+             {"mask": np.triu(rng.random((n, n)) < 0.5), "similarity": "dot", "temperature": 0.5,
+              "base_temperature": 0.07, "block_size": 5}),
+        Case("streamed neg_sq_euclidean, contrast_mode one, blocks of 4", (f, y),
+             {"similarity": "neg_sq_euclidean", "temperature": 0.5, "contrast_mode": "one",
+              "block_size": 4}),
     ]
     e = np.eye(4)
     col = np.outer(rng.uniform(0.5, 2.0, 6), np.abs(rng.standard_normal(d)) + 0.1)
