@@ -23,6 +23,8 @@ __all__ = [
     "log_mean_exp",
     "softplus",
     "sigmoid",
+    "softplus_and_sigmoid",
+    "softplus_and_sigmoid_of_exp",
     "flush_subnormals",
     "flush_below",
 ]
@@ -92,15 +94,91 @@ def log_mean_exp(x: Array, mask: Array | None = None, *, axis: int = -1,
     return xp.where(cnt > 0, lse - xp.log(safe), xp.full_like(lse, -math.inf))
 
 
+def _exp_neg_abs(x: Array, *, xp) -> Array:
+    """``e^{−|x|}``, in ``(0, 1]`` for finite ``x``: never overflows."""
+    return xp.exp(-xp.abs(x))
+
+
+def _softplus_from(x: Array, e: Array, *, xp) -> Array:
+    # log(1 + e^x) = max(x, 0) + log1p(e^{−|x|}): for x >= 0, x + log(1 + e^{−x})
+    return xp.maximum(x, xp.zeros_like(x)) + xp.log1p(e)
+
+
+def _sigmoid_from(x: Array, e: Array, *, xp) -> Array:
+    # σ(x) = 1/(1 + e) for x >= 0, e/(1 + e) for x < 0 (e = e^{−|x|} = e^x there)
+    return xp.where(x >= 0, xp.ones_like(e), e) / (1.0 + e)
+
+
+def _own_numpy(x: Array, xp) -> bool:
+    """Whether ``x`` is a writable NumPy array (the ``out=`` fast paths)."""
+    from array_api_compat import is_numpy_namespace, is_writeable_array
+
+    return is_numpy_namespace(xp) and is_writeable_array(x)
+
+
 def softplus(x: Array, *, xp) -> Array:
     r"""``log(1 + e^x) = max(x, 0) + log1p(e^{−|x|})``, exact for every finite ``x``."""
-    return xp.maximum(x, xp.zeros_like(x)) + xp.log1p(xp.exp(-xp.abs(x)))
+    return _softplus_from(x, _exp_neg_abs(x, xp=xp), xp=xp)
 
 
 def sigmoid(x: Array, *, xp) -> Array:
     r"""``σ(x) = 1 / (1 + e^{−x})``, the derivative of :func:`softplus`, without overflow."""
-    e = xp.exp(-xp.abs(x))
-    return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return _sigmoid_from(x, _exp_neg_abs(x, xp=xp), xp=xp)
+
+
+def softplus_and_sigmoid(x: Array, *, overwrite: bool = False, xp) -> tuple[Array, Array]:
+    r"""``(softplus(x), σ(x))`` from one ``e = e^{−|x|}``.
+
+    The formulas of :func:`softplus` and :func:`sigmoid`, bit for bit, for one ``exp``
+    instead of two.  ``overwrite=True`` declares ``x`` a buffer of the caller's: on a
+    writable NumPy array the softplus is written into ``x`` and the sigmoid into the
+    one new buffer (``out=``, one scratch buffer); elsewhere it is ignored.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> sp, sg = softplus_and_sigmoid(np.array([-800.0, 0.0, 800.0]), xp=np)
+    >>> sp.tolist(), sg.tolist()
+    ([0.0, 0.6931471805599453, 800.0], [0.0, 0.5, 1.0])
+    """
+    if not (overwrite and _own_numpy(x, xp)):
+        e = _exp_neg_abs(x, xp=xp)
+        return _softplus_from(x, e, xp=xp), _sigmoid_from(x, e, xp=xp)
+    import numpy as np
+
+    pos = x >= 0
+    e = np.abs(x)
+    np.negative(e, out=e)
+    np.exp(e, out=e)                  # e^{−|x|}
+    t = np.log1p(e)
+    np.maximum(x, 0.0, out=x)
+    x += t                            # softplus = max(x, 0) + log1p(e), in x
+    np.add(e, 1.0, out=t)
+    np.copyto(e, 1.0, where=pos)
+    np.divide(e, t, out=e)            # σ = where(x >= 0, 1, e) / (1 + e), in e
+    return x, e
+
+
+def softplus_and_sigmoid_of_exp(ex: Array, *, softplus: bool = True, sigmoid: bool = True,
+                                overwrite: bool = False, xp) -> tuple[Array | None, Array | None]:
+    r"""``(softplus(x), σ(x)) = (log1p(E), E/(1 + E))`` from ``E = e^x``, computed by the caller.
+
+    For callers that need ``e^x`` anyway and know ``|x|`` bounded well inside the
+    dtype's exponent range (``E`` finite and normal), both keep full relative accuracy
+    with no ``exp`` of their own.  ``E = 0`` (``x = −inf``, a masked entry) gives 0
+    and 0.  ``softplus=False`` or ``sigmoid=False`` skips one (``None`` in its place).
+    ``overwrite=True`` on a writable NumPy ``E``: the sigmoid is written into ``E``,
+    with one scratch buffer.
+    """
+    sp = xp.log1p(ex) if softplus else None
+    if not sigmoid:
+        return sp, None
+    if not (overwrite and _own_numpy(ex, xp)):
+        return sp, ex / (1.0 + ex)
+    import numpy as np
+
+    den = np.add(ex, 1.0)
+    return sp, np.divide(ex, den, out=ex)
 
 
 def flush_subnormals(p: Array, *, xp) -> Array:

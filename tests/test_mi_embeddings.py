@@ -36,11 +36,22 @@ BLOCKS = {
 }
 
 
-def _options(bound, x, y, tau, kind):
-    """(extra positional args, keyword options) of one bound, and the dense call's."""
-    if bound == "tuba":
-        lb = np.random.default_rng(3).standard_normal(N)
-        return (lb,), {}, (lb,), {}
+def _options(bound, x, y, tau, kind, opts=None):
+    """(extra positional args, keyword options) of one bound, and the dense call's.
+
+    ``opts`` are the variant's keyword options; its ``"log_baseline"`` ("scalar" or
+    "per-sample") chooses the form of the baseline and is not passed on.
+    """
+    opts = dict(opts or {})
+    form = opts.pop("log_baseline", "per-sample")
+    if bound in ("tuba", "interpolated"):
+        lb = np.random.default_rng(3).standard_normal(N) if form == "per-sample" else 0.375
+        if bound == "interpolated":
+            opts.setdefault("alpha", 0.5)
+        return (lb,), opts, (lb,), dict(opts)
+    if opts:
+        extra, kw, dextra, dkw = _options(bound, x, y, tau, kind)
+        return extra, {**kw, **opts}, dextra, {**dkw, **opts}
     if bound == "mine":
         s = nce_ref.similarity(x, y, kind=kind) / tau
         lma = float(mi.mine_update(s)) - 0.25  # not the batch mean: MINE's own gradient
@@ -68,6 +79,11 @@ def _dense(bound, x, y, extra, kw, *, kind, tau, axis=1):
 def _variants():
     out = []
     for b in STREAMED_BOUNDS:
+        if b == "interpolated":  # the alphas and baseline forms (all crossed on NumPy below)
+            out += [(b, {"alpha": 0.5, "log_baseline": "per-sample"}),
+                    (b, {"alpha": 0.01, "log_baseline": "scalar"}),
+                    (b, {"alpha": 0.99, "log_baseline": "per-sample"})]
+            continue
         out.append((b, {}))
         if b == "js":
             out.append((b, {"report": "objective"}))
@@ -87,15 +103,15 @@ def test_streamed_equals_dense_composition(backend, dtype, bound, opts, kind, bl
     tau = TAU[kind]
     # the reference: the dense composition on the same-dtype inputs, in float64
     xr, yr = x_np.astype(np.float64), y_np.astype(np.float64)
-    extra, kw, dextra, dkw = _options(bound, xr, yr, tau, kind)
-    v_ref, g_ref = _dense(bound, xr, yr, dextra, {**dkw, **opts}, kind=kind, tau=tau)
+    extra, kw, dextra, dkw = _options(bound, xr, yr, tau, kind, opts)
+    v_ref, g_ref = _dense(bound, xr, yr, dextra, dkw, kind=kind, tau=tau)
     block = BLOCKS[blocks]
     if block == "tiny":
         block = {"memory_budget": 2 * N * np.dtype(dtype).itemsize}  # one row of scores
     x, y = backend.asarray(x_np, dtype), backend.asarray(y_np, dtype)
     args = (x, y) + tuple(backend.asarray(e, dtype) for e in extra)
     v, g = nce_ref.value_and_grad(mi.bound_from_embeddings)(
-        *args, bound=bound, similarity=kind, temperature=tau, **kw, **opts, **block)
+        *args, bound=bound, similarity=kind, temperature=tau, **kw, **block)
     got = assert_like(v, backend, dtype=dtype, shape=(), ref_array=x)
     assert_close(got, v_ref, dtype=dtype, temperature=tau, tol_scale=backend.tol_scale)
     assert set(g) == set(g_ref)
@@ -113,10 +129,10 @@ def test_streamed_equals_dense_composition(backend, dtype, bound, opts, kind, bl
 def test_axis_zero_reads_the_transpose(bound, opts, kind, rng):
     x, y = rng.standard_normal((N, D)), rng.standard_normal((N, D))
     tau = TAU[kind]
-    extra, kw, dextra, dkw = _options(bound, x, y, tau, kind)
-    v_ref, g_ref = _dense(bound, x, y, dextra, {**dkw, **opts}, kind=kind, tau=tau, axis=0)
+    extra, kw, dextra, dkw = _options(bound, x, y, tau, kind, opts)
+    v_ref, g_ref = _dense(bound, x, y, dextra, dkw, kind=kind, tau=tau, axis=0)
     v, g = nce_ref.value_and_grad(mi.bound_from_embeddings)(
-        x, y, *extra, bound=bound, similarity=kind, temperature=tau, axis=0, block_size=3, **kw, **opts)
+        x, y, *extra, bound=bound, similarity=kind, temperature=tau, axis=0, block_size=3, **kw)
     assert_close(v, v_ref, dtype="float64")
     for name, ref in g_ref.items():
         assert_close(g[name], ref, dtype="float64", scale=float(np.max(np.abs(ref))))
@@ -147,7 +163,7 @@ def test_gradient_matches_finite_differences(bound, kind, rng):
 def test_extreme_temperatures_with_cosine(backend, dtype, bound, opts, tau, rng):
     x64, y64 = rng.standard_normal((N, D)), rng.standard_normal((N, D))
     xr, yr = x64.astype(dtype).astype(np.float64), y64.astype(dtype).astype(np.float64)
-    extra, kw, dextra, dkw = _options(bound, xr, yr, tau, "cosine")
+    extra, kw, dextra, dkw = _options(bound, xr, yr, tau, "cosine", opts)
     if bound == "mine":  # a moving average of the batch's order keeps the gradient finite
         lma = float(mi.mine_update(nce_ref.similarity(xr, yr, kind="cosine") / tau))
         kw, dextra = {"log_moving_average": lma}, (lma,)
@@ -155,20 +171,20 @@ def test_extreme_temperatures_with_cosine(backend, dtype, bound, opts, tau, rng)
     x, y = backend.asarray(xr, dtype), backend.asarray(yr, dtype)
     args = (x, y) + tuple(backend.asarray(e, dtype) for e in extra)
     try:
-        v_ref, g_ref = _dense(bound, xr, yr, dextra, {**dkw, **opts}, kind="cosine", tau=tau)
+        v_ref, g_ref = _dense(bound, xr, yr, dextra, dkw, kind="cosine", tau=tau)
     except FloatingPointError:
         # e^{1/τ} overflows the marginal term of NWJ/TUBA/JS-mi: a clear error, never NaN
         if is_lazy_array(x):  # JAX: values are not inspected (STYLE.md); the estimate is -inf
-            v = call(*args, bound=bound, similarity="cosine", temperature=tau, block_size=3, **kw, **opts)[0]
+            v = call(*args, bound=bound, similarity="cosine", temperature=tau, block_size=3, **kw)[0]
             assert backend.to_numpy(v) == -np.inf
             return
         with pytest.raises(FloatingPointError):
-            call(*args, bound=bound, similarity="cosine", temperature=tau, block_size=3, **kw, **opts)
+            call(*args, bound=bound, similarity="cosine", temperature=tau, block_size=3, **kw)
         return
     if dtype == "float32" and not math.isfinite(float(np.float32(v_ref))):
         pytest.skip("the float64 estimate is beyond float32's range")
     try:
-        v, g = call(*args, bound=bound, similarity="cosine", temperature=tau, block_size=3, **kw, **opts)
+        v, g = call(*args, bound=bound, similarity="cosine", temperature=tau, block_size=3, **kw)
     except FloatingPointError:
         assert dtype == "float32"  # an overflow in float32 only, reported as an error
         return
@@ -185,10 +201,67 @@ def test_extreme_temperatures_with_cosine(backend, dtype, bound, opts, tau, rng)
 def test_forward_equals_value_of_value_and_grad(rng):
     x, y = rng.standard_normal((N, D)), rng.standard_normal((N, D))
     for bound, opts in VARIANTS:
-        extra, kw, _, _ = _options(bound, x, y, 1.0, "dot")
-        v = mi.bound_from_embeddings(x, y, *extra, bound=bound, block_size=2, **kw, **opts)
-        w, _ = nce_ref.value_and_grad(mi.bound_from_embeddings)(x, y, *extra, bound=bound, **kw, **opts)
+        extra, kw, _, _ = _options(bound, x, y, 1.0, "dot", opts)
+        v = mi.bound_from_embeddings(x, y, *extra, bound=bound, block_size=2, **kw)
+        w, _ = nce_ref.value_and_grad(mi.bound_from_embeddings)(x, y, *extra, bound=bound, **kw)
         assert_close(v, w, dtype="float64")
+
+
+@pytest.mark.parametrize("form", ["default", "scalar", "per-sample"])
+@pytest.mark.parametrize("alpha", [0.0, 0.01, 0.5, 0.99, 1.0])
+@pytest.mark.parametrize("kind", SIMS)
+def test_interpolated_every_alpha_and_baseline(kind, alpha, form, rng):
+    """The streamed interpolated bound against the dense composition, to rounding in float64:
+    every alpha (the ends too), the baseline omitted, scalar or per sample, both axes, three layouts."""
+    x, y = rng.standard_normal((N, D)), rng.standard_normal((N, D))
+    tau = TAU[kind]
+    lb = {"default": (), "scalar": (-0.625,), "per-sample": (rng.standard_normal(N),)}[form]
+    for axis in (1, 0):
+        v_ref, g_ref = _dense("interpolated", x, y, lb, {"alpha": alpha}, kind=kind, tau=tau, axis=axis)
+        for block in ({"block_size": 1}, {"block_size": 3}, {}):
+            v, g = nce_ref.value_and_grad(mi.bound_from_embeddings)(
+                x, y, *lb, bound="interpolated", alpha=alpha, similarity=kind, temperature=tau,
+                axis=axis, **block)
+            assert_close(v, v_ref, dtype="float64")
+            assert set(g) == set(g_ref) | {"log_baseline"}
+            for name, ref in g_ref.items():
+                assert_close(g[name], ref, dtype="float64", scale=float(np.max(np.abs(ref))),
+                             err_msg=f"axis={axis} {block}: gradient of {name}")
+            if not lb:  # the default baseline 0.0: its gradient is that of a scalar
+                assert np.shape(g["log_baseline"]) == ()
+
+
+def test_interpolated_alpha_one_is_infonce_over_n_minus_one(rng):
+    """At alpha = 1 the marginal term is exactly 1: I = mean_i (z_ii − mean_{k≠i} L_ik)."""
+    x, y = rng.standard_normal((N, D)), rng.standard_normal((N, D))
+    s = nce_ref.similarity(x, y, kind="cosine") / 0.2
+    v = mi.bound_from_embeddings(x, y, bound="interpolated", alpha=1.0, similarity="cosine",
+                                 temperature=0.2, block_size=2)
+    e = np.exp(s)
+    loo = np.log((e.sum(axis=1, keepdims=True) - e) / (N - 1))
+    off = ~np.eye(N, dtype=bool)
+    want = np.mean(np.diag(s) - np.where(off, loo, 0.0).sum(axis=1) / (N - 1))
+    assert_close(v, want, dtype="float64")
+
+
+def test_shifted_path_for_unbounded_dot_scores(rng):
+    """Dot scores beyond the shift-free range (Cauchy–Schwarz bound too large) take the
+    shifted path; it equals the dense composition."""
+    x, y = 40.0 * rng.standard_normal((N, D)), rng.standard_normal((N, D))
+    for bound, opts in VARIANTS:
+        if bound in ("nwj", "tuba", "mine") or opts.get("report") == "mi" or bound == "js" and not opts:
+            continue  # e^{f} of scores ~100 overflows their marginal term in float32, not here
+        extra, kw, dextra, dkw = _options(bound, x, y, 1.0, "dot", opts)
+        for dt in ("float32", "float64"):
+            xs, ys = x.astype(dt), y.astype(dt)
+            v_ref, g_ref = _dense(bound, xs.astype(float), ys.astype(float), dextra, dkw,
+                                  kind="dot", tau=1.0)
+            v, g = nce_ref.value_and_grad(mi.bound_from_embeddings)(
+                xs, ys, *extra, bound=bound, similarity="dot", block_size=3, **kw)
+            assert_close(v, v_ref, dtype=dt, err_msg=f"{bound} {opts}")
+            for name, ref in g_ref.items():
+                assert_close(g[name], ref, dtype=dt, scale=float(np.max(np.abs(ref))),
+                             err_msg=f"{bound} {opts} {dt}: gradient of {name}")
 
 
 def test_infonce_is_log_n_minus_info_nce(rng):
@@ -208,7 +281,11 @@ def _xy(n=4, d=3):
 
 @pytest.mark.parametrize("kwargs,exc,name", [
     ({"bound": "nope"}, ValueError, "`bound`"),
-    ({"bound": "interpolated"}, ValueError, "`bound`"),
+    ({"bound": "interpolated"}, ValueError, "`alpha`"),
+    ({"bound": "interpolated", "alpha": 1.5}, ValueError, "`alpha`"),
+    ({"bound": "interpolated", "alpha": -0.1}, ValueError, "`alpha`"),
+    ({"bound": "dv", "alpha": 0.5}, ValueError, "`alpha`"),
+    ({"bound": "interpolated", "alpha": 0.5, "clip": 1.0}, ValueError, "`clip`"),
     ({"bound": 3}, ValueError, "`bound`"),
     ({"similarity": "neg_euclidean"}, ValueError, "`similarity`"),
     ({"similarity": "manhattan"}, ValueError, "`similarity`"),
@@ -247,5 +324,9 @@ def test_bad_arrays_raise_naming_the_argument():
         mi.bound_from_embeddings(x, y, 0.5, bound="dv")
     with pytest.raises(ValueError, match="`log_baseline`"):
         mi.bound_from_embeddings(x, y, np.zeros(3), bound="tuba")
+    with pytest.raises(ValueError, match="`log_baseline`"):
+        mi.bound_from_embeddings(x, y, np.zeros(3), bound="interpolated", alpha=0.5)
+    with pytest.raises(ValueError, match="`log_baseline`"):
+        mi.bound_from_embeddings(x, y, np.zeros((4, 1)), bound="interpolated", alpha=0.5)
     with pytest.raises(ValueError, match="`x`"):
         mi.bound_from_embeddings(np.where(x > 0, np.nan, x), y)

@@ -14,6 +14,8 @@ from nce_ref._ops import (
     sigmoid,
     softmax_from_lse,
     softplus,
+    softplus_and_sigmoid,
+    softplus_and_sigmoid_of_exp,
 )
 from nce_ref.testing import numeric_grad
 
@@ -76,6 +78,33 @@ def test_softplus_and_sigmoid_are_exact_everywhere(x):
     want_sg = float(1 / (1 + mp.exp(-mp.mpf(x))))
     assert sp == pytest.approx(want_sp, rel=4e-16, abs=0)
     assert sg == pytest.approx(want_sg, rel=4e-16, abs=0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_softplus_and_sigmoid_share_one_exp_bit_for_bit(backend, dtype):
+    """The fused primitive equals softplus and sigmoid exactly, on every backend and in place."""
+    vals = np.array([-1e30, -800.0, -88.0, -30.0, -1.5, -1e-20, 0.0, 1e-20, 0.7, 30.0, 88.0, 800.0, 1e30])
+    xp, x = backend.xp, backend.asarray(vals, dtype)
+    want_sp = backend.to_numpy(softplus(x, xp=xp))
+    want_sg = backend.to_numpy(sigmoid(x, xp=xp))
+    for overwrite in (False, True):
+        sp, sg = softplus_and_sigmoid(backend.asarray(vals, dtype), overwrite=overwrite, xp=xp)
+        np.testing.assert_array_equal(backend.to_numpy(sp), want_sp)
+        np.testing.assert_array_equal(backend.to_numpy(sg), want_sg)
+    np.testing.assert_array_equal(backend.to_numpy(x), vals.astype(dtype))  # not overwritten
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_softplus_and_sigmoid_of_exp(overwrite):
+    x = np.linspace(-30.0, 30.0, 61)
+    ex = np.exp(x)
+    ex[0] = 0.0  # a masked entry, x = -inf
+    sp, sg = softplus_and_sigmoid_of_exp(ex, overwrite=overwrite, xp=np)
+    assert sp[0] == 0.0 and sg[0] == 0.0
+    assert_close(sp[1:], softplus(x[1:], xp=np), rtol=4e-16)
+    assert_close(sg[1:], sigmoid(x[1:], xp=np), rtol=4e-16)
+    sp, sg2 = softplus_and_sigmoid_of_exp(np.exp(x), softplus=False, xp=np)
+    assert sp is None
 
 
 def test_flush_subnormals():

@@ -24,6 +24,7 @@ BOUNDS = {
     "mine": ("mine", (), {"log_moving_average": 0.0}),
     "js": ("js", (), {}),
     "js_objective": ("js", (), {"report": "objective"}),
+    "interpolated": ("interpolated", (0.0,), {"alpha": 0.5}),
     "smile": ("smile", (), {"clip": 5.0}),
     "loo_upper": ("loo_upper", (), {}),
 }

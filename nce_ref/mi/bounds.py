@@ -45,7 +45,7 @@ from typing import Any
 from array_api_compat import is_array_api_obj
 
 from .._array import check_int, check_option, check_real, resolve, scalar_grad, scalar_param
-from .._ops import logsumexp, sigmoid, softmax_from_lse, softplus
+from .._ops import logsumexp, sigmoid, softmax_from_lse, softplus_and_sigmoid
 from ..autodiff import differentiable, lookup
 from ..losses.infonce import info_nce_from_scores
 
@@ -193,10 +193,11 @@ def _offdiag_weights(z: Array, off: Array, log_den: Array, log_count: float, *, 
 
 
 def _offdiag_mean_weights(z: Array, off: Array, log_count: float, *, xp) -> Array:
-    r"""``e^{z_ij} / |O|`` on the off-diagonal entries, 0 on the diagonal (one ``exp``).
+    r"""``e^{z_ij} / K`` on the off-diagonal entries, 0 on the diagonal (one ``exp``).
 
-    The derivative of the mean :math:`\frac{1}{|O|}\sum_O e^{z}`; it overflows only
-    where that mean does.
+    ``log_count`` is :math:`\log K`: :math:`K = |O|` for the pooled mean
+    :math:`\frac{1}{|O|}\sum_O e^{z}` (this is its derivative), :math:`N - 1` for a
+    per-row mean (:func:`interpolated_rows`); it overflows only where that mean does.
     """
     return _exp(xp.where(off, z, xp.full_like(z, -math.inf)) - log_count, xp=xp)
 
@@ -307,6 +308,65 @@ def loo_log_mean_exp(c: Array, *, xp):
         return part1 + part2
 
     return loo, back
+
+
+def _check_alpha(alpha: Any) -> float:
+    a = check_real(alpha, "alpha", nonnegative=True)
+    if not a <= 1.0:
+        raise ValueError(f"`alpha` must be in [0, 1]; got {alpha}")
+    return a
+
+
+def interpolated_rows(c: Array, lb: Array | float, r0: int, *, alpha: float, xp):
+    r"""Rows ``r0 .. r0 + R − 1`` of the interpolated bound and their VJP (the one kernel).
+
+    ``c`` is an (R, N) block of rows of the score matrix, rows x, whose joint score of
+    row i (global index ``r0 + i``) sits at column ``r0 + i``; ``lb`` the rows'
+    log-baselines, (R, 1), or 0-d.  :func:`interpolated` calls it once on the whole
+    matrix, :func:`nce_ref.mi.bound_from_embeddings` once per streamed block: every
+    quantity is row-local.  Returns ``(terms, back)``, ``terms`` of shape (R,):
+
+    .. math::
+
+        t_i = c_{ii} - \frac{1}{N-1}\sum_{k \ne i} B_{ik}
+              - \frac{1}{N-1}\sum_{j \ne i} e^{c_{ij} - B_{ii}},
+        \qquad I_\alpha = 1 + \frac1N \sum_{i=1}^N t_i,
+
+    and ``back(w) -> (dc (R, N), dlb (R,))``, the VJP of :math:`w \sum_i t_i` for a
+    scalar ``w`` (``g/N`` for the bound).  ``docs/mi.md``, "The interpolated bound".
+    """
+    n = c.shape[1]
+    rows = xp.arange(r0, r0 + c.shape[0], device=_device(c))
+    diag = xp.expand_dims(xp.arange(n, device=_device(c)), axis=0) == xp.expand_dims(rows, axis=1)
+    off = xp.logical_not(diag)
+    log_a = math.log(alpha) if alpha > 0 else -math.inf
+    log_1ma = math.log1p(-alpha) if alpha < 1 else -math.inf
+    loo, back_loo = loo_log_mean_exp(c, xp=xp)
+    both = xp.stack([loo + log_a, xp.broadcast_to(lb + log_1ma, c.shape)])
+    B = logsumexp(both, axis=0, keepdims=True, xp=xp)  # (1, R, N)
+    B2 = B[0, ...]
+    b_diag = xp.expand_dims(_diagonal(B2, diag, xp=xp), axis=1)
+    # B_ii = -inf only when alpha = 1 and every other y_j of row i is ruled out (-inf):
+    # the row's marginal terms are then 0 (their limit as alpha -> 1), never -inf + inf
+    live = b_diag > -math.inf
+    z = xp.where(live, c - xp.where(live, b_diag, xp.zeros_like(b_diag)), xp.full_like(c, -math.inf))
+    # e^{z_ij}/(N−1) on the off-diagonal entries: each <= 1/alpha (B_ii >= L_ii + log alpha)
+    w = _offdiag_mean_weights(z, off, math.log(n - 1), xp=xp)
+    terms = (_diagonal(c, diag, xp=xp)
+             - xp.sum(xp.where(off, B2, xp.zeros_like(B2)), axis=1) / float(n - 1)
+             - xp.sum(w, axis=1))
+
+    def back(g):
+        fd = xp.astype(diag, c.dtype)
+        dz = -g * w                                      # ∂/∂z_ij of −Σ_j e^{z_ij}/(N−1)
+        db_diag = -xp.sum(dz, axis=1, keepdims=True)     # z_ij = c_ij − B_ii
+        dB = xp.where(off, xp.full_like(c, -1.0) * (g / float(n - 1)), db_diag)
+        p = softmax_from_lse(both, B, xp=xp)             # the weights of B's two terms
+        dlb = xp.sum(dB * p[1, ...], axis=1)
+        dc = g * fd + dz + back_loo(dB * p[0, ...])
+        return dc, dlb
+
+    return terms, back
 
 
 def _device(x):
@@ -720,19 +780,24 @@ def js(scores: Array, /, *, report: str = "mi", axis: int = 1, check_finite: boo
     ctx, c, n, untranspose = _prepare(scores, axis=axis, check_finite=check_finite, xp=xp, min_n=2)
     xp = ctx.xp
     diag, off = _diag_mask(ctx, n)
+    d = _diagonal(c, diag, xp=xp)
+    sg = sg_d = None
     if report == "mi":
         value, _ = _tuba_fwd(ctx, c, 0.0, diag, off)  # NWJ at 1 + f = TUBA at f with a = 1
     else:
-        d = _diagonal(c, diag, xp=xp)
-        marg = xp.sum(xp.where(off, softplus(c, xp=xp), xp.zeros_like(c))) / float(n * (n - 1))
-        value = -xp.mean(softplus(-d, xp=xp)) - marg
+        # one exp(−|s|) for softplus(s) and σ(s) (the gradient's), one of N for the diagonal
+        sp, sg = softplus_and_sigmoid(c, xp=xp)
+        sp_d, sg_d = softplus_and_sigmoid(-d, xp=xp)
+        marg = xp.sum(xp.where(off, sp, xp.zeros_like(c))) / float(n * (n - 1))
+        value = -xp.mean(sp_d) - marg
     value = ctx.result_finite(value, "mi.js")
 
     def vjp(g):
         g = ctx.to_compute(g)
-        fd = xp.astype(diag, c.dtype)
-        dc = g * (fd * sigmoid(-c, xp=xp) / float(n)
-                  - xp.where(off, sigmoid(c, xp=xp), xp.zeros_like(c)) / float(n * (n - 1)))
+        s_off = sigmoid(c, xp=xp) if sg is None else sg   # σ(s_ij), used off the diagonal
+        s_diag = sigmoid(-d, xp=xp) if sg_d is None else sg_d  # σ(−s_ii), N values
+        dc = xp.where(diag, xp.expand_dims(s_diag, axis=1) * (g / float(n)),
+                      s_off * (-g / float(n * (n - 1))))
         return {"scores": ctx.like(untranspose(dc), scores)}
 
     return ctx.to_out(value), vjp
@@ -783,8 +848,10 @@ def interpolated(scores: Array, log_baseline: float | Array = 0.0, /, *, alpha: 
     -----
     The leave-one-out log-mean-exp is computed in O(N²) without cancellation
     (:func:`loo_log_mean_exp`), and :math:`B` by a two-term logsumexp, so no term
-    overflows: :math:`f(x_i,y_j) - B_{ii} \le \log((N-1)/\alpha)`.  Gradient:
-    ``docs/mi.md``, "The interpolated bound".
+    overflows: :math:`f(x_i,y_j) - B_{ii} \le \log((N-1)/\alpha)`.  Every quantity
+    is row-local: the forward and the VJP are :func:`interpolated_rows`, here on all N
+    rows at once, in :func:`nce_ref.mi.bound_from_embeddings` on each streamed block.
+    Gradient: ``docs/mi.md``, "The interpolated bound".
 
     Examples
     --------
@@ -794,43 +861,16 @@ def interpolated(scores: Array, log_baseline: float | Array = 0.0, /, *, alpha: 
     >>> bool(np.isclose(mi.interpolated(s, 0.3, alpha=1e-12), mi.tuba(s, 0.3)))
     True
     """
-    a = check_real(alpha, "alpha", nonnegative=True)
-    if not a <= 1.0:
-        raise ValueError(f"`alpha` must be in [0, 1]; got {alpha}")
+    a = _check_alpha(alpha)
     ctx, c, n, untranspose = _prepare(scores, axis=axis, check_finite=check_finite, xp=xp, min_n=2,
                                       baseline=log_baseline)
     xp = ctx.xp
     lb, to_grad = _baseline(ctx, log_baseline, n)
-    diag, off = _diag_mask(ctx, n)
-    log_a = math.log(a) if a > 0 else -math.inf
-    log_1ma = math.log1p(-a) if a < 1 else -math.inf
-    loo, back_loo = loo_log_mean_exp(c, xp=xp)
-    both = xp.stack([loo + log_a, xp.broadcast_to(lb + log_1ma, c.shape)])
-    B = logsumexp(both, axis=0, keepdims=True, xp=xp)  # (1, N, N)
-    B2 = B[0, ...]
-    b_diag = xp.expand_dims(_diagonal(B2, diag, xp=xp), axis=1)
-    # B_ii = -inf only when alpha = 1 and every other y_j of row i is ruled out (-inf):
-    # the row's marginal terms are then 0 (their limit as alpha -> 1), never -inf + inf
-    live = b_diag > -math.inf
-    z = xp.where(live, c - xp.where(live, b_diag, xp.zeros_like(b_diag)), xp.full_like(c, -math.inf))
-    lme, log_count = _offdiag_lme(z, off, xp=xp)
-    marg = xp.exp(lme)
-    count = float(n * (n - 1))
-    joint = (xp.mean(_diagonal(c, diag, xp=xp))
-             - xp.sum(xp.where(off, B2, xp.zeros_like(B2))) / count)
-    value = ctx.result_finite(1.0 + joint - marg, "mi.interpolated")
+    terms, back = interpolated_rows(c, lb, 0, alpha=a, xp=xp)  # all N rows: one block
+    value = ctx.result_finite(1.0 + xp.mean(terms), "mi.interpolated")
 
     def vjp(g):
-        g = ctx.to_compute(g)
-        fd = xp.astype(diag, c.dtype)
-        dz = -g * _offdiag_mean_weights(z, off, log_count, xp=xp)  # −g e^{z}/|O| on O
-        dc = g * fd / float(n) + dz
-        db_diag = -xp.sum(dz, axis=1, keepdims=True)
-        dB = xp.where(off, xp.full_like(c, -1.0) * (g / count), db_diag * fd)
-        p = softmax_from_lse(both, B, xp=xp)  # weights of the two terms of B
-        dloo = dB * p[0, ...]
-        dlb = xp.sum(dB * p[1, ...], axis=1)
-        dc = dc + back_loo(dloo)
+        dc, dlb = back(ctx.to_compute(g) / float(n))
         return {"scores": ctx.like(untranspose(dc), scores), "log_baseline": to_grad(dlb)}
 
     return ctx.to_out(value), vjp

@@ -11,14 +11,17 @@ that can be accumulated over blocks of rows without the N x N matrix:
   clipped :math:`\operatorname{clip}(z, -c, c)`): the shift :math:`m_i = \max_{j\ne i} w_{ij}`,
   the shifted sum :math:`r_i = \sum_{j\ne i} e^{w_{ij} - m_i}` and the row log-sum-exp
   :math:`\ell_i = m_i + \log r_i`;
-- pooled sums of :math:`\operatorname{softplus}(z_{ij})` (JS).
+- pooled sums of :math:`\operatorname{softplus}(z_{ij})` (JS);
+- the interpolated bound's row terms, by :func:`nce_ref.mi.bounds.interpolated_rows`
+  itself (the kernel of :func:`nce_ref.mi.interpolated`, called once per block).
 
 The gradient with respect to ``z`` of every supported bound has, off the diagonal, the
 form :math:`G_{ij} = -e_{ij}\,e^{\lambda_i - \Lambda}` with :math:`e_{ij}` the block's
 own elementwise matrix (:math:`e^{w_{ij} - m_i}`, or :math:`\sigma(z_{ij})` for JS), a
 per-row log-scale :math:`\lambda_i` known once the row is done and one global
-:math:`\Lambda`.  So the three GEMMs of each block (:math:`z`, :math:`U = e f_b`,
-:math:`e^\top(\rho\,a)`) run in a single pass; ``docs/mi.md``, "Bounds on
+:math:`\Lambda` (for the interpolated bound, whose gradient is row-local,
+:math:`e = -G` itself and :math:`\lambda = \Lambda = 0`).  So the three GEMMs of each
+block (:math:`z`, :math:`U = e f_b`, :math:`e^\top(\rho\,a)`) run in a single pass; ``docs/mi.md``, "Bounds on
 embeddings, streamed", derives it with the symbols of this file.
 """
 
@@ -27,29 +30,41 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from array_api_compat import is_numpy_namespace, is_torch_namespace, is_writeable_array
+from array_api_compat import is_lazy_array, is_numpy_namespace, is_torch_namespace, is_writeable_array
 
 from .._array import check_option, check_real, resolve, scalar_grad, scalar_param
-from .._ops import flush_below, logsumexp, sigmoid, softplus
+from .._ops import (
+    flush_below,
+    logsumexp,
+    sigmoid,
+    softplus,
+    softplus_and_sigmoid,
+    softplus_and_sigmoid_of_exp,
+)
 from ..autodiff import differentiable, forward_only, lookup
 from ..blocked import _mask_band, _shift_free, choose_block, needs_flush
 from ..losses.infonce import _pos_from_features, check_pair, info_nce
-from ..similarity import BILINEAR, DEFAULT_EPS, bilinear_features, check_similarity
-from .bounds import JS_REPORTS, _baseline, _check_axis, _exp, _log_moving_average
+from ..similarity import BILINEAR, DEFAULT_EPS, bilinear_features, check_similarity, row_norm
+from .bounds import (
+    JS_REPORTS,
+    _baseline,
+    _check_alpha,
+    _check_axis,
+    _exp,
+    _log_moving_average,
+    interpolated_rows,
+)
 
 Array = Any
 
 __all__ = ["bound_from_embeddings", "STREAMED_BOUNDS"]
 
 #: the bounds of :mod:`nce_ref.mi.bounds` that :func:`bound_from_embeddings` streams
-STREAMED_BOUNDS = ("infonce", "nwj", "tuba", "dv", "mine", "js", "smile", "loo_upper")
+STREAMED_BOUNDS = ("infonce", "nwj", "tuba", "dv", "mine", "js", "interpolated", "smile", "loo_upper")
 
-_NOT_STREAMED = {
-    "interpolated": (
-        "its leave-one-out statistics are row-local and could be streamed, but the formula "
-        "lives inline in nce_ref.mi.interpolated on the full matrix; compose "
-        "nce_ref.mi.interpolated(nce_ref.similarity(x, y, kind=...) / temperature, ...) instead"),
-}
+#: the (R, N) buffers the interpolated bound holds per block at its peak (measured with
+#: tracemalloc: ~19.4 in interpolated_rows); the budget counts 2, so its blocks have 1/10 the rows
+_INTERPOLATED_BUFFERS = 20
 
 _INFO_NCE_IMPL = lookup(info_nce).impl
 
@@ -111,6 +126,66 @@ def _dev(x):
     return device(x)
 
 
+def _swap_band(z: Array, r0: int, r1: int, fill, xp):
+    """``(z', d)``: ``d_i = z[i − r0, i]`` for the rows ``i`` in ``[r0, r1)`` (the block's
+    diagonal, at column offset ``r0``), and ``z`` with those entries set to ``fill`` (a
+    float or an (R,) array).  Writable buffers are edited in place on diagonal squares
+    (O(rows · chunk) work, as ``blocked._mask_band``); immutable ones get one ``where``.
+    """
+    def col(f, i0, i1, like):
+        if isinstance(f, float):
+            return xp.full_like(like, f)
+        return xp.expand_dims(f[i0:i1], axis=1)
+
+    n = r1 - r0
+    if is_writeable_array(z):
+        parts, chunk = [], 256
+        for i0 in range(0, n, chunk):
+            i1 = min(n, i0 + chunk)
+            c0 = r0 + i0
+            sq = z[i0:i1, c0:c0 + (i1 - i0)]
+            eye = xp.eye(i1 - i0, dtype=xp.bool, device=_dev(z))
+            parts.append(xp.sum(xp.where(eye, sq, xp.zeros_like(sq)), axis=1))
+            z[i0:i1, c0:c0 + (i1 - i0)] = xp.where(eye, col(fill, i0, i1, sq), sq)
+        return z, parts[0] if len(parts) == 1 else xp.concat(parts)
+    band = xp.eye(n, z.shape[1], k=r0, dtype=xp.bool, device=_dev(z))
+    d = xp.sum(xp.where(band, z, xp.zeros_like(z)), axis=1)
+    return xp.where(band, col(fill, 0, n, z), z), d
+
+
+_POOL = None
+
+
+def _by_halves(fn, z: Array, xp):
+    """``fn(z)`` (per-row results, ``z`` edited in place), on NumPy in two threads over
+    the two halves of the rows (NumPy's ufuncs release the GIL), as ``blocked._np_block``."""
+    global _POOL
+    n = z.shape[0]
+    if not _np_own(z, xp) or n < 256 or z.size < 1 << 18:
+        return fn(z)
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(2, thread_name_prefix="nce_ref_mi")
+    h = n // 2
+    fut = _POOL.submit(fn, z[h:])
+    first = fn(z[:h])
+    second = fut.result()
+    return tuple(xp.concat([u, v]) for u, v in zip(first, second))
+
+
+def _score_bound(a: Array, fb: Array, xp) -> float | None:
+    """``max_i ‖a_i‖ · max_j ‖fb_j‖ >= max |z_ij|`` (Cauchy–Schwarz), O(N·D), before any GEMM.
+
+    ``None`` for lazy arrays (their values are not inspected).  The factor ``1 + 2⁻²⁰``
+    covers the rounding of the norms and of the GEMM's dot products.
+    """
+    if is_lazy_array(a) or is_lazy_array(fb):
+        return None
+    bound = float(xp.max(row_norm(a, xp=xp))) * float(xp.max(row_norm(fb, xp=xp)))
+    return bound * (1.0 + 2.0 ** -20) if math.isfinite(bound) else None
+
+
 def _sweep(a: Array, fb: Array, rows, *, block: int, grad: bool, fixed: Array | float | None, xp):
     """One pass over the row blocks of ``z = a fbᵀ``.
 
@@ -159,12 +234,12 @@ def _sweep(a: Array, fb: Array, rows, *, block: int, grad: bool, fixed: Array | 
     return stats, (u, lam, db, m_run)
 
 
-def _check_options(bound, log_baseline, clip, report, log_moving_average):
+def _check_options(bound, log_baseline, clip, report, log_moving_average, alpha):
     """The bound's own options: required where it takes them, refused elsewhere."""
     given = {"log_baseline": log_baseline, "clip": clip, "report": report,
-             "log_moving_average": log_moving_average}
+             "log_moving_average": log_moving_average, "alpha": alpha}
     takes = {"tuba": ("log_baseline",), "smile": ("clip",), "js": ("report",),
-             "mine": ("log_moving_average",)}.get(bound, ())
+             "mine": ("log_moving_average",), "interpolated": ("log_baseline", "alpha")}.get(bound, ())
     for name, v in given.items():
         if v is not None and name not in takes:
             raise ValueError(f"`{name}` is not an option of bound={bound!r}; got {v!r}")
@@ -172,6 +247,8 @@ def _check_options(bound, log_baseline, clip, report, log_moving_average):
         raise ValueError("bound='smile' needs `clip` (a float > 0, inf allowed)")
     if bound == "mine" and log_moving_average is None:
         raise ValueError("bound='mine' needs `log_moving_average` (see nce_ref.mi.mine_update)")
+    if bound == "interpolated" and alpha is None:
+        raise ValueError("bound='interpolated' needs `alpha` (a float in [0, 1])")
 
 
 @differentiable("mi.bound_from_embeddings", wrt=("x", "y", "log_baseline", "temperature"),
@@ -180,8 +257,9 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
                           bound: str = "infonce", similarity: str = "dot",
                           temperature: float | Array = 1.0, clip: float | None = None,
                           report: str | None = None, log_moving_average: float | Array | None = None,
-                          axis: int = 1, eps: float = DEFAULT_EPS, block_size: int | None = None,
-                          memory_budget: int | None = None, check_finite: bool = True, xp=None):
+                          alpha: float | None = None, axis: int = 1, eps: float = DEFAULT_EPS,
+                          block_size: int | None = None, memory_budget: int | None = None,
+                          check_finite: bool = True, xp=None):
     r"""An MI bound of :mod:`nce_ref.mi` on the critic ``sim(x_i, y_j)/τ``, streamed.
 
     Equals ``getattr(nce_ref.mi, bound)(nce_ref.similarity(x, y, kind=similarity) /
@@ -208,10 +286,11 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
     ``"mine"``      ``"dv"``'s value; gradient normalised by :math:`\mu` (:func:`nce_ref.mi.mine`)
     ``"smile"``     ``"dv"`` with the clipped :math:`w` in :math:`\ell`
     ``"loo_upper"`` :math:`\overline{p - \ell} + \log(N - 1)`
+    ``"interpolated"`` :math:`1 + \bar t`, :math:`t_i` the row terms of
+                    :func:`nce_ref.mi.bounds.interpolated_rows` (its kernel, per block)
     ==============  ==================================================================================
 
     (:math:`\bar v` is the mean over i; :math:`b_i = \log a_i` the log-baseline.)
-    ``"interpolated"`` is not streamed: see Notes.
 
     Parameters
     ----------
@@ -219,11 +298,12 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
         The joint samples :math:`(x_i, y_i)`; ``scores[i, j] = sim(x_i, y_j)/τ`` has rows x.
         N >= 2 (N >= 1 for ``"infonce"``).
     log_baseline : float, 0-d array or array of shape (N,), optional
-        ``bound="tuba"`` only (default 0.0): :math:`\log a`, scalar or one value per
-        conditioning sample (per x with ``axis=1``, per y with ``axis=0``).  Differentiable.
+        ``bound="tuba"`` or ``"interpolated"`` only (default 0.0): :math:`\log a`, scalar
+        or one value per conditioning sample (per x with ``axis=1``, per y with
+        ``axis=0``).  Differentiable.
     bound : str, default "infonce"
         One of ``"infonce"``, ``"nwj"``, ``"tuba"``, ``"dv"``, ``"mine"``, ``"js"``,
-        ``"smile"``, ``"loo_upper"``.
+        ``"interpolated"``, ``"smile"``, ``"loo_upper"``.
     similarity : {"dot", "cosine", "neg_sq_euclidean"}, default "dot"
         The bilinear similarities of :func:`nce_ref.similarity` ("neg_euclidean" is
         not a product of features and cannot be streamed).
@@ -235,6 +315,9 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
         ``bound="js"`` only (default ``"mi"``), as in :func:`nce_ref.mi.js`.
     log_moving_average : float or 0-d array, optional
         ``bound="mine"`` only (required): :math:`\log\mu`, not differentiated.
+    alpha : float in [0, 1], optional
+        ``bound="interpolated"`` only (required): the weight of the batch mean, as in
+        :func:`nce_ref.mi.interpolated`; not differentiated.
     axis : {1, 0}, default 1
         As in :mod:`nce_ref.mi.bounds`: 0 reads the score matrix transposed (each
         :math:`y_j` contrasts the :math:`x_i`); the bilinear similarities are
@@ -243,7 +326,8 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
         Norm floor of the cosine similarity.
     block_size, memory_budget : int, optional
         Rows per block, or the bytes of the two block buffers (default 128 MiB), as
-        in :func:`nce_ref.info_nce` (the same errors).
+        in :func:`nce_ref.info_nce` (the same errors).  ``"interpolated"`` holds about
+        20 block buffers, so without ``block_size`` its blocks have 1/10 of the rows.
     check_finite : bool, default True
         Refuse NaN/inf inputs (``ValueError``) and an estimate that overflows the
         dtype (``FloatingPointError``).
@@ -258,7 +342,7 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
     Raises
     ------
     ValueError, TypeError
-        Unknown or unstreamed ``bound``, a non-bilinear ``similarity``, an option the
+        Unknown ``bound``, a non-bilinear ``similarity``, an option the
         bound does not take (or a missing required one), mismatched shapes, N too
         small, bad ``block_size``/``memory_budget``/``temperature``; the message
         names the argument.
@@ -274,10 +358,13 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
     - DV, SMILE: :math:`\lambda_i = m_i`, :math:`\Lambda = \operatorname{LSE}_i \ell_i`
       (known only after the pass), times :math:`[-c \le z_{ij} \le c]` for SMILE;
     - LOO: :math:`\lambda_i = -\log r_i`, :math:`\Lambda = \log N`;
-    - JS (either report): :math:`e = \sigma(z)`, :math:`\lambda = 0`, :math:`\Lambda = \log|O|`.
+    - JS (either report): :math:`e = \sigma(z)`, :math:`\lambda = 0`, :math:`\Lambda = \log|O|`;
+    - interpolated: :math:`e = -G` (the VJP of
+      :func:`~nce_ref.mi.bounds.interpolated_rows` on the block), :math:`\lambda = \Lambda = 0`.
 
     The diagonal's :math:`\partial I/\partial p_i` is :math:`1/N` (JS:
-    :math:`\sigma(-p_i)/N`).  So :math:`\partial I/\partial a = -\operatorname{diag}(e^{\lambda-\Lambda})\,U`
+    :math:`\sigma(-p_i)/N`; interpolated: the diagonal of its block VJP, taken out of
+    :math:`G`).  So :math:`\partial I/\partial a = -\operatorname{diag}(e^{\lambda-\Lambda})\,U`
     with :math:`U = e f_b` kept per row, and :math:`\partial I/\partial f_b =
     -e^{M - \Lambda}\sum_{\rm blocks} e^\top(e^{\lambda - M} \circ a)` with :math:`M`
     either :math:`\Lambda` itself or, for DV/SMILE, the running maximum of
@@ -285,12 +372,11 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
     softmax): one pass, three GEMMs.  :math:`\partial I/\partial\tau =
     -(\sum_i a_i\cdot\partial_{a_i} I + \sum_i p_i\,\partial_{p_i} I)/\tau`, O(N·D).
 
-    ``"interpolated"`` is not streamed here: its leave-one-out log-mean-exp
-    :math:`L_{ik}` and :math:`B_{ik}` are row-local (each row's statistics are known
-    once its block is done, so it *can* be streamed in one pass), but its forward
-    and VJP are written inline in :func:`nce_ref.mi.interpolated` for a full matrix
-    with one diagonal; streaming it without copying the formula needs that body
-    factored into a helper on a block of rows with an offset diagonal.
+    Where no bound on :math:`|z|` is known from the similarity (cosine: :math:`1/\tau`),
+    :math:`\max_i\lVert a_i\rVert\max_j\lVert f_{b,j}\rVert` (Cauchy–Schwarz, O(N·D), one
+    read to the host; not for lazy arrays) serves: when it is small enough the row
+    maximum is skipped and JS takes :math:`\sigma` and softplus from the one
+    :math:`e^{z}` (``docs/mi.md`` §7.2).
 
     Examples
     --------
@@ -306,19 +392,22 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
     >>> v, g = nce_ref.value_and_grad(mi.bound_from_embeddings)(x, y, 0.5, bound="tuba")
     >>> sorted(g), g["x"].shape
     (['log_baseline', 'temperature', 'x', 'y'], (64, 8))
+    >>> v = mi.bound_from_embeddings(x, y, 0.5, bound="interpolated", alpha=0.01, block_size=10)
+    >>> bool(np.isclose(v, mi.interpolated(nce_ref.similarity(x, y, kind="dot"), 0.5, alpha=0.01),
+    ...                 rtol=1e-12))
+    True
     """
-    if bound in _NOT_STREAMED:
-        raise ValueError(f"`bound`={bound!r} is not streamed: {_NOT_STREAMED[bound]}")
     check_option(bound, "bound", STREAMED_BOUNDS)
     kind, eps = check_similarity(similarity, eps)
     if kind not in BILINEAR:
         raise ValueError(f"`similarity` must be one of {', '.join(map(repr, BILINEAR))} (a product "
                          f"of row features, which streams); got {kind!r}: compose "
                          f"nce_ref.mi.{bound}(nce_ref.similarity(x, y, kind={kind!r}) / temperature)")
-    _check_options(bound, log_baseline, clip, report, log_moving_average)
+    _check_options(bound, log_baseline, clip, report, log_moving_average, alpha)
+    a_opt = _check_alpha(alpha) if bound == "interpolated" else None
     ax = _check_axis(axis)
     arrays = {"x": x, "y": y}
-    if bound == "tuba" and hasattr(log_baseline, "ndim") and log_baseline.ndim == 1:
+    if bound in ("tuba", "interpolated") and hasattr(log_baseline, "ndim") and log_baseline.ndim == 1:
         arrays["log_baseline"] = log_baseline
     ctx = resolve(arrays, ndims={"x": 2, "y": 2}, xp=xp, check_finite=check_finite)
     xp = ctx.xp
@@ -329,6 +418,8 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
     tau, tau0 = scalar_param(ctx, temperature, "temperature", positive=True)
     block = choose_block(n, n, ctx.finfo().bits // 8, block_size=block_size,
                          memory_budget=memory_budget)
+    if bound == "interpolated" and block_size is None:
+        block = max(1, block // (_INTERPOLATED_BUFFERS // 2))
     if ax == 0:  # rows are y: the similarities are symmetric, so exchange the operands
         rows_in, cols_in, names = y, x, ("y", "x")
     else:
@@ -340,7 +431,7 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
 
     clip_c = check_real(clip, "clip", positive=True, finite=False) if bound == "smile" else None
     report = check_option("mi" if report is None else report, "report", JS_REPORTS)
-    if bound == "tuba":
+    if bound in ("tuba", "interpolated"):
         lb, to_grad = _baseline(ctx, 0.0 if log_baseline is None else log_baseline, n)
         b = lb[:, 0] if lb.ndim == 2 else lb
     else:
@@ -352,8 +443,9 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
     s_pos, back_pos = _pos_from_features(a_in, b_in, fa, fb, kind=kind, eps=eps, xp=xp)
     pos = s_pos / tau
     a = fa / tau
-    # a bound on |w| known before any GEMM: cosine scores lie in [-1, 1]; SMILE clips
-    wbound = 1.0 / tau0 if kind == "cosine" and isinstance(tau0, float) else None
+    # a bound on |w| known before any GEMM: cosine scores lie in [-1, 1]; otherwise
+    # Cauchy–Schwarz on the features (one host read, O(N·D)); SMILE clips
+    wbound = 1.0 / tau0 if kind == "cosine" and isinstance(tau0, float) else _score_bound(a, fb, xp)
     if clip_c is not None and math.isfinite(clip_c):
         wbound = clip_c if wbound is None else min(wbound, clip_c)
     shift_free = _shift_free(wbound, n, ctx.dtype, xp)
@@ -363,42 +455,57 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
     log_o = math.log(n * (n - 1))
 
     if bound == "js":
+        objective = report == "objective"
+
+        def js_bounded(zs):
+            # |z| is bounded: E = e^z is a normal number, one exp serves the value and the
+            # gradient: softplus(z) = log1p(E), σ(z) = E/(1 + E) (in place), e^{z − 0} = E
+            ez = _exp_inplace(zs, xp=xp)
+            if not objective:  # the row sums of E, before σ may overwrite it
+                st = (xp.zeros((ez.shape[0],), dtype=ez.dtype, device=ctx.device), xp.sum(ez, axis=1))
+            sp, sg = softplus_and_sigmoid_of_exp(ez, softplus=objective, sigmoid=grad, overwrite=True,
+                                                 xp=xp)
+            return ((xp.sum(sp, axis=1),) if objective else st), sg
+
         def rows(z, r0, r1):
             z = _mask_band(z, r0, r1, 0, xp)  # softplus(-inf) = sigmoid(-inf) = 0
+            lam = xp.zeros((r1 - r0,), dtype=z.dtype, device=ctx.device) if grad else None
             if shift_free:
-                # |z| is bounded: E = e^z is a normal number, one exp serves the value and
-                # the gradient: σ(z) = E/(1 + E), softplus(z) = log1p(E), e^{z − 0} = E
-                ez = _exp_inplace(z, xp=xp)
-                den = None
-                if report == "objective":
-                    if _np_own(ez, xp):  # one scratch buffer for softplus, then 1 + E
-                        den = xp.log1p(ez, out=xp.empty_like(ez))
-                        st = (xp.sum(den, axis=1),)
-                    else:
-                        st = (xp.sum(xp.log1p(ez), axis=1),)
-                else:
-                    st = (xp.zeros((r1 - r0,), dtype=ez.dtype, device=ctx.device), xp.sum(ez, axis=1))
-                if not grad:
-                    return st, None, None
-                lam = xp.zeros((r1 - r0,), dtype=ez.dtype, device=ctx.device)
-                den = 1.0 + ez if den is None else xp.add(ez, 1.0, out=den)
-                if _np_own(den, xp):
-                    return st, xp.divide(ez, den, out=den), lam
-                return st, ez / den, lam
+                if _np_own(z, xp):  # σ lands in z itself, the two halves in two threads
+                    return _by_halves(lambda zs: js_bounded(zs)[0], z, xp), (z if grad else None), lam
+                st, sg = js_bounded(z)
+                return st, sg, lam
             e = None
-            if grad:
-                e = sigmoid(z, xp=xp)
-                if flush:
-                    e = flush_below(e, xp.finfo(e.dtype).smallest_normal, xp=xp)
-            if report == "objective":
-                st = (xp.sum(softplus(z, xp=xp), axis=1),)
-            else:
-                m, r, _ = _row_lse(z, r0, r1, clip=None, shift_free=shift_free, want=False,
+            if objective:  # one exp(−|z|) for both
+                if grad:
+                    sp, e = softplus_and_sigmoid(z, overwrite=True, xp=xp)
+                else:
+                    sp = softplus(z, xp=xp)
+                st = (xp.sum(sp, axis=1),)
+            else:  # σ(z) and the row's shifted e^{z − m}: unbounded z needs both exps
+                if grad:
+                    e = sigmoid(z, xp=xp)
+                m, r, _ = _row_lse(z, r0, r1, clip=None, shift_free=False, want=False,
                                    flush=False, xp=xp)
                 st = (m, r)
-            lam = None if e is None else xp.zeros((r1 - r0,), dtype=a.dtype, device=ctx.device)
+            if e is not None and flush:
+                e = flush_below(e, xp.finfo(e.dtype).smallest_normal, xp=xp)
             return st, e, lam
         fixed = log_o
+    elif bound == "interpolated":
+        def rows(z, r0, r1):
+            # the joint scores: the accurate row-wise pos (as every bound's value uses)
+            z, _ = _swap_band(z, r0, r1, pos[r0:r1], xp)
+            terms, back = interpolated_rows(z, b if getattr(b, "ndim", 0) == 0 else
+                                            xp.expand_dims(b[r0:r1], axis=1), r0, alpha=a_opt, xp=xp)
+            if not grad:
+                return (terms,), None, None
+            dz, dlb_rows = back(1.0 / n)
+            # the diagonal's share goes through pos (dpos), the rest through the two GEMMs
+            dz, dpos_rows = _swap_band(dz, r0, r1, 0.0, xp)
+            return (terms, dpos_rows, dlb_rows), -dz, xp.zeros((r1 - r0,), dtype=z.dtype,
+                                                                 device=ctx.device)
+        fixed = 0.0  # G = dz itself: e = −dz, λ = Λ = 0
     else:
         def rows(z, r0, r1):
             m, r, e = _row_lse(z, r0, r1, clip=clip_c, shift_free=shift_free, want=grad,
@@ -420,8 +527,12 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
     def mean(v):
         return xp.sum(v) / float(n)
 
+    sg_pos = None
     if bound == "js" and report == "objective":
-        value = -mean(softplus(-pos, xp=xp)) - xp.sum(stats[0]) / float(n * (n - 1))
+        sp_pos, sg_pos = softplus_and_sigmoid(-pos, xp=xp)
+        value = -mean(sp_pos) - xp.sum(stats[0]) / float(n * (n - 1))
+    elif bound == "interpolated":
+        value = 1.0 + mean(stats[0])
     else:
         ell = stats[0] + xp.log(stats[1])  # the off-diagonal row log-sum-exp
         if bound in ("tuba", "nwj", "js"):
@@ -441,7 +552,9 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
     da = -u * xp.expand_dims(_exp(lam - big_lambda, xp=xp), axis=1)
     dfb = -db_acc if m_run is None else -db_acc * xp.exp(m_run - big_lambda)
     if bound == "js":
-        dpos = sigmoid(-pos, xp=xp) / float(n)
+        dpos = (sigmoid(-pos, xp=xp) if sg_pos is None else sg_pos) / float(n)
+    elif bound == "interpolated":
+        dpos = stats[1]
     else:
         dpos = xp.full_like(pos, 1.0 / n)
     dtau = -(xp.sum(a * da) + xp.sum(dpos * pos)) / tau
@@ -451,6 +564,8 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
     dlb = None
     if bound == "tuba":  # ∂I/∂b_i = −1/N + Σ_{j≠i} e^{z_ij − b_i}/|O|
         dlb = _exp(ell - b - log_o, xp=xp) - 1.0 / n
+    elif bound == "interpolated":
+        dlb = stats[2]
     grads = {names[0]: ga, names[1]: gb}
     inputs = {"x": x, "y": y}
 

@@ -14,13 +14,15 @@ from .mi import ORACLES as _BOUND_ORACLES
 
 def bound_from_embeddings(x, y, log_baseline=None, *, bound="infonce", similarity="dot",
                           temperature=1.0, clip=None, report=None, log_moving_average=None,
-                          axis=1, eps=1e-12, **_):
+                          alpha=None, axis=1, eps=1e-12, **_):
     X, Y = to_mp(x), to_mp(y)
     t = mp.mpf(float(temperature))
     s = np.array([[float(sim(a, b, similarity, eps) / t) for b in Y] for a in X], dtype=np.float64)
     f = _BOUND_ORACLES[f"mi.{bound}"]
     if bound == "tuba":
         return f(s, 0.0 if log_baseline is None else log_baseline, axis=axis)
+    if bound == "interpolated":
+        return f(s, 0.0 if log_baseline is None else log_baseline, alpha=alpha, axis=axis)
     if bound == "mine":
         return f(s, log_moving_average, axis=axis)
     if bound == "smile":
