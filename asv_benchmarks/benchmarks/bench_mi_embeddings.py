@@ -8,10 +8,9 @@ bench_infonce.GemmFloor.time_three_gemms`` and against ``bench_infonce.InfoNCE.t
 
 from __future__ import annotations
 
-import nce_ref
 from nce_ref import mi
 
-from .common import BACKENDS, DIM, DTYPES, XPBenchmark, sizes, skip_if
+from .common import BACKENDS, DIM, DTYPES, _FunctionBenchmark, sizes
 
 TEMPERATURE = 0.07
 
@@ -30,7 +29,7 @@ BOUNDS = {
 }
 
 
-class MIBoundFromEmbeddings(XPBenchmark):
+class MIBoundFromEmbeddings(_FunctionBenchmark):
     """``mi.bound_from_embeddings(x, y, bound=..., similarity="cosine", temperature=0.07)``."""
 
     param_names = ("backend", "bound", "n", "dtype")
@@ -40,33 +39,16 @@ class MIBoundFromEmbeddings(XPBenchmark):
         return rng.standard_normal((n, DIM)), rng.standard_normal((n, DIM))
 
     def setup(self, backend, bound, n, dtype):
-        self.setup_data(backend, n, dtype)
-        name, self.extra, kw = BOUNDS[bound]
-        self.kw = dict(kw, bound=name, similarity="cosine", temperature=TEMPERATURE)
-        self.vg = nce_ref.value_and_grad(mi.bound_from_embeddings)
-        self.time_value_and_grad(backend, bound, n, dtype)  # warm-up (pools, handles)
+        name, extra, kw = BOUNDS[bound]
+        self.prepare(backend, n, dtype, mi.bound_from_embeddings, *extra, bound=name,
+                     similarity="cosine", temperature=TEMPERATURE, **kw)
 
-    def time_forward(self, backend, bound, n, dtype):
-        self.sync(mi.bound_from_embeddings(*self.arrays, *self.extra, **self.kw))
+    def track_gpu_peak_bytes(self, *p):
+        return self.gpu_peak_bytes()
 
-    def time_value_and_grad(self, backend, bound, n, dtype):
-        v, g = self.vg(*self.arrays, *self.extra, **self.kw)
-        self.sync(v, g["x"], g["y"])
-
-    def peakmem_forward(self, backend, bound, n, dtype):
-        mi.bound_from_embeddings(*self.arrays, *self.extra, **self.kw)
-
-    def peakmem_value_and_grad(self, backend, bound, n, dtype):
-        self.vg(*self.arrays, *self.extra, **self.kw)
+    track_gpu_peak_bytes.unit = "bytes"
 
     def track_max_rel_err_vs_f64(self, backend, bound, n, dtype):
-        """Relative error of the estimate against the NumPy float64 computation."""
-        import numpy as np
-
-        skip_if(n > 32768, "the float64 NumPy reference is O(N^2 D) on the CPU")
-        x, y = self.make(np.random.default_rng(0), n, dtype)
-        ref = float(mi.bound_from_embeddings(x, y, *self.extra, **self.kw))
-        got = float(self.backend.to_numpy(mi.bound_from_embeddings(*self.arrays, *self.extra, **self.kw)))
-        return abs(got - ref) / max(abs(ref), 1e-300)
+        return self.rel_err_vs_f64(n, dtype)
 
     track_max_rel_err_vs_f64.unit = "relative error"

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import importlib
 
-from nce_ref import value_and_grad
-
-from .common import BACKENDS, DIM, DTYPES, XPBenchmark, sizes, skip_if
+from .common import BACKENDS, DIM, DTYPES, _FunctionBenchmark, sizes, skip_if
 
 try:  # the suite must import against commits that predate these losses
     # by module name: `import nce_ref.losses.supcon as m` binds the function of that name,
@@ -33,7 +31,7 @@ def _labels(rng, n):
     return rng.integers(0, max(1, n // 8), n)
 
 
-class SupCon(XPBenchmark):
+class SupCon(_FunctionBenchmark):
     """``supcon(features (N, 2, D), labels, temperature=0.07)`` for each ``positives``."""
 
     param_names = ("backend", "n", "dtype", "positives")
@@ -44,29 +42,13 @@ class SupCon(XPBenchmark):
 
     def setup(self, backend, n, dtype, positives):
         skip_if(_supcon is None, "this nce_ref has no supcon")
-        self.setup_data(backend, n, dtype)
         import numpy as np
 
-        self.labels = self.backend.asarray(_labels(np.random.default_rng(1), n))
-        self.kw = {"temperature": 0.07, "positives": positives}
-        self.vg = value_and_grad(_supcon.supcon)
-        self.time_value_and_grad(backend, n, dtype, positives)  # warm-up
-
-    def time_forward(self, backend, n, dtype, positives):
-        self.sync(_supcon.supcon(*self.arrays, self.labels, **self.kw))
-
-    def time_value_and_grad(self, backend, n, dtype, positives):
-        v, g = self.vg(*self.arrays, self.labels, **self.kw)
-        self.sync(v, g["features"])
-
-    def peakmem_forward(self, backend, n, dtype, positives):
-        _supcon.supcon(*self.arrays, self.labels, **self.kw)
-
-    def peakmem_value_and_grad(self, backend, n, dtype, positives):
-        self.vg(*self.arrays, self.labels, **self.kw)
+        self.prepare(backend, n, dtype, _supcon.supcon, _labels(np.random.default_rng(1), n),
+                     temperature=0.07, positives=positives)
 
 
-class SupConStreamed(XPBenchmark):
+class SupConStreamed(_FunctionBenchmark):
     """``supcon(features (N, D), labels, temperature=0.07)`` streamed over row blocks.
 
     ``block``: ``"budget"`` (the default 128 MiB memory budget: one block up to N = 4096
@@ -74,7 +56,7 @@ class SupConStreamed(XPBenchmark):
     """
 
     param_names = ("backend", "n", "dtype", "positives", "block")
-    params = (BACKENDS, sizes(), DTYPES, ["out", "in", "per_pair"], ["budget", "256"])
+    params = (BACKENDS, sizes(gpu_large=True), DTYPES, ["out", "in", "per_pair"], ["budget", "256"])
 
     def make(self, rng, n, dtype):
         return (rng.standard_normal((n, DIM)),)
@@ -83,33 +65,21 @@ class SupConStreamed(XPBenchmark):
         skip_if(_supcon is None, "this nce_ref has no supcon")
         import inspect
 
-        streams = "block_size" in inspect.signature(_supcon.supcon).parameters
-        skip_if(block != "budget" and not streams, "this nce_ref's supcon does not stream")
-        self.setup_data(backend, n, dtype)
         import numpy as np
 
-        self.labels = self.backend.asarray(np.random.default_rng(1).integers(0, 10, n))
-        self.kw = {"temperature": 0.07, "positives": positives}
-        if block != "budget":
-            self.kw["block_size"] = int(block)
-        self.vg = value_and_grad(_supcon.supcon)
-        self.time_value_and_grad(backend, n, dtype, positives, block)  # warm-up
+        streams = "block_size" in inspect.signature(_supcon.supcon).parameters
+        skip_if(block != "budget" and not streams, "this nce_ref's supcon does not stream")
+        kw = {} if block == "budget" else {"block_size": int(block)}
+        self.prepare(backend, n, dtype, _supcon.supcon, np.random.default_rng(1).integers(0, 10, n),
+                     temperature=0.07, positives=positives, **kw)
 
-    def time_forward(self, backend, n, dtype, positives, block):
-        self.sync(_supcon.supcon(*self.arrays, self.labels, **self.kw))
+    def track_gpu_peak_bytes(self, *p):
+        return self.gpu_peak_bytes()
 
-    def time_value_and_grad(self, backend, n, dtype, positives, block):
-        v, g = self.vg(*self.arrays, self.labels, **self.kw)
-        self.sync(v, g["features"])
-
-    def peakmem_forward(self, backend, n, dtype, positives, block):
-        _supcon.supcon(*self.arrays, self.labels, **self.kw)
-
-    def peakmem_value_and_grad(self, backend, n, dtype, positives, block):
-        self.vg(*self.arrays, self.labels, **self.kw)
+    track_gpu_peak_bytes.unit = "bytes"
 
 
-class Triplet(XPBenchmark):
+class Triplet(_FunctionBenchmark):
     """``triplet(anchor, positive, negative)`` (euclidean, hinge) on (N, D) rows."""
 
     param_names = ("backend", "n", "dtype", "distance")
@@ -120,26 +90,10 @@ class Triplet(XPBenchmark):
 
     def setup(self, backend, n, dtype, distance):
         skip_if(_triplet is None, "this nce_ref has no triplet")
-        self.setup_data(backend, n, dtype)
-        self.kw = {"distance": distance, "swap": True}
-        self.vg = value_and_grad(_triplet.triplet)
-        self.time_value_and_grad(backend, n, dtype, distance)
-
-    def time_forward(self, backend, n, dtype, distance):
-        self.sync(_triplet.triplet(*self.arrays, **self.kw))
-
-    def time_value_and_grad(self, backend, n, dtype, distance):
-        v, g = self.vg(*self.arrays, **self.kw)
-        self.sync(v, g["anchor"], g["positive"], g["negative"])
-
-    def peakmem_forward(self, backend, n, dtype, distance):
-        _triplet.triplet(*self.arrays, **self.kw)
-
-    def peakmem_value_and_grad(self, backend, n, dtype, distance):
-        self.vg(*self.arrays, **self.kw)
+        self.prepare(backend, n, dtype, _triplet.triplet, distance=distance, swap=True)
 
 
-class BatchTriplet(XPBenchmark):
+class BatchTriplet(_FunctionBenchmark):
     """``batch_triplet(embeddings, labels, mining=...)`` (euclidean, N/8 classes)."""
 
     param_names = ("backend", "n", "dtype", "mining")
@@ -152,23 +106,7 @@ class BatchTriplet(XPBenchmark):
         skip_if(_triplet is None, "this nce_ref has no batch_triplet")
         skip_if(mining != "hard" and n > CUBIC_MAX_N,
                 f"mining={mining!r} costs O(N^3): timed at N <= {CUBIC_MAX_N} only")
-        self.setup_data(backend, n, dtype)
         import numpy as np
 
-        self.labels = self.backend.asarray(_labels(np.random.default_rng(1), n))
-        self.kw = {"mining": mining, "margin": 0.5}
-        self.vg = value_and_grad(_triplet.batch_triplet)
-        self.time_value_and_grad(backend, n, dtype, mining)
-
-    def time_forward(self, backend, n, dtype, mining):
-        self.sync(_triplet.batch_triplet(*self.arrays, self.labels, **self.kw))
-
-    def time_value_and_grad(self, backend, n, dtype, mining):
-        v, g = self.vg(*self.arrays, self.labels, **self.kw)
-        self.sync(v, g["embeddings"])
-
-    def peakmem_forward(self, backend, n, dtype, mining):
-        _triplet.batch_triplet(*self.arrays, self.labels, **self.kw)
-
-    def peakmem_value_and_grad(self, backend, n, dtype, mining):
-        self.vg(*self.arrays, self.labels, **self.kw)
+        self.prepare(backend, n, dtype, _triplet.batch_triplet, _labels(np.random.default_rng(1), n),
+                     mining=mining, margin=0.5)
