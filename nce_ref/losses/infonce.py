@@ -45,7 +45,7 @@ def _pos_from_features(a, b, fa, fb, *, kind, eps, xp):
     row-wise difference is used (no cancellation), through :func:`pair_sim`.
     """
     if kind in ("cosine", "dot"):
-        s = xp.sum(fa * fb, axis=1)
+        s = xp.vecdot(fa, fb, axis=-1)
 
         def back(ds, dfa, dfb):
             dsk = xp.expand_dims(ds, axis=1)
