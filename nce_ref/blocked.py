@@ -242,6 +242,21 @@ def _grad_gemms(e: Array, scale: Array, ab: Array, b: Array, db: Array, xp):
     return dab, db, xp.sum(xp.vecdot(ab, dab, axis=-1))
 
 
+def _logit_blocks(a: Array, b: Array, block: int, root, xp):
+    """Yield ``(r0, r1, a_blk, z_blk, dzdy)`` for the row blocks of ``z = a bᵀ`` (or its
+    root, :func:`root_logits`; ``dzdy`` is None without one).  No name here keeps a
+    block alive while the next one is computed."""
+    bt = xp.matrix_transpose(b)
+    n = a.shape[0]
+    for r0 in range(0, n, block):
+        r1 = min(n, r0 + block)
+        ab = a[r0:r1, :]
+        if root is None:
+            yield r0, r1, ab, ab @ bt, None
+        else:
+            yield (r0, r1, ab) + root_logits(ab @ bt, root[0][r0:r1], root[1], xp)
+
+
 def ce_stream(a: Array, b: Array, pos: Array, *, bands: tuple[int, ...] = (),
               weights: Array | None = None, block: int, flush: bool, row_offset: int = 0,
               bound: float | None = None, root: tuple[Array, Array] | None = None, xp):
@@ -271,18 +286,11 @@ def ce_stream(a: Array, b: Array, pos: Array, *, bands: tuple[int, ...] = (),
     l : (R,)
     grads : ``None``, or ``(da (R, K), db (C, K), dpos (R,), zdz 0-d)``.
     """
-    R = a.shape[0]
-    bt = xp.matrix_transpose(b)
     shift_free = root is None and _shift_free(bound, b.shape[0], a.dtype, xp)
     ls, das, dps = [], [], []
     db = None if weights is None else xp.zeros_like(b)
     zdz = None
-    for r0 in range(0, R, block):
-        r1 = min(R, r0 + block)
-        ab = a[r0:r1, :]
-        z = ab @ bt
-        if root is not None:
-            z, dzdy = root_logits(z, root[0][r0:r1], root[1], xp)
+    for r0, r1, ab, z, dzdy in _logit_blocks(a, b, block, root, xp):
         for off in bands:
             z = _mask_band(z, r0, r1, row_offset + off, xp)
         pb = pos[r0:r1]
@@ -672,19 +680,12 @@ def supcon_stream(a: Array, b: Array, relation, *, positives: str, weights: Arra
         Each anchor's number of positives.
     grads : ``None``, or ``(da (R, K), db (C, K), zdz 0-d)`` with ``zdz = Σ dz∘z``.
     """
-    R = a.shape[0]
-    bt = xp.matrix_transpose(b)
     shift_free = root is None and _shift_free(bound, b.shape[0], a.dtype, xp)
     fast = is_numpy_namespace(xp) and shift_free
     ls, ns, das = [], [], []
     db = None if weights is None else xp.zeros_like(b)
     zdz = None
-    for r0 in range(0, R, block):
-        r1 = min(R, r0 + block)
-        ab = a[r0:r1, :]
-        z = ab @ bt
-        if root is not None:
-            z, dzdy = root_logits(z, root[0][r0:r1], root[1], xp)
+    for r0, r1, ab, z, dzdy in _logit_blocks(a, b, block, root, xp):
         w = None if weights is None else weights[r0:r1]
         if fast and is_writeable_array(z):
             l, npos, scale, e = _np_supcon_block(z, relation, r0, r1, positives, w, flush)

@@ -34,16 +34,6 @@ class _Embeddings(_FunctionBenchmark):
     def make(self, rng, n, dtype):
         return _embeddings(rng, n, self.d)
 
-    def track_gpu_peak_bytes(self, *p):
-        return self.gpu_peak_bytes()
-
-    track_gpu_peak_bytes.unit = "bytes"
-
-    def track_max_rel_err_vs_f64(self, backend, n, d, dtype):
-        return self.rel_err_vs_f64(n, dtype)
-
-    track_max_rel_err_vs_f64.unit = "relative error"
-
 
 class InfoNCE(_Embeddings):
     """``nce_ref.info_nce(q, k, temperature=0.07)`` (cosine, in-batch negatives)."""

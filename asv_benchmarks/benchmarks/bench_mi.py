@@ -39,11 +39,6 @@ class MIBound(_FunctionBenchmark):
         f, extra, kw = BOUNDS[bound]
         self.prepare(backend, n, dtype, f, *extra, **kw)
 
-    def track_max_rel_err_vs_f64(self, backend, bound, n, dtype):
-        return self.rel_err_vs_f64(n, dtype)
-
-    track_max_rel_err_vs_f64.unit = "relative error"
-
 
 class ScoresPass(XPBenchmark):
     """The floor of an elementwise objective on N x N scores: one row logsumexp pass."""

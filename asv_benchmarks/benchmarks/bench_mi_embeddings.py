@@ -42,13 +42,3 @@ class MIBoundFromEmbeddings(_FunctionBenchmark):
         name, extra, kw = BOUNDS[bound]
         self.prepare(backend, n, dtype, mi.bound_from_embeddings, *extra, bound=name,
                      similarity="cosine", temperature=TEMPERATURE, **kw)
-
-    def track_gpu_peak_bytes(self, *p):
-        return self.gpu_peak_bytes()
-
-    track_gpu_peak_bytes.unit = "bytes"
-
-    def track_max_rel_err_vs_f64(self, backend, bound, n, dtype):
-        return self.rel_err_vs_f64(n, dtype)
-
-    track_max_rel_err_vs_f64.unit = "relative error"

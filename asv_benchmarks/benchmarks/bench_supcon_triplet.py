@@ -73,11 +73,6 @@ class SupConStreamed(_FunctionBenchmark):
         self.prepare(backend, n, dtype, _supcon.supcon, np.random.default_rng(1).integers(0, 10, n),
                      temperature=0.07, positives=positives, **kw)
 
-    def track_gpu_peak_bytes(self, *p):
-        return self.gpu_peak_bytes()
-
-    track_gpu_peak_bytes.unit = "bytes"
-
 
 class Triplet(_FunctionBenchmark):
     """``triplet(anchor, positive, negative)`` (euclidean, hinge) on (N, D) rows."""

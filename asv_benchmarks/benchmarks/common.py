@@ -117,6 +117,7 @@ class _FunctionBenchmark(XPBenchmark):
         # NumPy arrays among the extra arguments (labels) move to the backend as they are
         extra = tuple(self.backend.asarray(e) if isinstance(e, np.ndarray) else e for e in extra)
         self.fn, self.extra, self.kw, self.vg_kw = function, extra, kwargs, {}
+        self.n, self.dtype = n, dtype
         self.vg = nce_ref.value_and_grad(function)
         if warm:
             self._value_and_grad()  # warm-up (pools, handles, thread pools)
@@ -136,6 +137,16 @@ class _FunctionBenchmark(XPBenchmark):
 
     def peakmem_value_and_grad(self, *p):
         self.vg(*self.arrays, *self.extra, **self.kw, **self.vg_kw)
+
+    def track_gpu_peak_bytes(self, *p):
+        return self.gpu_peak_bytes()
+
+    track_gpu_peak_bytes.unit = "bytes"
+
+    def track_max_rel_err_vs_f64(self, *p):
+        return self.rel_err_vs_f64(self.n, self.dtype)
+
+    track_max_rel_err_vs_f64.unit = "relative error"
 
     def gpu_peak_bytes(self):
         """GPU memory high-water mark of value_and_grad above what the inputs hold
