@@ -139,14 +139,37 @@ def _block(z, pb, w, flush: bool, shift_free: bool, xp):
 _POOL = None
 
 
+def by_halves(part, n: int, size: int):
+    """``part(r0, r1)`` over the rows ``[0, n)``: on two threads (one per half) when the
+    block is large enough for it to pay (NumPy's ufuncs release the GIL), else at once.
+
+    ``part`` returns a tuple of per-row arrays (or ``None``s); the halves' are
+    concatenated along the rows.  The NumPy fast paths' only thread pool.
+    """
+    global _POOL
+    if n < 256 or size < 1 << 18:
+        return part(0, n)
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(2, thread_name_prefix="nce_ref")
+    h = n // 2
+    fut = _POOL.submit(part, h, n)
+    first = part(0, h)
+    second = fut.result()
+    return tuple(None if u is None else _cat(u, v) for u, v in zip(first, second))
+
+
+def _cat(u, v):
+    from array_api_compat import array_namespace
+
+    return array_namespace(u).concat([u, v])
+
+
 def _np_block(z, pb, w, flush: bool, shift_free: bool):
     """NumPy fast path of :func:`_block`: the same arithmetic, in place (``out=``), on
-    two halves of the rows in two threads (NumPy's ufuncs release the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    two halves of the rows in two threads (:func:`by_halves`)."""
     import numpy as np
-
-    global _POOL
 
     def part(zs, ps, ws):
         # rows in chunks of about _CHUNK bytes: the shift, exp and sum of a chunk run
@@ -183,18 +206,8 @@ def _np_block(z, pb, w, flush: bool, shift_free: bool):
                 c[c < thr[i:i + step]] = 0
         return l, scale
 
-    n = z.shape[0]
-    if n < 256 or z.size < 1 << 18:
-        l, scale = part(z, pb, w)
-    else:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(2, thread_name_prefix="nce_ref")
-        h = n // 2
-        f = _POOL.submit(part, z[h:], pb[h:], None if w is None else w[h:])
-        l0, s0 = part(z[:h], pb[:h], None if w is None else w[:h])
-        l1, s1 = f.result()
-        l = np.concatenate([l0, l1])
-        scale = None if w is None else np.concatenate([s0, s1])
+    l, scale = by_halves(lambda r0, r1: part(z[r0:r1], pb[r0:r1], None if w is None else w[r0:r1]),
+                         z.shape[0], z.size)
     return l, (None if w is None else z), scale
 
 
@@ -566,11 +579,8 @@ def _np_supcon_block(z, relation, r0: int, r1: int, positives: str, w, flush: bo
 
     ``"per_pair"``: with ``e = e^z`` unshifted, a pair's term is
     ``softplus(LSE_N − z_p) = log1p(sN / e_p)`` and its ``σ = 1 − e^{−term}``."""
-    from concurrent.futures import ThreadPoolExecutor
-
     import numpy as np
 
-    global _POOL
     n, cols = z.shape
     step = max(1, min(n, _CHUNK // (max(cols, 1) * z.dtype.itemsize)))
     ones = np.ones(cols, dtype=z.dtype)
@@ -638,17 +648,7 @@ def _np_supcon_block(z, relation, r0: int, r1: int, positives: str, w, flush: bo
         return [np.concatenate([o[k] for o in outs]) if outs[0][k] is not None else None
                 for k in range(3)]
 
-    if n < 256 or z.size < 1 << 18:
-        l, npos, scale = part(0, n)
-    else:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(2, thread_name_prefix="nce_ref")
-        h = n // 2
-        f = _POOL.submit(part, h, n)
-        l0, n0, s0 = part(0, h)
-        l1, n1, s1 = f.result()
-        l, npos = np.concatenate([l0, l1]), np.concatenate([n0, n1])
-        scale = None if w is None else np.concatenate([s0, s1])
+    l, npos, scale = by_halves(part, n, z.size)
     return l, npos, scale, (None if w is None else z)
 
 

@@ -34,6 +34,7 @@ from array_api_compat import is_lazy_array, is_numpy_namespace, is_torch_namespa
 
 from .._array import check_option, check_real, resolve, scalar_grad, scalar_param
 from .._ops import (
+    _own_numpy,
     flush_below,
     logsumexp,
     sigmoid,
@@ -42,7 +43,7 @@ from .._ops import (
     softplus_and_sigmoid_of_exp,
 )
 from ..autodiff import differentiable, forward_only, lookup
-from ..blocked import _mask_band, _shift_free, choose_block, needs_flush
+from ..blocked import _mask_band, _shift_free, by_halves, choose_block, needs_flush
 from ..losses.infonce import _pos_from_features, check_pair, info_nce
 from ..similarity import BILINEAR, DEFAULT_EPS, bilinear_features, check_similarity, row_norm
 from .bounds import (
@@ -69,9 +70,7 @@ _INTERPOLATED_BUFFERS = 20
 _INFO_NCE_IMPL = lookup(info_nce).impl
 
 
-def _np_own(x: Array, xp) -> bool:
-    """Whether ``x`` is a writable NumPy buffer of ours (the in-place fast paths)."""
-    return is_numpy_namespace(xp) and is_writeable_array(x)
+_np_own = _own_numpy  # a writable NumPy buffer of ours: the in-place fast paths
 
 
 def _exp_inplace(z: Array, *, xp) -> Array:
@@ -153,25 +152,12 @@ def _swap_band(z: Array, r0: int, r1: int, fill, xp):
     return xp.where(band, col(fill, 0, n, z), z), d
 
 
-_POOL = None
-
-
 def _by_halves(fn, z: Array, xp):
-    """``fn(z)`` (per-row results, ``z`` edited in place), on NumPy in two threads over
-    the two halves of the rows (NumPy's ufuncs release the GIL), as ``blocked._np_block``."""
-    global _POOL
-    n = z.shape[0]
-    if not _np_own(z, xp) or n < 256 or z.size < 1 << 18:
+    """``fn(z)`` (per-row results, ``z`` edited in place); on NumPy on two threads over the
+    two halves of the rows (:func:`nce_ref.blocked.by_halves`)."""
+    if not _np_own(z, xp):
         return fn(z)
-    if _POOL is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _POOL = ThreadPoolExecutor(2, thread_name_prefix="nce_ref_mi")
-    h = n // 2
-    fut = _POOL.submit(fn, z[h:])
-    first = fn(z[:h])
-    second = fut.result()
-    return tuple(xp.concat([u, v]) for u, v in zip(first, second))
+    return by_halves(lambda r0, r1: fn(z[r0:r1]), z.shape[0], z.size)
 
 
 def _score_bound(a: Array, fb: Array, xp) -> float | None:
