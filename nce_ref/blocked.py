@@ -31,36 +31,72 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from array_api_compat import is_numpy_namespace, is_writeable_array
+from array_api_compat import is_numpy_array, is_numpy_namespace, is_writeable_array
 
 from ._array import check_int
 from ._ops import flush_below, sigmoid, softplus
 
 Array = Any
 
-#: default memory budget of the streamed kernels' block buffers, in bytes
+#: default memory budget of the streamed kernels' block buffers, in bytes (CPU)
 DEFAULT_MEMORY_BUDGET = 128 * 2**20
+
+#: default memory budget for arrays on an accelerator (CuPy, torch on CUDA, JAX on a GPU):
+#: blocks of thousands of rows keep the GEMMs large and the kernel launches few
+ACCELERATOR_MEMORY_BUDGET = 2**30
+
+#: NumPy, default budget: the most bytes per block buffer.  glibc's malloc serves
+#: allocations below its largest dynamic mmap threshold (32 MiB) from the heap, whose pages
+#: the next block (and the next call) reuses; a larger buffer is mapped afresh each time and
+#: page-faulted on first write (about 6 ms per 64 MiB here, 5% of the three GEMMs at N = 4096)
+_HEAP_BUFFER = 30 * 2**20
 
 #: bytes per row chunk of the NumPy fast paths' elementwise passes: a chunk (and, for
 #: SupCon, its mask) stays in a core's L2 cache through all of its passes
 _CHUNK = 1 << 20
 
 __all__ = ["ce_stream", "ce_stream_symmetric", "supcon_stream", "choose_block", "root_logits",
-           "DEFAULT_MEMORY_BUDGET"]
+           "DEFAULT_MEMORY_BUDGET", "ACCELERATOR_MEMORY_BUDGET"]
+
+
+def on_accelerator(x: Array) -> bool:
+    """Whether ``x`` lives on a GPU (or another accelerator), not on the host CPU."""
+    from array_api_compat import device, is_cupy_array, is_jax_array, is_torch_array
+
+    if is_cupy_array(x):
+        return True
+    if is_torch_array(x):
+        return x.device.type != "cpu"
+    if is_jax_array(x):
+        try:
+            return any(d.platform != "cpu" for d in x.devices())
+        except Exception:  # a tracer: no concrete device
+            return False
+    return False
 
 
 def choose_block(n_rows: int, n_cols: int, itemsize: int, *, block_size: Any = None,
-                 memory_budget: Any = None, buffers: int = 2) -> int:
+                 memory_budget: Any = None, buffers: int = 2, like: Array = None,
+                 heap_cap: bool = True) -> int:
     """Rows per block: ``block_size`` if given, else the most that fit the budget.
 
     The kernel holds ``buffers`` (two; four for the euclidean distance's square
-    root) ``rows x n_cols`` buffers per block.
+    root) ``rows x n_cols`` buffers per block.  Without a ``memory_budget`` the
+    budget is :data:`DEFAULT_MEMORY_BUDGET`, or :data:`ACCELERATOR_MEMORY_BUDGET`
+    when ``like`` is on an accelerator; for NumPy arrays each buffer is also kept
+    below :data:`_HEAP_BUFFER` (``heap_cap``; off where one block holding the whole
+    matrix saves a GEMM, as for CLIP's symmetric loss).
     """
     if block_size is not None:
         return min(check_int(block_size, "block_size", minimum=1), max(n_rows, 1))
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
-    budget = check_int(budget, "memory_budget", minimum=1)
     per_row = buffers * max(n_cols, 1) * itemsize
+    if memory_budget is None:
+        budget = ACCELERATOR_MEMORY_BUDGET if like is not None and on_accelerator(like) \
+            else DEFAULT_MEMORY_BUDGET
+        if heap_cap and like is not None and is_numpy_array(like):
+            budget = min(budget, max(per_row, buffers * _HEAP_BUFFER))
+    else:
+        budget = check_int(memory_budget, "memory_budget", minimum=1)
     if budget < per_row:
         raise ValueError(f"`memory_budget` of {budget} bytes is too small for one row of "
                          f"{max(n_cols, 1)} scores; the smallest that works is {per_row}")
@@ -109,13 +145,8 @@ def _block(z, pb, w, flush: bool, shift_free: bool, xp):
     ``dz = diag(scale) e`` (applied to the GEMMs' small operands, never to ``e``).
     """
     if shift_free:
-        # |z| <= L with 2L + log(cols) below log(max float): no shift is needed and
-        # l = log(1 + Σ_neg e^{z − pos}) = log1p(r e^{−pos}) keeps full relative accuracy
         e = xp.exp(z)
-        r = xp.sum(e, axis=1)
-        ep = xp.exp(pb)
-        l = xp.log1p(r / ep)
-        denom = r + ep
+        l, denom = _unshifted_terms(xp.sum(e, axis=1), pb, xp)
     else:
         m = xp.maximum(xp.max(z, axis=1), pb) if z.shape[1] else pb
         z -= xp.expand_dims(m, axis=1)  # our own buffer: in place where the library allows it
@@ -136,7 +167,32 @@ def _block(z, pb, w, flush: bool, shift_free: bool, xp):
     return l, e, scale
 
 
+def _unshifted_terms(r, pb, xp):
+    """``(l, denom)`` of rows summed unshifted, ``r = Σ_neg e^z``: when ``|z| <= L`` with
+    ``2L + log(cols)`` below log(max float) no shift is needed, and
+    ``l = log(1 + Σ_neg e^{z − pos}) = log1p(r e^{−pos})`` keeps full relative accuracy."""
+    ep = xp.exp(pb)
+    return xp.log1p(r / ep), r + ep
+
+
+def _exp_block(z, xp):
+    """``e^z`` of a block (``z`` consumed): NumPy in place, on two threads."""
+    if not (is_numpy_namespace(xp) and is_writeable_array(z)):
+        return xp.exp(z)
+    import numpy as np
+
+    def part(r0, r1):
+        np.exp(z[r0:r1], out=z[r0:r1])
+        return ()
+
+    by_halves(part, z.shape[0], z.size)
+    return z
+
+
 _POOL = None
+
+#: :func:`by_halves` uses two threads from this many rows and entries on (tests lower them)
+_THREAD_ROWS, _THREAD_SIZE = 256, 1 << 18
 
 
 def by_halves(part, n: int, size: int):
@@ -147,7 +203,7 @@ def by_halves(part, n: int, size: int):
     concatenated along the rows.  The NumPy fast paths' only thread pool.
     """
     global _POOL
-    if n < 256 or size < 1 << 18:
+    if n < _THREAD_ROWS or size < _THREAD_SIZE:
         return part(0, n)
     if _POOL is None:
         from concurrent.futures import ThreadPoolExecutor
@@ -158,6 +214,36 @@ def by_halves(part, n: int, size: int):
     first = part(0, h)
     second = fut.result()
     return tuple(None if u is None else _cat(u, v) for u, v in zip(first, second))
+
+
+def by_row_chunks(fn, n: int, row_bytes: int, xp):
+    """``fn(rows)``, a dict of arrays whose first axis is the rows ``rows`` (a slice of
+    ``[0, n)``), over all the rows: one dict of ``(n, ...)`` arrays.
+
+    ``fn`` must be row-wise.  NumPy runs it on chunks of about :data:`_CHUNK` bytes
+    (``row_bytes`` per row, for all the arrays a chunk touches), so that each chunk's
+    passes run in a core's L2 cache, on two threads (:func:`by_halves`), writing into
+    the outputs; other libraries call ``fn(None)`` once, over all the rows.
+    """
+    step = max(1, _CHUNK // max(1, row_bytes))
+    if not is_numpy_namespace(xp) or n <= step:
+        return fn(None)
+    import numpy as np
+
+    first = fn(slice(0, step))  # learn the outputs' shapes and dtypes
+    outs = {k: np.empty((n,) + tuple(v.shape[1:]), dtype=v.dtype) for k, v in first.items()}
+    for k, v in first.items():
+        outs[k][:step] = v
+
+    def part(r0, r1):
+        for c in range(step + r0, step + r1, step):
+            rows = slice(c, min(step + r1, c + step))
+            for k, v in fn(rows).items():
+                outs[k][rows] = v
+        return ()
+
+    by_halves(part, n - step, (n - step) * row_bytes // 4)
+    return outs
 
 
 def _cat(u, v):
@@ -188,9 +274,7 @@ def _np_block(z, pb, w, flush: bool, shift_free: bool):
             np.exp(c, out=c)
             c.sum(axis=1, out=r[i:i + step])
         if shift_free:
-            ep = np.exp(ps)
-            l = np.log1p(r / ep)
-            denom = r + ep
+            l, denom = _unshifted_terms(r, ps, np)
         else:
             dlt = ps - m
             l = np.log1p(r + np.expm1(dlt)) - dlt
@@ -243,15 +327,22 @@ def root_logits(y: Array, u: Array, v: Array, xp):
     return -d, dzdy
 
 
-def _grad_gemms(e: Array, scale: Array, ab: Array, b: Array, db: Array, xp):
+def _grad_gemms(e: Array, scale: Array, ab: Array, b: Array, db: Array, xp, eb: Array = None):
     """The two gradient GEMMs of a block with ``dz = diag(scale) e``: the rows are
     scaled after the first GEMM and before the second, never ``e`` itself.
 
-    Returns ``(da_blk, db + dzᵀ ab, Σ_i ⟨ab_i, da_i⟩)`` (the last is ``Σ dz∘(ab bᵀ)``).
+    Returns ``(da_blk, db + dzᵀ ab, Σ_i ⟨ab_i, da_i⟩)`` (the last is ``Σ dz∘(ab bᵀ)``);
+    ``db`` None is zero (the first block), else it is updated in place; ``eb``, when
+    given, is ``e @ b`` already computed (our own buffer: it is scaled in place).
     """
     sk = xp.expand_dims(scale, axis=1)
-    dab = (e @ b) * sk
-    db = db + xp.matrix_transpose(e) @ (ab * sk)
+    dab = e @ b if eb is None else eb
+    dab *= sk  # our own GEMM outputs are scaled and summed in place (one pass fewer each)
+    t = xp.matrix_transpose(e) @ (ab * sk)
+    if db is None:
+        db = t
+    else:
+        db += t
     return dab, db, xp.sum(xp.vecdot(ab, dab, axis=-1))
 
 
@@ -300,8 +391,14 @@ def ce_stream(a: Array, b: Array, pos: Array, *, bands: tuple[int, ...] = (),
     grads : ``None``, or ``(da (R, K), db (C, K), dpos (R,), zdz 0-d)``.
     """
     shift_free = root is None and _shift_free(bound, b.shape[0], a.dtype, xp)
+    # unshifted and unflushed, the row sums come from the first gradient GEMM, as one more
+    # column of b (of ones): e [b, 1] = [e b, Σ_j e_ij], one pass over the block fewer
+    b1 = None
+    if shift_free and not flush and weights is not None:
+        b1 = xp.concat([b, xp.ones((b.shape[0], 1), dtype=b.dtype, device=_dev(b))], axis=1)
+    k = b.shape[1]
     ls, das, dps = [], [], []
-    db = None if weights is None else xp.zeros_like(b)
+    db = None
     zdz = None
     for r0, r1, ab, z, dzdy in _logit_blocks(a, b, block, root, xp):
         for off in bands:
@@ -309,6 +406,19 @@ def ce_stream(a: Array, b: Array, pos: Array, *, bands: tuple[int, ...] = (),
         pb = pos[r0:r1]
         w = None if weights is None else weights[r0:r1]
         fl = flush and root is None  # with a root, flush after the chain factor below
+        if b1 is not None:
+            e = _exp_block(z, xp)
+            z = None
+            eb = e @ b1
+            l, denom = _unshifted_terms(eb[:, k], pb, xp)
+            scale = w / denom
+            dab, db, part = _grad_gemms(e, scale, ab, b, db, xp, eb=eb[:, :k])
+            e = eb = None
+            ls.append(l)
+            zdz = part if zdz is None else zdz + part
+            das.append(dab)
+            dps.append(w * xp.expm1(-l))
+            continue
         if is_numpy_namespace(xp) and is_writeable_array(z):
             l, e, scale = _np_block(z, pb, w, fl, shift_free)
         else:
@@ -422,7 +532,7 @@ def ce_stream_symmetric(a: Array, b: Array, pos: Array, *, weights: Array | None
                   * xp.exp(z - xp.expand_dims(lse_r[r0:r1], axis=1)) + wc * xp.exp(z - lc))
             return dz if dzdy is None else dz * dzdy  # the gradient of the GEMM's output
 
-    db = xp.zeros_like(b)
+    db = None
     das = []
     zdz = None
     for r0 in range(0, R, block):
@@ -432,7 +542,11 @@ def ce_stream_symmetric(a: Array, b: Array, pos: Array, *, weights: Array | None
         if flush:
             dz = xp.where(xp.abs(dz) < xp.finfo(dz.dtype).smallest_normal, xp.zeros_like(dz), dz)
         dab = dz @ b
-        db = db + xp.matrix_transpose(dz) @ ab
+        t = xp.matrix_transpose(dz) @ ab
+        if db is None:
+            db = t
+        else:
+            db += t
         part = xp.sum(ab * dab) * (2.0 if root is not None else 1.0)
         zdz = part if zdz is None else zdz + part
         das.append(dab)
@@ -683,7 +797,7 @@ def supcon_stream(a: Array, b: Array, relation, *, positives: str, weights: Arra
     shift_free = root is None and _shift_free(bound, b.shape[0], a.dtype, xp)
     fast = is_numpy_namespace(xp) and shift_free
     ls, ns, das = [], [], []
-    db = None if weights is None else xp.zeros_like(b)
+    db = None
     zdz = None
     for r0, r1, ab, z, dzdy in _logit_blocks(a, b, block, root, xp):
         w = None if weights is None else weights[r0:r1]

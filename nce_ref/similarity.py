@@ -52,11 +52,21 @@ def row_norm(x: Array, *, xp) -> Array:
 
 
 def unit_rows(x: Array, *, eps: float, xp):
-    """``x̂ = x / max(‖x‖, eps)`` row-wise, and its VJP ``back(gx̂) -> gx``."""
+    """``x̂ = x / max(‖x‖, eps)`` row-wise, and its VJP ``back(gx̂, rows=None) -> gx``.
+
+    The VJP is row-wise: ``back(g[rows], rows=rows)`` is ``back(g)[rows]`` for a slice
+    ``rows`` of the rows (the NumPy fast paths apply it chunk by chunk, in cache).
+    """
     n = row_norm(x, xp=xp)
     d = xp.maximum(n, xp.full_like(n, eps))
     xh = x / d
-    return xh, lambda g: _normalize_vjp(xh, n, d, g, eps, xp)
+
+    def back(g, rows=None):
+        if rows is None:
+            return _normalize_vjp(xh, n, d, g, eps, xp)
+        return _normalize_vjp(xh[rows, ...], n[rows, ...], d[rows, ...], g, eps, xp)
+
+    return xh, back
 
 
 def _cosine(a, b, eps, xp):
@@ -261,14 +271,16 @@ def bilinear_features(a: Array, b: Array, *, kind: str, eps: float, xp):
       ``fa = [2a', −‖a'‖², −1]``, ``fb = [b', 1, ‖b'‖²]`` (K = D + 2), so that
       ``fa·fb = 2a'·b' − ‖a'‖² − ‖b'‖² = −‖a − b‖²``.
 
-    Returns ``(fa, fb, back)`` with ``back(dfa, dfb) -> (da, db)``.
+    Returns ``(fa, fb, back)`` with ``back(dfa, dfb) -> (da, db)``; for cosine and dot
+    the VJP is row-wise, ``back(dfa[rows], dfb[rows], rows=rows)`` (``a`` and ``b`` with
+    the same number of rows), see :func:`unit_rows`.
     """
     if kind == "cosine":
         ah, back_a = unit_rows(a, eps=eps, xp=xp)
         bh, back_b = unit_rows(b, eps=eps, xp=xp)
-        return ah, bh, lambda gfa, gfb: (back_a(gfa), back_b(gfb))
+        return ah, bh, lambda gfa, gfb, rows=None: (back_a(gfa, rows), back_b(gfb, rows))
     if kind == "dot":
-        return a, b, lambda gfa, gfb: (gfa, gfb)
+        return a, b, lambda gfa, gfb, rows=None: (gfa, gfb)
     if kind != "neg_sq_euclidean":
         raise ValueError(f"{kind!r} is not bilinear")
     ac, bc = _centered(a, b, xp)

@@ -392,6 +392,16 @@ def test_memory_budget_picks_the_block():
     assert choose_block(1000, 1000, 4, memory_budget=2 * 1000 * 4 * 10) == 10
     assert choose_block(5, 1000, 8) == 5
     assert choose_block(5, 1000, 8, block_size=3) == 3
+    # defaults: NumPy keeps each buffer under the heap cap (except where one block saves a
+    # GEMM); other CPU arrays and no array at all get the plain budget
+    from nce_ref.blocked import _HEAP_BUFFER, DEFAULT_MEMORY_BUDGET, on_accelerator
+
+    per_row = 2 * 10**4 * 4
+    assert choose_block(10**5, 10**4, 4, like=np.zeros(1)) == 2 * _HEAP_BUFFER // per_row
+    assert choose_block(10**5, 10**4, 4, like=np.zeros(1), heap_cap=False) == \
+        DEFAULT_MEMORY_BUDGET // per_row
+    assert choose_block(10**5, 10**4, 4) == DEFAULT_MEMORY_BUDGET // per_row
+    assert not on_accelerator(np.zeros(1))
     rng = np.random.default_rng(0)
     q, k = rng.standard_normal((50, 8)), rng.standard_normal((50, 8))
     small = nce_ref.info_nce(q, k, memory_budget=2 * 50 * 8)  # one row per block
@@ -424,3 +434,27 @@ def test_runs_under_jax_jit(opts, rng):
     assert_close(np.asarray(v), np.asarray(v0), rtol=1e-13)
     for name in ("query", "key", "temperature"):
         assert_close(np.asarray(g[name]), np.asarray(g0[name]), rtol=1e-12, atol=1e-14, err_msg=name)
+
+
+@pytest.mark.parametrize("kw", [{}, {"symmetric": True}, {"similarity": "dot"},
+                                {"temperature": 0.01}, {"similarity": "dot", "temperature": 5.0}])
+def test_numpy_fast_paths_equal_the_generic_path(monkeypatch, kw, rng):
+    # NumPy's fast paths (exp on two threads, row sums from the gradient GEMM, the O(N·D)
+    # chain in chunks of rows) against the generic Array API path that array-api-strict
+    # runs: the same arithmetic; thresholds lowered so that every fast path runs at N = 40
+    import array_api_strict as xs
+
+    from nce_ref import blocked
+
+    monkeypatch.setattr(blocked, "_THREAD_ROWS", 4)
+    monkeypatch.setattr(blocked, "_THREAD_SIZE", 16)
+    monkeypatch.setattr(blocked, "_CHUNK", 3 * 4 * 6 * 8)  # chunks of 3 rows (+ a remainder)
+    q, k = rng.standard_normal((40, 6)), rng.standard_normal((40, 6))
+    kw = {"temperature": 0.2} | kw
+    vg = nce_ref.value_and_grad(nce_ref.info_nce)
+    for block in (40, 9):
+        v, g = vg(q, k, block_size=block, **kw)
+        vs, gs = vg(xs.asarray(q), xs.asarray(k), block_size=block, **kw)
+        assert_close(v, np.asarray(vs), rtol=1e-14, atol=0)
+        for name in g:
+            assert_close(g[name], np.asarray(gs[name]), rtol=1e-13, atol=1e-16, err_msg=name)

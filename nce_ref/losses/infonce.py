@@ -13,7 +13,7 @@ from typing import Any
 from .._array import check_option, resolve, scalar_grad, scalar_param
 from .._reduce import check_reduction, reduce_fwd
 from ..autodiff import differentiable, forward_only
-from ..blocked import ce_stream, ce_stream_symmetric, choose_block, needs_flush
+from ..blocked import by_row_chunks, ce_stream, ce_stream_symmetric, choose_block, needs_flush
 from ..similarity import BILINEAR, DEFAULT_EPS, bilinear_features, check_similarity, euclidean_noise, sim_fwd
 from ._objective import ce_rows, temperature_grad
 
@@ -41,15 +41,20 @@ def _pos_from_features(a, b, fa, fb, *, kind, eps, xp):
     the features' cotangents: ``back(ds, dfa, dfb) -> (dfa', dfb', da_extra, db_extra)``.
 
     For cosine and dot, ``s_i = fa_i · fb_i`` and the pair's cotangent is added to the
-    features' (one normalisation VJP in all); for the euclidean kinds the exact
-    row-wise difference is used (no cancellation), through :func:`pair_sim`.
+    features' in place (``dfa``, ``dfb`` must be the caller's own buffers; one
+    normalisation VJP in all; ``back(ds[rows], dfa[rows], dfb[rows], rows=rows)`` for a
+    slice of the rows), and the extra terms are None (zero); for the euclidean kinds the
+    exact row-wise difference is used (no cancellation), through :func:`pair_sim`.
     """
     if kind in ("cosine", "dot"):
         s = xp.vecdot(fa, fb, axis=-1)
 
-        def back(ds, dfa, dfb):
+        def back(ds, dfa, dfb, rows=None):  # row-wise: rows slices fa and fb
             dsk = xp.expand_dims(ds, axis=1)
-            return dfa + dsk * fb, dfb + dsk * fa, 0.0, 0.0
+            ra, rb = (fa, fb) if rows is None else (fa[rows, ...], fb[rows, ...])
+            dfa += dsk * rb  # the callers' own buffers
+            dfb += dsk * ra
+            return dfa, dfb, None, None
 
         return s, back
     s, bp = pair_sim(a, b, kind=kind, eps=eps, xp=xp)
@@ -61,8 +66,13 @@ def _pos_from_features(a, b, fa, fb, *, kind, eps, xp):
     return s, back
 
 
+def _plus(x: Array, y: Array | None) -> Array:
+    """``x + y``, where None is zero (a term that does not apply)."""
+    return x if y is None else x + y
+
+
 def _streamed(ctx, fa, fb, pos, tau, tau0, *, kind, reduction, segments, block, assemble, inputs,
-              symmetric=False):
+              symmetric=False, rowwise=False):
     """Run ``blocked.ce_stream`` over row segments of ``z = fa fbᵀ / τ``; return ``(value, vjp)``.
 
     For ``kind="neg_euclidean"``, ``fa, fb`` are the neg_sq_euclidean features and
@@ -75,6 +85,9 @@ def _streamed(ctx, fa, fb, pos, tau, tau0, *, kind, reduction, segments, block, 
     With a scalar reduction the gradient is fused into the forward sweep (three
     GEMMs in all) and scaled by the cotangent afterwards; with ``"none"`` the
     forward keeps nothing N x N and the VJP sweeps again with the cotangent.
+    ``rowwise``: ``assemble(dfa[rows], dfb[rows], dpos[rows], rows=rows)`` is row ``rows``
+    of its result (``fa`` and ``fb`` aligned row for row), so NumPy runs it on chunks of
+    rows in cache (``blocked.by_row_chunks``).  ``assemble`` may overwrite its arguments.
     """
     xp = ctx.xp
     if kind == "neg_euclidean":
@@ -113,7 +126,16 @@ def _streamed(ctx, fa, fb, pos, tau, tau0, *, kind, reduction, segments, block, 
             dfb, zdz = dfb + g[1], zdz + g[3]
         dpos = xp.concat([g[2] for g in grads]) if len(grads) > 1 else grads[0][2]
         dtau = -(zdz + xp.sum(dpos * pos)) / tau
-        return l, (assemble(dfa / fold, dfb, dpos / tau), dtau)
+
+        def rows_of(rows):  # the O(N·D) chain to the inputs, row-wise where `rowwise`
+            if rows is None:
+                return assemble(dfa / fold, dfb, dpos / tau)
+            return assemble(dfa[rows, ...] / fold, dfb[rows, ...], dpos[rows] / tau, rows=rows)
+
+        if not rowwise:
+            return l, (rows_of(None), dtau)
+        return l, (by_row_chunks(rows_of, r_total, 4 * fa.shape[1] * ctx.finfo().bits // 8, xp),
+                   dtau)
 
     if forward_only():
         per, _ = sweep(None)
@@ -320,7 +342,8 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
     tau, tau0 = scalar_param(ctx, temperature, "temperature", positive=True)
     n_cols = (n if in_batch else 0) + (0 if negatives is None else negatives.shape[-2])
     block = choose_block(n, n_cols, ctx.finfo().bits // 8, block_size=block_size,
-                         memory_budget=memory_budget, buffers=_buffers(kind))
+                         memory_budget=memory_budget, buffers=_buffers(kind), like=query,
+                         heap_cap=not symmetric)
     q, k = ctx.to_compute(query), ctx.to_compute(key)
     neg = None if negatives is None else ctx.to_compute(negatives)
 
@@ -331,13 +354,17 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
         s_pos, back_pos = _pos_from_features(q, k, fa, fk, kind=kind, eps=eps, xp=xp)
         fb = fb_all if in_batch else fb_all[n:, :]
 
-        def assemble(dfa, dfb, dpos):
+        def assemble(dfa, dfb, dpos, rows=None):  # rows: only without explicit negatives
             if not in_batch:
                 dfb = xp.concat([xp.zeros_like(fk), dfb], axis=0)
-            dfa, dfk, gq_p, gk_p = back_pos(dpos, dfa, dfb[:n, :])
-            dfb = dfk if neg is None else xp.concat([dfk, dfb[n:, :]], axis=0)
-            ga, gc = back_f(dfa, dfb)
-            out = {"query": ga + gq_p, "key": gc[:n, :] + gk_p}
+            if rows is None:
+                dfa, dfk, gq_p, gk_p = back_pos(dpos, dfa, dfb[:n, :])
+                dfb = dfk if neg is None else xp.concat([dfk, dfb[n:, :]], axis=0)
+                ga, gc = back_f(dfa, dfb)
+            else:
+                dfa, dfb, gq_p, gk_p = back_pos(dpos, dfa, dfb, rows=rows)
+                ga, gc = back_f(dfa, dfb, rows=rows)
+            out = {"query": _plus(ga, gq_p), "key": _plus(gc[:n, :], gk_p)}
             if neg is not None:
                 out["negatives"] = gc[n:, :]
             return out
@@ -346,7 +373,8 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
         inputs = {"query": query, "key": key, "negatives": negatives}
         return _streamed(ctx, fa, fb, pos, tau, tau0, kind=kind, reduction=reduction,
                          segments=[(0, n, (0,) if in_batch else ())], block=block,
-                         assemble=assemble, inputs=inputs, symmetric=symmetric)
+                         assemble=assemble, inputs=inputs, symmetric=symmetric,
+                         rowwise=neg is None and kind in ("cosine", "dot"))
 
     s_pos, back_pos = pair_sim(q, k, kind=kind, eps=eps, xp=xp)
     pos = s_pos / tau
@@ -476,7 +504,7 @@ def nt_xent(z1: Array, z2: Array, /, *, temperature: float | Array = 0.5,
     n, d = check_pair(z1, z2, "z1", "z2")
     tau, tau0 = scalar_param(ctx, temperature, "temperature", positive=True)
     block = choose_block(n, 2 * n, ctx.finfo().bits // 8, block_size=block_size,
-                         memory_budget=memory_budget, buffers=_buffers(kind))
+                         memory_budget=memory_budget, buffers=_buffers(kind), like=z1)
     a, b = ctx.to_compute(z1), ctx.to_compute(z2)
     u = xp.concat([a, b], axis=0)
     if kind in STREAMED:
@@ -493,7 +521,7 @@ def nt_xent(z1: Array, z2: Array, /, *, temperature: float | Array = 0.5,
                 gu = g1 + g2
             else:  # fa and fb are the same features of u: one VJP of their sum
                 gu = back_f(dfa + dfb, xp.zeros_like(dfb))[0]
-            return {"z1": gu[:n, :] + ga, "z2": gu[n:, :] + gb}
+            return {"z1": _plus(gu[:n, :], ga), "z2": _plus(gu[n:, :], gb)}
 
         # anchors of z1 exclude themselves and their partner N columns on; z2's, N back
         return _streamed(ctx, fa, fb, pos, tau, tau0, kind=kind, reduction=reduction,

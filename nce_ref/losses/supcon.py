@@ -238,7 +238,8 @@ def supcon(features: Array, labels: Array | None = None, /, *, mask: Array | Non
 def _pick(st: SimpleNamespace, *, block_size, memory_budget, dense: bool = False):
     """Choose the block (validating ``block_size``/``memory_budget``), then the path."""
     block = choose_block(st.n_anchor, st.c, st.ctx.finfo().bits // 8, block_size=block_size,
-                         memory_budget=memory_budget, buffers=_buffers(st.kind))
+                         memory_budget=memory_budget, buffers=_buffers(st.kind),
+                         like=st.features)
     if st.kind in STREAMED and not dense:
         return _streamed(st, block)
     return _dense(st)

@@ -44,7 +44,7 @@ from .._ops import (
 )
 from ..autodiff import differentiable, forward_only, lookup
 from ..blocked import _mask_band, _shift_free, by_halves, choose_block, needs_flush
-from ..losses.infonce import _pos_from_features, check_pair, info_nce
+from ..losses.infonce import _plus, _pos_from_features, check_pair, info_nce
 from ..similarity import BILINEAR, DEFAULT_EPS, bilinear_features, check_similarity, row_norm
 from .bounds import (
     JS_REPORTS,
@@ -403,7 +403,7 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
                          f"the off-diagonal pairs); got `x` of shape {tuple(x.shape)}")
     tau, tau0 = scalar_param(ctx, temperature, "temperature", positive=True)
     block = choose_block(n, n, ctx.finfo().bits // 8, block_size=block_size,
-                         memory_budget=memory_budget)
+                         memory_budget=memory_budget, like=x)
     if bound == "interpolated" and block_size is None:
         block = max(1, block // (_INTERPOLATED_BUFFERS // 2))
     if ax == 0:  # rows are y: the similarities are symmetric, so exchange the operands
@@ -546,7 +546,7 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
     dtau = -(xp.sum(a * da) + xp.sum(dpos * pos)) / tau
     dfa, dfb, g_pa, g_pb = back_pos(dpos / tau, da / tau, dfb)
     ga, gb = back_f(dfa, dfb)
-    ga, gb = ga + g_pa, gb + g_pb
+    ga, gb = _plus(ga, g_pa), _plus(gb, g_pb)
     dlb = None
     if bound == "tuba":  # ∂I/∂b_i = −1/N + Σ_{j≠i} e^{z_ij − b_i}/|O|
         dlb = _exp(ell - b - log_o, xp=xp) - 1.0 / n
