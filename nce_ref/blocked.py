@@ -61,7 +61,7 @@ __all__ = ["ce_stream", "ce_stream_symmetric", "supcon_stream", "choose_block", 
 
 def on_accelerator(x: Array) -> bool:
     """Whether ``x`` lives on a GPU (or another accelerator), not on the host CPU."""
-    from array_api_compat import device, is_cupy_array, is_jax_array, is_torch_array
+    from array_api_compat import is_cupy_array, is_jax_array, is_torch_array
 
     if is_cupy_array(x):
         return True
