@@ -83,7 +83,8 @@ def _streamed(ctx, fa, fb, pos, tau, tau0, *, kind, reduction, segments, block, 
     the features (``fa`` before the 1/τ fold) and of ``pos`` to the inputs' (in the
     computation dtype); ``inputs`` maps those names to the inputs for the final cast.
     With a scalar reduction the gradient is fused into the forward sweep (three
-    GEMMs in all) and scaled by the cotangent afterwards; with ``"none"`` the
+    GEMMs in all) and the cotangent scales the features' gradients on their way to
+    the inputs (``assemble`` is linear); with ``"none"`` the
     forward keeps nothing N x N and the VJP sweeps again with the cotangent.
     ``rowwise``: ``assemble(dfa[rows], dfb[rows], dpos[rows], rows=rows)`` is row ``rows``
     of its result (``fa`` and ``fb`` aligned row for row), so NumPy runs it on chunks of
@@ -127,15 +128,22 @@ def _streamed(ctx, fa, fb, pos, tau, tau0, *, kind, reduction, segments, block, 
         dpos = xp.concat([g[2] for g in grads]) if len(grads) > 1 else grads[0][2]
         dtau = -(zdz + xp.sum(dpos * pos)) / tau
 
-        def rows_of(rows):  # the O(N·D) chain to the inputs, row-wise where `rowwise`
-            if rows is None:
-                return assemble(dfa / fold, dfb, dpos / tau)
-            return assemble(dfa[rows, ...] / fold, dfb[rows, ...], dpos[rows] / tau, rows=rows)
+        def finish(g):
+            """The inputs' gradients times the cotangent ``g`` (None: 1).  The chain is
+            linear in ``(dfa, dfb, dpos)``, so ``g`` scales them (fresh arrays: a second
+            call sees the same), row-wise in cache where ``rowwise``."""
+            ga, gt = (1.0 / fold, 1.0 / tau) if g is None else (g / fold, g / tau)
 
-        if not rowwise:
-            return l, (rows_of(None), dtau)
-        return l, (by_row_chunks(rows_of, r_total, 4 * fa.shape[1] * ctx.finfo().bits // 8, xp),
-                   dtau)
+            def rows_of(rows):
+                sl = (lambda x: x) if rows is None else (lambda x: x[rows, ...])
+                return assemble(sl(dfa) * ga, sl(dfb) if g is None else sl(dfb) * g,
+                                sl(dpos) * gt, **({} if rows is None else {"rows": rows}))
+
+            if not rowwise:
+                return rows_of(None)
+            return by_row_chunks(rows_of, r_total, 4 * fa.shape[1] * ctx.finfo().bits // 8, xp)
+
+        return l, (finish, dtau)
 
     if forward_only():
         per, _ = sweep(None)
@@ -145,19 +153,19 @@ def _streamed(ctx, fa, fb, pos, tau, tau0, *, kind, reduction, segments, block, 
         per, _ = sweep(None)
 
         def vjp(g):
-            _, (grads, dtau) = sweep(ctx.to_compute(g))
-            out = {k: ctx.like(v, inputs[k]) for k, v in grads.items()}
+            _, (finish, dtau) = sweep(ctx.to_compute(g))
+            out = {k: ctx.like(v, inputs[k]) for k, v in finish(None).items()}
             return out | {"temperature": scalar_grad(ctx, dtau, tau0)}
 
         return ctx.to_out(ctx.result_finite(per, "loss")), vjp
     w = 1.0 / r_total if reduction == "mean" else 1.0
-    per, (grads, dtau) = sweep(xp.full((r_total,), w, dtype=ctx.dtype, device=ctx.device))
+    per, (finish, dtau) = sweep(xp.full((r_total,), w, dtype=ctx.dtype, device=ctx.device))
     value, _ = reduce_fwd(per, reduction, xp=xp)
     value = ctx.result_finite(value, "loss")
 
     def vjp_scalar(g):
         g = ctx.to_compute(g)
-        out = {k: ctx.like(v * g, inputs[k]) for k, v in grads.items()}
+        out = {k: ctx.like(v, inputs[k]) for k, v in finish(g).items()}
         return out | {"temperature": scalar_grad(ctx, dtau * g, tau0)}
 
     return ctx.to_out(value), vjp_scalar
