@@ -175,18 +175,28 @@ def _unshifted_terms(r, pb, xp):
     return xp.log1p(r / ep), r + ep
 
 
-def _exp_block(z, xp):
-    """``e^z`` of a block (``z`` consumed): NumPy in place, on two threads."""
+def _exp_block(z, xp, then=None):
+    """``e = e^z`` of a block (``z`` consumed) and, with ``then``, ``then(e)`` (a row-wise
+    map, e.g. a skinny GEMM): NumPy in place, on two threads, ``then`` on each chunk of
+    rows while it is in cache.  Returns ``e`` or ``(e, then(e))``."""
     if not (is_numpy_namespace(xp) and is_writeable_array(z)):
-        return xp.exp(z)
+        e = xp.exp(z)
+        return e if then is None else (e, then(e))
     import numpy as np
 
-    def part(r0, r1):
-        np.exp(z[r0:r1], out=z[r0:r1])
-        return ()
+    step = max(1, _CHUNK // max(1, z.shape[1] * z.itemsize))
 
-    by_halves(part, z.shape[0], z.size)
-    return z
+    def part(r0, r1):
+        outs = []
+        for c in range(r0, r1, step):
+            zc = z[c:min(r1, c + step)]
+            np.exp(zc, out=zc)
+            if then is not None:
+                outs.append(then(zc))
+        return (None if then is None else np.concatenate(outs, axis=0),)
+
+    out = by_halves(part, z.shape[0], z.size)[0]
+    return z if then is None else (z, out)
 
 
 _POOL = None
@@ -827,3 +837,208 @@ def supcon_stream(a: Array, b: Array, relation, *, positives: str, weights: Arra
         return l, npos, None
     da = das[0] if len(das) == 1 else xp.concat(das, axis=0)
     return l, npos, (da, db, zdz)
+
+
+# -- SupCon with single labels: the positives' sums from the GEMMs ---------------------------
+#
+# When the positives are the other members of the anchor's group (one label per sample, the
+# views tiled), the sums over P and N need no mask: with ``Y`` the (C x G) one-hot matrix of
+# the columns' groups, ``Q = e Y`` holds each row's sum over every group, so
+# ``sP_i = Q_{i,γ_i}`` and ``sN_i = Σ_{g≠γ_i} Q_ig`` (a sum of positive terms, no
+# cancellation).  ``Σ_P z = ⟨a_i, B_{γ_i}⟩ − ⟨a_i, b_i⟩`` with the groups' column sums
+# ``B = Yᵀ b``, and for ``positives="out"`` the linear part of the gradient,
+# ``dz = diag(scale) (e − P m)``, is O(N·K): ``(P b)_i = B_{γ_i} − b_i`` and
+# ``(Pᵀ v)_j = V_{γ_j} − v_j`` (``V`` the anchors' group sums of ``v``).  ``"in"`` scales
+# ``e`` by ``on_p`` on P and ``on_n`` off it (one mask per block, from the group ids).
+
+def supcon_stream_groups(a: Array, b: Array, groups: Array, n_groups: int, *, positives: str,
+                         weights: Array | None = None, block: int, bounds=None, xp):
+    """:func:`supcon_stream` for group-structured positives, unshifted logits (a known
+    bound) without subnormal flushing: ``groups`` (C,) holds each column's group id in
+    ``[0, n_groups)``; anchor ``i`` is column ``i`` and shares its group.  ``positives``
+    is ``"out"``, ``"in"`` or (with ``bounds``) ``"per_pair"``.
+
+    ``bounds`` (G + 1 ints), when the anchors are all the columns sorted by group (group
+    ``g`` is ``[bounds[g], bounds[g+1])``): P is block diagonal, and ``"in"``'s
+    ``e ∘ P`` terms are GEMMs on its diagonal blocks (1/G of the work of one GEMM per
+    gradient GEMM) instead of a mask over every entry, and ``"per_pair"``'s terms are
+    computed on those blocks only.  Returns as :func:`supcon_stream`."""
+    R, k = a.shape[0], a.shape[1]
+    ids = xp.arange(n_groups, device=_dev(a))
+    y = xp.astype(xp.expand_dims(groups, axis=1) == xp.expand_dims(ids, axis=0), a.dtype)  # (C, G)
+    g_a = groups[:R]
+    cnt = xp.sum(y, axis=0)
+    npos = xp.take(cnt, g_a) - 1.0  # the anchor's own column is in its group
+    b_groups = xp.matrix_transpose(y) @ b  # (G, K): B
+    b_own = b[:R, :]
+    pb = xp.take(b_groups, g_a, axis=0) - b_own  # (P b)_i for the anchors: B_{γ_i} − b_i
+    zsum = xp.vecdot(a, pb, axis=-1) if positives == "out" else None
+    if positives == "per_pair" and bounds is None:
+        raise ValueError("positives='per_pair' needs the columns sorted by group (`bounds`)")
+    fused = weights is not None and (positives == "out" or bounds is not None)
+    b_ext = xp.concat([b, y], axis=1) if fused else None  # e [b, Y] = [e b, Q]
+    ls, das, us = [], [], []
+    db, zdz = None, None
+    for r0, r1, ab, z, _ in _logit_blocks(a, b, block, None, xp):
+        z = _mask_band(z, r0, r1, 0, xp)
+        if fused:
+            e = _exp_block(z, xp)
+            eb = e @ b_ext
+            q, eb = eb[:, k:], eb[:, :k]
+        else:  # the groups' sums while each chunk of e is in cache
+            e, q = _exp_block(z, xp, then=lambda ec: ec @ y)
+            eb = None
+        z = None
+        own = xp.expand_dims(g_a[r0:r1], axis=1) == xp.expand_dims(ids, axis=0)  # (rows, G)
+        zero = xp.zeros_like(q)
+        s_p = xp.sum(xp.where(own, q, zero), axis=1)
+        s_n = xp.sum(xp.where(own, zero, q), axis=1)
+        l, has, t, _, sps, nps = _supcon_rows(positives, npos[r0:r1], s_p, s_n, None, None,
+                                              None if zsum is None else zsum[r0:r1], xp)
+        w = None if weights is None else xp.where(has, weights[r0:r1], xp.zeros_like(s_n))
+        if positives == "per_pair":  # its terms and gradient live on P's diagonal blocks
+            l, grads = _per_pair_by_diagonal_blocks(e, eb, s_n, w, ab, b, db, r0, r1, bounds, xp)
+            ls.append(l)
+            if weights is None:
+                continue
+            dab, db, part = grads
+        else:
+            ls.append(l)
+            if weights is None:
+                continue
+        if positives == "per_pair":
+            pass
+        elif positives == "in" and bounds is not None:
+            # E = on_n e + (on_p − on_n) e∘P: the GEMMs on e, and on P's diagonal blocks
+            scale, on_p, on_n, _ = _supcon_factors(positives, w, has, t, sps, s_n, nps, True, xp)
+            dab, db, part = _in_by_diagonal_blocks(e, eb, scale, on_p, on_n, ab, b, db,
+                                                   r0, r1, bounds, xp)
+        elif positives == "in":  # E = e ∘ (on_p P + on_n N); the own column has e = 0
+            scale, on_p, on_n, _ = _supcon_factors(positives, w, has, t, sps, s_n, nps, True, xp)
+            e = _scale_by_mask(e, g_a[r0:r1], groups, on_p, on_n, xp)
+            dab, db, part = _grad_gemms(e, scale, ab, b, db, xp)
+        else:  # dz = diag(scale)(e − P m): the GEMMs on e, the P part in O(N·K)
+            scale, _, _, minus_p = _supcon_factors(positives, w, has, t, sps, s_n, nps, True, xp)
+            sk = xp.expand_dims(scale, axis=1)
+            u = ab * xp.expand_dims(scale * minus_p, axis=1)  # the rows of Pᵀ's operand
+            dab = (eb - xp.expand_dims(minus_p, axis=1) * pb[r0:r1, :]) * sk
+            t_db = xp.matrix_transpose(e) @ (ab * sk)
+            if db is None:
+                db = t_db
+            else:
+                db += t_db
+            part = xp.sum(xp.vecdot(ab, dab, axis=-1))
+            us.append(u)
+        e = eb = None
+        zdz = part if zdz is None else zdz + part
+        das.append(dab)
+    l = ls[0] if len(ls) == 1 else xp.concat(ls)
+    if weights is None:
+        return l, npos, None
+    da = das[0] if len(das) == 1 else xp.concat(das, axis=0)
+    if us:  # db −= Pᵀ u: the groups' sums of u, less each anchor's own row
+        u = us[0] if len(us) == 1 else xp.concat(us, axis=0)
+        v_groups = xp.matrix_transpose(y[:R, :]) @ u  # (G, K)
+        db = db - xp.take(v_groups, groups, axis=0)
+        db = xp.concat([db[:R, :] + u, db[R:, :]], axis=0) if R < db.shape[0] else db + u
+    return l, npos, (da, db, zdz)
+
+
+def _in_by_diagonal_blocks(e, eb, scale, on_p, on_n, ab, b, db, r0: int, r1: int, bounds, xp):
+    """The two gradient GEMMs of ``dz = diag(scale) e ∘ (on_p P + on_n N)`` with P block
+    diagonal (``bounds``): ``dz = diag(scale·on_n) e + diag(scale·(on_p − on_n)) e∘P``, the
+    second term's GEMMs on the diagonal blocks only.  ``eb = e b`` (our own buffer).
+    Returns as :func:`_grad_gemms`."""
+    dlt = scale * (on_p - on_n)
+    sk = xp.expand_dims(scale * on_n, axis=1)
+    eb *= sk
+    dab = eb
+    x = ab * sk
+    xd = ab * xp.expand_dims(dlt, axis=1)
+    dk = xp.expand_dims(dlt, axis=1)
+    t = xp.matrix_transpose(e) @ x
+    for g in range(len(bounds) - 1):
+        s0, s1 = bounds[g], bounds[g + 1]
+        i0, i1 = max(r0, s0), min(r1, s1)
+        if i0 >= i1:
+            continue
+        sub = e[i0 - r0:i1 - r0, s0:s1]
+        dab[i0 - r0:i1 - r0, :] += (sub @ b[s0:s1, :]) * dk[i0 - r0:i1 - r0, :]
+        t[s0:s1, :] += xp.matrix_transpose(sub) @ xd[i0 - r0:i1 - r0, :]
+    if db is None:
+        db = t
+    else:
+        db += t
+    return dab, db, xp.sum(xp.vecdot(ab, dab, axis=-1))
+
+
+def _per_pair_by_diagonal_blocks(e, eb, s_n, w, ab, b, db, r0: int, r1: int, bounds, xp):
+    """``positives="per_pair"`` on a block whose P is block diagonal (``bounds``).
+
+    Unshifted, a pair's term is ``softplus(LSE_N − z_ij) = log1p(sN_i / e_ij)`` and its
+    ``σ_ij = 1 − e^{−term}``; the gradient is ``dz = diag(c) e + M`` with
+    ``c_i = w_i Σ_P σ_ij / sN_i`` and, on P only, ``M_ij = −c_i e_ij − w_i σ_ij`` (the
+    own column, where ``e = 0``, has ``M = 0``): the GEMMs on ``e`` and on M's diagonal
+    blocks.  Anchors without a negative have no terms.  Returns ``(l, grads)`` with
+    ``grads`` as :func:`_grad_gemms` (None without ``w``)."""
+    has_n = s_n > 0
+    sns = xp.where(has_n, s_n, xp.ones_like(s_n))
+    ls, subs = [], []
+    for g in range(len(bounds) - 1):
+        s0, s1 = bounds[g], bounds[g + 1]
+        i0, i1 = max(r0, s0), min(r1, s1)
+        if i0 >= i1:
+            continue
+        sub = e[i0 - r0:i1 - r0, s0:s1]
+        own = xp.eye(i1 - i0, s1 - s0, k=i0 - s0, dtype=xp.bool, device=_dev(e))
+        rows = slice(i0 - r0, i1 - r0)
+        ratio = xp.expand_dims(sns[rows], axis=1) / xp.where(own, xp.ones_like(sub), sub)
+        term = xp.where(own, xp.zeros_like(sub), xp.log1p(ratio))
+        ls.append(xp.where(has_n[rows], xp.sum(term, axis=1), xp.zeros_like(sns[rows])))
+        subs.append((i0, i1, s0, s1, sub, term))
+    l = ls[0] if len(ls) == 1 else xp.concat(ls)
+    if w is None:
+        return l, None
+    cs, ms = [], []
+    for i0, i1, _, _, sub, term in subs:
+        rows = slice(i0 - r0, i1 - r0)
+        sig = -xp.expm1(-term)  # 0 on the own column
+        wr = xp.where(has_n[rows], w[rows], xp.zeros_like(w[rows]))
+        c = wr * xp.sum(sig, axis=1) / sns[rows]
+        cs.append(c)
+        ms.append(-xp.expand_dims(c, axis=1) * sub - xp.expand_dims(wr, axis=1) * sig)
+    c = cs[0] if len(cs) == 1 else xp.concat(cs)
+    ck = xp.expand_dims(c, axis=1)
+    dab = (e @ b) if eb is None else eb
+    dab *= ck
+    t = xp.matrix_transpose(e) @ (ab * ck)
+    for (i0, i1, s0, s1, _, _), m in zip(subs, ms):
+        rows = slice(i0 - r0, i1 - r0)
+        dab[rows, :] += m @ b[s0:s1, :]
+        t[s0:s1, :] += xp.matrix_transpose(m) @ ab[rows, :]
+    if db is None:
+        db = t
+    else:
+        db += t
+    return l, (dab, db, xp.sum(xp.vecdot(ab, dab, axis=-1)))
+
+
+def _scale_by_mask(e: Array, g_rows: Array, groups: Array, on_p: Array, on_n: Array, xp) -> Array:
+    """``e ∘ where(P, on_p, on_n)`` (row factors) with ``P_ij = [g_rows_i = groups_j]``; NumPy
+    in place, on chunks of rows in cache (the mask never leaves it), on two threads."""
+    if not (is_numpy_namespace(xp) and is_writeable_array(e)):
+        p = xp.expand_dims(g_rows, axis=1) == xp.expand_dims(groups, axis=0)
+        return e * xp.where(p, xp.expand_dims(on_p, axis=1), xp.expand_dims(on_n, axis=1))
+    import numpy as np
+
+    step = max(1, _CHUNK // max(1, e.shape[1] * e.itemsize))
+
+    def part(r0, r1):
+        for c in range(r0, r1, step):
+            c1 = min(r1, c + step)
+            p = g_rows[c:c1, None] == groups[None, :]
+            e[c:c1] *= np.where(p, on_p[c:c1, None], on_n[c:c1, None])
+        return ()
+
+    by_halves(part, e.shape[0], e.size)
+    return e

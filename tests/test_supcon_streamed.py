@@ -217,8 +217,12 @@ def test_streaming_never_holds_the_score_matrix(rng):
 
 # -- numerics of the streamed kernel ---------------------------------------------------------
 
-def test_numpy_fast_path_equals_the_generic_kernel(rng, monkeypatch):
-    # NumPy runs the in-place, threaded, chunked path; array-api-strict the generic one
+@pytest.mark.parametrize("source", ["labels", "mask", "labels-one"])
+def test_numpy_fast_path_equals_the_generic_kernel(rng, monkeypatch, source):
+    # NumPy runs the in-place, threaded, chunked paths; array-api-strict the generic ones.
+    # Single labels take the group kernel (blocked.supcon_stream_groups: sums from the GEMMs,
+    # P's diagonal blocks, or with contrast_mode="one" the chunked mask); a mask the
+    # per-entry kernel (blocked._np_supcon_block)
     from backends import get
 
     strict = get("array_api_strict")
@@ -227,13 +231,22 @@ def test_numpy_fast_path_equals_the_generic_kernel(rng, monkeypatch):
     monkeypatch.setattr(blocked, "_CHUNK", 24 * 300 * 8)  # chunks of 24 rows: several per thread
     f = rng.standard_normal((150, 2, 8))  # 300 anchors x 300 columns: two threads
     y = rng.integers(0, 6, 150)
+    args, extra = (f, y), {}
+    if source == "mask":
+        args, extra = (f,), {"mask": y[:, None] == y[None, :]}
+    elif source == "labels-one":
+        extra = {"contrast_mode": "one"}
+    anchors = 150 if source == "labels-one" else 300
     for pm in ("out", "in", "per_pair"):
         for red in ("mean", "none"):
-            ct = None if red == "mean" else rng.standard_normal(300)
+            ct = None if red == "mean" else rng.standard_normal(anchors)
             kw = {"temperature": 0.2, "positives": pm, "reduction": red}
-            v, back = nce_ref.vjp(supcon, f, y, **kw)
+            v, back = nce_ref.vjp(supcon, *args, **kw, **extra)
             g = back(ct)
-            vs, back_s = nce_ref.vjp(supcon, strict.asarray(f), strict.asarray(y), **kw)
+            vs, back_s = nce_ref.vjp(supcon, *(strict.asarray(x) for x in args), **kw,
+                                     **{k: strict.asarray(x) for k, x in extra.items()
+                                        if k == "mask"},
+                                     **{k: x for k, x in extra.items() if k != "mask"})
             gs = back_s(None if ct is None else strict.asarray(ct))
             assert_close(strict.to_numpy(vs), v, rtol=1e-13, atol=1e-13)
             for k in g:
@@ -301,3 +314,29 @@ def test_streamed_runs_under_jax_jit(opts, rng):
     assert_close(np.asarray(v), v0, rtol=1e-13)
     for k in ("features", "temperature"):
         assert_close(np.asarray(g[k]), g0[k], rtol=1e-12, atol=1e-14, err_msg=k)
+
+
+@pytest.mark.parametrize("labels,grouped", [
+    (np.array([0.5, -1.0, 0.5, 2.0, -1.0, 0.5, 7.25, 2.0]), True),  # real labels
+    (np.array([True, False, True, True, False, False, True, False]), True),
+    (np.arange(40) % 20, False),  # 20 classes > max(16, D/4): the per-entry kernel
+])
+def test_group_kernel_takes_any_label_dtype_and_falls_back_for_many_classes(
+        rng, monkeypatch, labels, grouped):
+    import importlib
+
+    module = importlib.import_module("nce_ref.losses.supcon")
+    calls = []
+    kernel = module.supcon_stream_groups
+    monkeypatch.setattr(module, "supcon_stream_groups",
+                        lambda *a, **k: calls.append(k["positives"]) or kernel(*a, **k))
+    f = rng.standard_normal((labels.shape[0], 2, 4))
+    for pm in ("out", "in", "per_pair"):
+        kw = {"temperature": 0.3, "positives": pm, "block_size": 5}
+        v, back = nce_ref.vjp(supcon, f, labels, **kw)
+        want_v, want_back = _dense_supcon(f, labels, **kw)
+        assert_close(v, want_v, rtol=1e-13, atol=1e-15, err_msg=pm)
+        g, want = back(np.asarray(1.0)), want_back(np.asarray(1.0))
+        for k in want:
+            assert_close(g[k], want[k], rtol=1e-11, atol=1e-14, err_msg=f"{pm} {k}")
+    assert calls == (["out", "in", "per_pair"] if grouped else [])

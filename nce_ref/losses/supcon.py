@@ -15,13 +15,13 @@ import math
 from types import SimpleNamespace
 from typing import Any
 
-from array_api_compat import is_lazy_array
+from array_api_compat import is_lazy_array, is_writeable_array
 
 from .._array import check_option, check_real, resolve, scalar_grad, scalar_param
 from .._ops import logsumexp, sigmoid, softmax_from_lse, softplus
 from .._reduce import check_reduction, mean_over_fwd, reduce_fwd
 from ..autodiff import differentiable, forward_only
-from ..blocked import choose_block, needs_flush, supcon_stream
+from ..blocked import _shift_free, choose_block, needs_flush, supcon_stream, supcon_stream_groups
 from ..similarity import DEFAULT_EPS, bilinear_features, check_similarity, euclidean_noise, sim_fwd
 from ._objective import ce_rows, temperature_grad
 from .infonce import STREAMED, _buffers, _feature_kind
@@ -437,6 +437,26 @@ def _relation(st: SimpleNamespace):
     return relation
 
 
+def _groups(st: SimpleNamespace, k: int):
+    """``(groups (C,), G)``: the columns' group ids when the positives are the other members
+    of the anchor's group (single labels, no ``mask``) and the groups are few enough for
+    their G columns of sums to cost less than the masks they replace; else None."""
+    xp = st.xp
+    if st.mask is not None or st.labels is None or st.labels.ndim != 1 \
+            or is_lazy_array(st.labels):
+        return None
+    # group ids without a data-dependent shape: sort, count the changes, put back
+    order = xp.argsort(st.labels, stable=True)
+    ls = xp.take(st.labels, order)
+    change = xp.concat([xp.ones((1,), dtype=xp.bool, device=st.ctx.device), ls[1:] != ls[:-1]])
+    ids = xp.cumulative_sum(xp.astype(change, xp.int64)) - 1
+    g = int(ids[-1]) + 1
+    if g > max(16, k // 4):
+        return None
+    inverse = xp.take(ids, xp.argsort(order))
+    return (inverse if st.v == 1 else xp.tile(inverse, (st.v,))), g
+
+
 def _streamed(st: SimpleNamespace, block: int):
     """Stream the anchors' rows of ``z = fa fbᵀ / τ`` (``blocked.supcon_stream``)."""
     ctx, xp = st.ctx, st.xp
@@ -454,10 +474,41 @@ def _streamed(st: SimpleNamespace, block: int):
     flush = needs_flush(ctx.dtype, None if bound is None else 2.0 * bound, st.n_anchor * st.c, xp)
     relation = _relation(st)
     kb = None if st.base_temperature is None else tau / st.base_temperature
+    groups = None
+    if root is None and not flush and _shift_free(bound, st.c, ctx.dtype, xp):
+        groups = _groups(st, fb.shape[1])
+    sortable = st.n_anchor == st.c and is_writeable_array(fb)
+    if groups is not None and st.positives == "per_pair" and not sortable:
+        groups = None
+
+    order = None
+    if groups is not None and st.positives in ("in", "per_pair") and sortable:
+        # anchors = columns, sorted by group: P is block diagonal (its blocks' GEMMs replace
+        # a mask over every entry); the results are put back in the caller's order
+        order = xp.argsort(groups[0], stable=True)
+        inv = xp.argsort(order)
+        sorted_groups = xp.take(groups[0], order)
+        ids = xp.arange(groups[1] + 1, dtype=sorted_groups.dtype, device=ctx.device)
+        bounds = [int(x) for x in xp.searchsorted(sorted_groups, ids)]
+        a_s, fb_s = xp.take(a, order, axis=0), xp.take(fb, order, axis=0)
 
     def sweep(weights):
-        per, npos, grads = supcon_stream(a, fb, relation, positives=st.positives, weights=weights,
-                                         block=block, flush=flush, bound=bound, root=root, xp=xp)
+        if order is not None:
+            w = None if weights is None else xp.take(weights, order)
+            per, npos, grads = supcon_stream_groups(a_s, fb_s, sorted_groups, groups[1],
+                                                    positives=st.positives, weights=w,
+                                                    block=block, bounds=bounds, xp=xp)
+            per, npos = xp.take(per, inv), xp.take(npos, inv)
+            if grads is not None:
+                grads = (xp.take(grads[0], inv, axis=0), xp.take(grads[1], inv, axis=0), grads[2])
+        elif groups is not None:
+            per, npos, grads = supcon_stream_groups(a, fb, groups[0], groups[1],
+                                                    positives=st.positives, weights=weights,
+                                                    block=block, xp=xp)
+        else:
+            per, npos, grads = supcon_stream(a, fb, relation, positives=st.positives,
+                                             weights=weights, block=block, flush=flush,
+                                             bound=bound, root=root, xp=xp)
         count = npos if st.positives == "per_pair" else xp.astype(npos > 0, ctx.dtype)
         return per, count, grads
 
