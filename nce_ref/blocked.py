@@ -226,6 +226,25 @@ def by_halves(part, n: int, size: int):
     return tuple(None if u is None else _cat(u, v) for u, v in zip(first, second))
 
 
+def by_chunks(part, n: int, row_bytes: int):
+    """NumPy: ``part(r0, r1)`` over chunks of about :data:`_CHUNK` bytes of the rows
+    ``[0, n)`` (``row_bytes`` each), so that all of a chunk's passes run in a core's L2
+    cache, the two halves of the rows on two threads (:func:`by_halves`).  ``part``
+    returns a tuple of per-row arrays (or ``None``s), concatenated along the rows."""
+    import numpy as np
+
+    step = max(1, _CHUNK // max(1, row_bytes))
+
+    def half(h0, h1):
+        outs = [part(c, min(h1, c + step)) for c in range(h0, h1, step)]
+        if len(outs) == 1:
+            return outs[0]
+        return tuple(None if outs[0][k] is None else np.concatenate([o[k] for o in outs])
+                     for k in range(len(outs[0])))
+
+    return by_halves(half, n, n * max(1, row_bytes) // 4)
+
+
 def by_row_chunks(fn, n: int, row_bytes: int, xp):
     """``fn(rows)``, a dict of arrays whose first axis is the rows ``rows`` (a slice of
     ``[0, n)``), over all the rows: one dict of ``(n, ...)`` arrays.

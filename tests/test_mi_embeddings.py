@@ -330,3 +330,32 @@ def test_bad_arrays_raise_naming_the_argument():
         mi.bound_from_embeddings(x, y, np.zeros((4, 1)), bound="interpolated", alpha=0.5)
     with pytest.raises(ValueError, match="`x`"):
         mi.bound_from_embeddings(np.where(x > 0, np.nan, x), y)
+
+
+@pytest.mark.parametrize("bound,extra,kw", [
+    ("nwj", (), {}), ("dv", (), {}), ("loo_upper", (), {}), ("tuba", (0.25,), {}),
+    ("mine", (), {"log_moving_average": 1.0}), ("smile", (), {"clip": 2.0}),
+    ("smile", (), {"clip": math.inf}), ("js", (), {}), ("js", (), {"report": "objective"}),
+])
+def test_numpy_fast_paths_equal_the_generic_path(monkeypatch, rng, bound, extra, kw):
+    # NumPy's unshifted blocks run in chunks of rows in cache on two threads
+    # (embeddings._np_row_lse, blocked.by_chunks); array-api-strict runs the generic code.
+    # Thresholds lowered so that chunks and threads occur at N = 40
+    import array_api_strict as xs
+
+    from nce_ref import blocked
+
+    monkeypatch.setattr(blocked, "_THREAD_ROWS", 4)
+    monkeypatch.setattr(blocked, "_THREAD_SIZE", 16)
+    monkeypatch.setattr(blocked, "_CHUNK", 3 * 40 * 8)  # chunks of 3 rows
+    x, y = rng.standard_normal((40, 5)), rng.standard_normal((40, 5))
+    vg = nce_ref.value_and_grad(mi.bound_from_embeddings)
+    opts = {"bound": bound, "similarity": "cosine", "temperature": 0.3, **kw}
+    for block in (40, 9):
+        v, g = vg(x, y, *extra, block_size=block, **opts)
+        vs, gs = vg(xs.asarray(x), xs.asarray(y), *extra, block_size=block, **opts)
+        assert_close(v, np.asarray(vs), rtol=1e-13, atol=1e-15)
+        for name in g:
+            want = np.asarray(gs[name])
+            assert_close(g[name], want, rtol=1e-12, atol=1e-14 * float(np.max(np.abs(want))),
+                         err_msg=name)

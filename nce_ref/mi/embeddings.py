@@ -43,7 +43,7 @@ from .._ops import (
     softplus_and_sigmoid_of_exp,
 )
 from ..autodiff import differentiable, forward_only, lookup
-from ..blocked import _mask_band, _shift_free, by_halves, choose_block, needs_flush
+from ..blocked import _mask_band, _shift_free, by_chunks, choose_block, needs_flush
 from ..losses.infonce import _plus, _pos_from_features, check_pair, info_nce
 from ..similarity import BILINEAR, DEFAULT_EPS, bilinear_features, check_similarity, row_norm
 from .bounds import (
@@ -91,6 +91,8 @@ def _row_lse(z: Array, r0: int, r1: int, *, clip: float | None, shift_free: bool
     Σ_{j≠i} e^{w_ij − m_i}`` and, with ``want``, ``e_ij = e^{w_ij − m_i}`` (0 on the
     diagonal, and where SMILE's clip is active), flushed below ``smallest_normal``.
     """
+    if shift_free and _np_own(z, xp):  # NumPy: every pass of a chunk of rows in cache
+        return _np_row_lse(z, r0, clip=clip, want=want)
     inside = None
     if clip is not None:
         if want and math.isfinite(clip):
@@ -117,6 +119,30 @@ def _row_lse(z: Array, r0: int, r1: int, *, clip: float | None, shift_free: bool
     if flush:  # entries of a row are <= 1 = its maximum: below tiny, below the rounding
         e = flush_below(e, xp.finfo(e.dtype).smallest_normal, xp=xp)
     return m, r, e
+
+
+def _np_row_lse(z, r0: int, *, clip: float | None, want: bool):
+    """:func:`_row_lse` unshifted, NumPy, in place: the clip, the band, ``exp``, the row
+    sum and the clip's gradient mask of each chunk of rows while it is in cache, on two
+    threads (``blocked.by_chunks``)."""
+    import numpy as np
+
+    def part(c0, c1):
+        zc = z[c0:c1]
+        inside = None
+        if clip is not None:
+            if want and math.isfinite(clip):
+                inside = np.abs(zc) <= clip
+            zc.clip(-clip, clip, out=zc)
+        _mask_band(zc, r0 + c0, r0 + c1, 0, np)  # after the clip: the diagonal stays -inf
+        np.exp(zc, out=zc)
+        r = zc.sum(axis=1)
+        if inside is not None:
+            zc *= inside
+        return (r,)
+
+    (r,) = by_chunks(part, z.shape[0], z.shape[1] * z.itemsize)
+    return np.zeros(z.shape[0], dtype=z.dtype), r, (z if want else None)
 
 
 def _dev(x):
@@ -153,11 +179,11 @@ def _swap_band(z: Array, r0: int, r1: int, fill, xp):
 
 
 def _by_halves(fn, z: Array, xp):
-    """``fn(z)`` (per-row results, ``z`` edited in place); on NumPy on two threads over the
-    two halves of the rows (:func:`nce_ref.blocked.by_halves`)."""
+    """``fn(z)`` (per-row results, ``z`` edited in place); on NumPy on chunks of rows in
+    cache, the two halves of the rows on two threads (:func:`nce_ref.blocked.by_chunks`)."""
     if not _np_own(z, xp):
         return fn(z)
-    return by_halves(lambda r0, r1: fn(z[r0:r1]), z.shape[0], z.size)
+    return by_chunks(lambda r0, r1: fn(z[r0:r1]), z.shape[0], z.shape[1] * z.itemsize)
 
 
 def _score_bound(a: Array, fb: Array, xp) -> float | None:
