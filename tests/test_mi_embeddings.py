@@ -336,6 +336,7 @@ def test_bad_arrays_raise_naming_the_argument():
     ("nwj", (), {}), ("dv", (), {}), ("loo_upper", (), {}), ("tuba", (0.25,), {}),
     ("mine", (), {"log_moving_average": 1.0}), ("smile", (), {"clip": 2.0}),
     ("smile", (), {"clip": math.inf}), ("js", (), {}), ("js", (), {"report": "objective"}),
+    ("interpolated", (0.25,), {"alpha": 0.5}),
 ])
 def test_numpy_fast_paths_equal_the_generic_path(monkeypatch, rng, bound, extra, kw):
     # NumPy's unshifted blocks run in chunks of rows in cache on two threads

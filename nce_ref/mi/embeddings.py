@@ -430,8 +430,8 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
     tau, tau0 = scalar_param(ctx, temperature, "temperature", positive=True)
     block = choose_block(n, n, ctx.finfo().bits // 8, block_size=block_size,
                          memory_budget=memory_budget, like=x)
-    if bound == "interpolated" and block_size is None:
-        block = max(1, block // (_INTERPOLATED_BUFFERS // 2))
+    if bound == "interpolated" and block_size is None and not is_numpy_namespace(xp):
+        block = max(1, block // (_INTERPOLATED_BUFFERS // 2))  # NumPy: in chunks of rows
     if ax == 0:  # rows are y: the similarities are symmetric, so exchange the operands
         rows_in, cols_in, names = y, x, ("y", "x")
     else:
@@ -505,18 +505,36 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
             return st, e, lam
         fixed = log_o
     elif bound == "interpolated":
-        def rows(z, r0, r1):
+        def interpolated_part(z, r0, r1):
+            """``(terms, dpos, dlb), dz`` of rows ``[r0, r1)`` (``z`` their scores)."""
             # the joint scores: the accurate row-wise pos (as every bound's value uses)
             z, _ = _swap_band(z, r0, r1, pos[r0:r1], xp)
             terms, back = interpolated_rows(z, b if getattr(b, "ndim", 0) == 0 else
                                             xp.expand_dims(b[r0:r1], axis=1), r0, alpha=a_opt, xp=xp)
             if not grad:
-                return (terms,), None, None
+                return (terms, None, None), None
             dz, dlb_rows = back(1.0 / n)
             # the diagonal's share goes through pos (dpos), the rest through the two GEMMs
             dz, dpos_rows = _swap_band(dz, r0, r1, 0.0, xp)
-            return (terms, dpos_rows, dlb_rows), -dz, xp.zeros((r1 - r0,), dtype=z.dtype,
-                                                                 device=ctx.device)
+            return (terms, dpos_rows, dlb_rows), dz
+
+        def rows(z, r0, r1):
+            lam = xp.zeros((r1 - r0,), dtype=z.dtype, device=ctx.device)
+            if _np_own(z, xp):
+                # NumPy: the kernel's many passes on a few rows at a time, in cache, on two
+                # threads; −dz overwrites the block's scores
+                def part(c0, c1):
+                    st, dz = interpolated_part(z[c0:c1], r0 + c0, r0 + c1)
+                    if dz is not None:
+                        xp.negative(dz, out=z[c0:c1])
+                    return st
+
+                st = by_chunks(part, r1 - r0, _INTERPOLATED_BUFFERS * z.shape[1] * z.itemsize)
+                return (st[:1] if not grad else st), (z if grad else None), (lam if grad else None)
+            st, dz = interpolated_part(z, r0, r1)
+            if not grad:
+                return st[:1], None, None
+            return st, -dz, lam
         fixed = 0.0  # G = dz itself: e = −dz, λ = Λ = 0
     else:
         def rows(z, r0, r1):
