@@ -51,6 +51,10 @@ ACCELERATOR_MEMORY_BUDGET = 2**30
 #: page-faulted on first write (about 6 ms per 64 MiB here, 5% of the three GEMMs at N = 4096)
 _HEAP_BUFFER = 30 * 2**20
 
+#: ... unless that leaves fewer rows than this per block: the O(C·K) work per block (the
+#: gradient GEMM's (C, K) output and its sum) would then cost more than the page faults
+_HEAP_MIN_ROWS = 512
+
 #: bytes per row chunk of the NumPy fast paths' elementwise passes: a chunk (and, for
 #: SupCon, its mask) stays in a core's L2 cache through all of its passes
 _CHUNK = 1 << 20
@@ -93,8 +97,9 @@ def choose_block(n_rows: int, n_cols: int, itemsize: int, *, block_size: Any = N
     if memory_budget is None:
         budget = ACCELERATOR_MEMORY_BUDGET if like is not None and on_accelerator(like) \
             else DEFAULT_MEMORY_BUDGET
-        if heap_cap and like is not None and is_numpy_array(like):
-            budget = min(budget, max(per_row, buffers * _HEAP_BUFFER))
+        if heap_cap and like is not None and is_numpy_array(like) \
+                and buffers * _HEAP_BUFFER >= _HEAP_MIN_ROWS * per_row:
+            budget = min(budget, buffers * _HEAP_BUFFER)
     else:
         budget = check_int(memory_budget, "memory_budget", minimum=1)
     if budget < per_row:

@@ -398,6 +398,8 @@ def test_memory_budget_picks_the_block():
 
     per_row = 2 * 10**4 * 4
     assert choose_block(10**5, 10**4, 4, like=np.zeros(1)) == 2 * _HEAP_BUFFER // per_row
+    # ... unless that leaves fewer than _HEAP_MIN_ROWS rows: then the plain budget
+    assert choose_block(10**5, 10**5, 4, like=np.zeros(1)) == DEFAULT_MEMORY_BUDGET // (2 * 10**5 * 4)
     assert choose_block(10**5, 10**4, 4, like=np.zeros(1), heap_cap=False) == \
         DEFAULT_MEMORY_BUDGET // per_row
     assert choose_block(10**5, 10**4, 4) == DEFAULT_MEMORY_BUDGET // per_row
