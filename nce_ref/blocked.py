@@ -204,6 +204,46 @@ def _exp_block(z, xp, then=None):
     return z if then is None else (z, out)
 
 
+def _exp_with_sums(z, xp):
+    """``e = e^z`` (``z`` consumed) with its row and column sums; NumPy in place, the sums
+    of each chunk of rows taken while it is in cache, on two threads."""
+    if not (is_numpy_namespace(xp) and is_writeable_array(z)):
+        e = xp.exp(z)
+        return e, (xp.sum(e, axis=1), xp.sum(e, axis=0))
+    import numpy as np
+
+    step = max(1, _CHUNK // max(1, z.shape[1] * z.itemsize))
+
+    def part(r0, r1):
+        rows = np.empty(r1 - r0, dtype=z.dtype)
+        cols = np.zeros(z.shape[1], dtype=z.dtype)
+        for c in range(r0, r1, step):
+            zc = z[c:min(r1, c + step)]
+            np.exp(zc, out=zc)
+            zc.sum(axis=1, out=rows[c - r0:c - r0 + zc.shape[0]])
+            cols += zc.sum(axis=0)
+        return rows, cols[None, :]
+
+    rows, cols = by_halves(part, z.shape[0], z.size)
+    return z, (rows, np.sum(cols, axis=0))
+
+
+def _times_row_plus_col(e, row, col, xp):
+    """``e ∘ (row_i + col_j)``; NumPy in place, by chunks of rows in cache, on two threads."""
+    if not (is_numpy_namespace(xp) and is_writeable_array(e)):
+        return e * (xp.expand_dims(row, axis=1) + xp.expand_dims(col, axis=0))
+    step = max(1, _CHUNK // max(1, e.shape[1] * e.itemsize))
+
+    def part(r0, r1):
+        for c in range(r0, r1, step):
+            c1 = min(r1, c + step)
+            e[c:c1] *= row[c:c1, None] + col[None, :]
+        return ()
+
+    by_halves(part, e.shape[0], e.size)
+    return e
+
+
 _POOL = None
 
 #: :func:`by_halves` uses two threads from this many rows and entries on (tests lower them)
@@ -519,9 +559,9 @@ def ce_stream_symmetric(a: Array, b: Array, pos: Array, *, weights: Array | None
         r_r, kept = [], None
         for r0 in range(0, R, block):
             r1 = min(R, r0 + block)
-            e = xp.exp(_mask_band(a[r0:r1, :] @ bt, r0, r1, 0, xp))
-            r_r.append(xp.sum(e, axis=1))
-            r_c = r_c + xp.sum(e, axis=0)
+            e, (rr, rc) = _exp_with_sums(_mask_band(a[r0:r1, :] @ bt, r0, r1, 0, xp), xp)
+            r_r.append(rr)
+            r_c += rc
             if single:
                 kept = e
         r_r = r_r[0] if len(r_r) == 1 else xp.concat(r_r)
@@ -532,8 +572,8 @@ def ce_stream_symmetric(a: Array, b: Array, pos: Array, *, weights: Array | None
         beta = xp.expand_dims(0.5 * weights / (r_c + ep), axis=0)
 
         def dz_block(r0, r1, ab):
-            e = kept if single else xp.exp(_mask_band(ab @ bt, r0, r1, 0, xp))
-            return e * (xp.expand_dims(alpha[r0:r1], axis=1) + beta)
+            e = kept if single else _exp_block(_mask_band(ab @ bt, r0, r1, 0, xp), xp)
+            return _times_row_plus_col(e, alpha[r0:r1], beta[0, :], xp)
     else:
         m_c, r_c = pos, xp.zeros_like(pos)
         m_r, r_r = [], []
@@ -581,7 +621,7 @@ def ce_stream_symmetric(a: Array, b: Array, pos: Array, *, weights: Array | None
             db = t
         else:
             db += t
-        part = xp.sum(ab * dab) * (2.0 if root is not None else 1.0)
+        part = xp.sum(xp.vecdot(ab, dab, axis=-1)) * (2.0 if root is not None else 1.0)
         zdz = part if zdz is None else zdz + part
         das.append(dab)
     da = das[0] if len(das) == 1 else xp.concat(das, axis=0)
