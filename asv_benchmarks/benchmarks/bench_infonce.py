@@ -1,7 +1,10 @@
 """asv: info_nce (one-way and CLIP's symmetric), nt_xent, info_nce_from_scores and
 similarity, forward and value_and_grad, against the three-GEMM floor and torch autograd.
 
-Read the ratios from one run, at equal ``(backend, n, d, dtype)``:
+Read the ratios from one run, at equal ``(backend, n, d, dtype)``.  The
+``track_ratio_to_floor`` and ``track_ratio_to_torch`` benchmarks measure them directly,
+each call paired with the reference right before it in one process (``common.paired_ratio``):
+the machines here drift by 20-30% between two benchmarks of a run.  Or divide the times:
 
 - ``InfoNCE.time_value_and_grad / GemmFloor.time_three_gemms`` and
   ``InfoNCE.time_value_and_grad / TorchAutogradInfoNCE.time_forward_backward``;
@@ -18,7 +21,19 @@ import math
 
 import nce_ref
 
-from .common import BACKENDS, DTYPES, XPBenchmark, _FunctionBenchmark, dims, get_backend, sizes, skip_if
+from .common import (
+    BACKENDS,
+    DTYPES,
+    XPBenchmark,
+    _AgainstFloor,
+    _FunctionBenchmark,
+    dims,
+    get_backend,
+    paired_ratio,
+    sizes,
+    skip_if,
+    three_gemms,
+)
 
 
 def _embeddings(rng, n, d):
@@ -35,21 +50,42 @@ class _Embeddings(_FunctionBenchmark):
         return _embeddings(rng, n, self.d)
 
 
-class InfoNCE(_Embeddings):
+class _AgainstTorch:
+    """``track_ratio_to_torch``: ``value_and_grad`` over torch autograd of the same loss
+    (``reference``, a :class:`_TorchAutograd`) on the same device, paired in one process."""
+
+    reference = None
+
+    def track_ratio_to_torch(self, backend, n, d, dtype):
+        ref = self.reference()
+        try:
+            ref.setup("cuda" if self.backend.gpu else "cpu", n, d, dtype)
+        except NotImplementedError:  # torch absent, or no CUDA: n/a
+            return math.nan
+        return paired_ratio(self._value_and_grad, lambda: ref.time_forward_backward(), lambda: None)
+
+    track_ratio_to_torch.unit = "ratio"
+
+
+class InfoNCE(_AgainstTorch, _AgainstFloor, _Embeddings):
     """``nce_ref.info_nce(q, k, temperature=0.07)`` (cosine, in-batch negatives)."""
+
+    reference = staticmethod(lambda: TorchAutogradInfoNCE())
 
     def setup(self, backend, n, d, dtype):
         self.prepare(backend, n, dtype, nce_ref.info_nce, d=d, temperature=0.07)
 
 
-class InfoNCESymmetric(_Embeddings):
+class InfoNCESymmetric(_AgainstTorch, _AgainstFloor, _Embeddings):
     """CLIP's symmetric loss, ``info_nce(..., symmetric=True)``."""
+
+    reference = staticmethod(lambda: TorchAutogradCLIP())
 
     def setup(self, backend, n, d, dtype):
         self.prepare(backend, n, dtype, nce_ref.info_nce, d=d, temperature=0.07, symmetric=True)
 
 
-class InfoNCEDot(_Embeddings):
+class InfoNCEDot(_AgainstFloor, _Embeddings):
     """``info_nce(..., similarity="dot")``: logits without a known bound (row shifts)."""
 
     params = (BACKENDS, sizes(), dims(), DTYPES)
@@ -58,10 +94,15 @@ class InfoNCEDot(_Embeddings):
         self.prepare(backend, n, dtype, nce_ref.info_nce, d=d, temperature=0.07, similarity="dot")
 
 
-class NTXent(_Embeddings):
+class NTXent(_AgainstTorch, _AgainstFloor, _Embeddings):
     """``nce_ref.nt_xent(z1, z2, temperature=0.5)`` (2N x 2N scores)."""
 
     params = (BACKENDS, sizes(), dims(), DTYPES)
+    reference = staticmethod(lambda: TorchAutogradNTXent())
+
+    def floor_operands(self):
+        u = self.backend.xp.concat(list(self.arrays), axis=0)  # the 2N views
+        return u, u
 
     def setup(self, backend, n, d, dtype):
         self.prepare(backend, n, dtype, nce_ref.nt_xent, d=d, temperature=0.5)
@@ -113,17 +154,7 @@ class GemmFloor(XPBenchmark):
         self.time_three_gemms(backend, n, d, dtype)
 
     def time_three_gemms(self, backend, n, d, dtype):
-        xp = self.backend.xp
-        a, b = self.arrays
-        bt = xp.matrix_transpose(b)
-        da, db = [], None
-        for r0 in range(0, n, 8192):
-            ab = a[r0:r0 + 8192, :]
-            s = ab @ bt
-            da.append(s @ b)
-            t = xp.matrix_transpose(s) @ ab
-            db = t if db is None else db + t
-        self.sync(*da, db)
+        self.sync(*three_gemms(self.backend.xp, *self.arrays))
 
 
 class _TorchAutograd:

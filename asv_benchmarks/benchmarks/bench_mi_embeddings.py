@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from nce_ref import mi
 
-from .common import BACKENDS, DIM, DTYPES, _FunctionBenchmark, sizes
+from .common import BACKENDS, DIM, DTYPES, _AgainstFloor, _FunctionBenchmark, sizes
 
 TEMPERATURE = 0.07
 
@@ -29,7 +29,7 @@ BOUNDS = {
 }
 
 
-class MIBoundFromEmbeddings(_FunctionBenchmark):
+class MIBoundFromEmbeddings(_AgainstFloor, _FunctionBenchmark):
     """``mi.bound_from_embeddings(x, y, bound=..., similarity="cosine", temperature=0.07)``."""
 
     param_names = ("backend", "bound", "n", "dtype")

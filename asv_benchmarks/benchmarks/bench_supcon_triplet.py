@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 
-from .common import BACKENDS, DIM, DTYPES, _FunctionBenchmark, sizes, skip_if
+from .common import BACKENDS, DIM, DTYPES, _AgainstFloor, _FunctionBenchmark, sizes, skip_if
 
 try:  # the suite must import against commits that predate these losses
     # by module name: `import nce_ref.losses.supcon as m` binds the function of that name,
@@ -48,7 +48,7 @@ class SupCon(_FunctionBenchmark):
                      temperature=0.07, positives=positives)
 
 
-class SupConStreamed(_FunctionBenchmark):
+class SupConStreamed(_AgainstFloor, _FunctionBenchmark):
     """``supcon(features (N, D), labels, temperature=0.07)`` streamed over row blocks.
 
     ``block``: ``"budget"`` (the default 128 MiB memory budget: one block up to N = 4096

@@ -102,6 +102,47 @@ class XPBenchmark:
         raise NotImplementedError
 
 
+def three_gemms(xp, a, b, rows: int = 8192):
+    """The floor of forward + backward for ``z = a bᵀ``: ``S = A Bᵀ``, ``dA = S B``,
+    ``dB = Sᵀ A`` (N x N x D multiply-adds each), in row blocks of ``rows`` so that it fits
+    any N (the same GEMM count).  Returns the results (for the caller to synchronize)."""
+    bt = xp.matrix_transpose(b)
+    da, db = [], None
+    for r0 in range(0, a.shape[0], rows):
+        ab = a[r0:r0 + rows, :]
+        s = ab @ bt
+        da.append(s @ b)
+        t = xp.matrix_transpose(s) @ ab
+        db = t if db is None else db + t
+    return (*da, db)
+
+
+#: pairs of calls per ``track_ratio_to_*`` benchmark
+PAIRS = 5
+
+
+def paired_ratio(f, reference, sync, pairs: int = PAIRS) -> float:
+    """The median over ``pairs`` of ``time(f) / time(reference)``, each ``f`` timed right
+    after a ``reference`` in this process: a ratio that the drift of a shared machine
+    between two benchmarks (often 20-30% on the CPU machines here) does not move."""
+    from time import perf_counter
+
+    f()
+    reference()
+    sync()
+    ratios = []
+    for _ in range(pairs):
+        t = perf_counter()
+        reference()
+        sync()
+        t_ref = perf_counter() - t
+        t = perf_counter()
+        f()
+        sync()
+        ratios.append((perf_counter() - t) / t_ref)
+    return float(np.median(ratios))
+
+
 class _FunctionBenchmark(XPBenchmark):
     """``time_`` and ``peakmem_`` of one public function, forward and ``value_and_grad``.
 
@@ -143,6 +184,7 @@ class _FunctionBenchmark(XPBenchmark):
 
     track_gpu_peak_bytes.unit = "bytes"
 
+
     def track_max_rel_err_vs_f64(self, *p):
         return self.rel_err_vs_f64(self.n, self.dtype)
 
@@ -177,6 +219,25 @@ class _FunctionBenchmark(XPBenchmark):
         ref = float(self.fn(*arrays, *extra, **self.kw))
         got = float(self.backend.to_numpy(self.fn(*self.arrays, *self.extra, **self.kw)))
         return abs(got - ref) / max(abs(ref), 1e-300)
+
+
+class _AgainstFloor:
+    """``track_ratio_to_floor`` for a :class:`_FunctionBenchmark` on (N, D) embeddings:
+    ``value_and_grad`` over the three-GEMM floor of the same score matrix, paired in one
+    process (:func:`paired_ratio`)."""
+
+    def floor_operands(self):
+        """``(A, B)`` of the score matrix: the first two inputs, or the one against itself."""
+        a = self.arrays[0]
+        return a, (self.arrays[1] if len(self.arrays) > 1 else a)
+
+    def track_ratio_to_floor(self, *p):
+        a, b = self.floor_operands()
+        xp = self.backend.xp
+        return paired_ratio(self._value_and_grad, lambda: self.sync(*three_gemms(xp, a, b)),
+                            lambda: None)
+
+    track_ratio_to_floor.unit = "ratio"
 
 
 def torch_available() -> str | None:

@@ -268,7 +268,9 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
         have no N x N matrix (their scores are N x M) and are computed directly.
     memory_budget : int, optional
         Bytes for the streamed block buffers (two blocks x columns; four for
-        "neg_euclidean"), default 128 MiB.
+        "neg_euclidean").  Default 128 MiB, NumPy blocks kept under 30 MiB each
+        where that leaves 512 rows (the allocator then reuses their pages), and
+        1 GiB for arrays on a GPU (``blocked.choose_block``).
     check_finite : bool, default True
         Raise ``ValueError`` on NaN or inf inputs and ``FloatingPointError`` when
         the result overflows the dtype.

@@ -159,7 +159,7 @@ def supcon(features: Array, labels: Array | None = None, /, *, mask: Array | Non
         array is ever held: the extra memory is O(C·block + C·D).
     memory_budget : int, optional
         Bytes for the streamed block buffers (two blocks x columns; four for
-        "neg_euclidean"), default 128 MiB.
+        "neg_euclidean"); the default as in :func:`nce_ref.info_nce`.
     check_finite, xp
         As in :func:`nce_ref.info_nce`; ``check_finite`` also checks that ``mask``
         and multi-label ``labels`` hold only 0 and 1.
