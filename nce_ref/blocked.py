@@ -405,19 +405,37 @@ def _grad_gemms(e: Array, scale: Array, ab: Array, b: Array, db: Array, xp, eb: 
     """The two gradient GEMMs of a block with ``dz = diag(scale) e``: the rows are
     scaled after the first GEMM and before the second, never ``e`` itself.
 
-    Returns ``(da_blk, db + dzᵀ ab, Σ_i ⟨ab_i, da_i⟩)`` (the last is ``Σ dz∘(ab bᵀ)``);
-    ``db`` None is zero (the first block), else it is updated in place; ``eb``, when
-    given, is ``e @ b`` already computed (our own buffer: it is scaled in place).
+    Returns ``(da_blk, dbt + (dzᵀ ab)ᵀ, Σ_i ⟨ab_i, da_i⟩)`` (the last is
+    ``Σ dz∘(ab bᵀ)``): ``db`` is accumulated transposed, ``dbt = dbᵀ`` (K, C), see
+    :func:`_add_t`; None is zero (the first block).  ``eb``, when given, is ``e @ b``
+    already computed (our own buffer: it is scaled in place).
     """
     sk = xp.expand_dims(scale, axis=1)
     dab = e @ b if eb is None else eb
     dab *= sk  # our own GEMM outputs are scaled and summed in place (one pass fewer each)
-    t = xp.matrix_transpose(e) @ (ab * sk)
-    if db is None:
-        db = t
-    else:
-        db += t
-    return dab, db, xp.sum(xp.vecdot(ab, dab, axis=-1))
+    return dab, _add_t(db, ab * sk, e, xp), xp.sum(xp.vecdot(ab, dab, axis=-1))
+
+
+def _add_t(dbt, x, e, xp):
+    """``dbt + xᵀ e``, i.e. ``dbᵀ`` accumulated: ``(eᵀ x)ᵀ = xᵀ e`` reads the block
+    ``e`` in its own row-major order (10-20% faster than ``eᵀ x`` in OpenBLAS for these
+    shapes); the caller returns :func:`_untranspose` of it.  ``dbt`` None is zero, else
+    updated in place."""
+    t = xp.matrix_transpose(x) @ e
+    if dbt is None:
+        return t
+    dbt += t
+    return dbt
+
+
+def _untranspose(dbt, xp):
+    """``dbtᵀ``: row-major for NumPy (one O(C·K) copy, so that the row-wise passes after
+    it read memory in order), a view elsewhere."""
+    if is_numpy_namespace(xp):
+        import numpy as np
+
+        return np.ascontiguousarray(xp.matrix_transpose(dbt))
+    return xp.matrix_transpose(dbt)
 
 
 def _logit_blocks(a: Array, b: Array, block: int, root, xp):
@@ -516,7 +534,7 @@ def ce_stream(a: Array, b: Array, pos: Array, *, bands: tuple[int, ...] = (),
         return l, None
     da = das[0] if len(das) == 1 else xp.concat(das, axis=0)
     dpos = dps[0] if len(dps) == 1 else xp.concat(dps)
-    return l, (da, db, dpos, zdz)
+    return l, (da, _untranspose(db, xp), dpos, zdz)
 
 
 def _lse_terms(m, r, pos, xp):
@@ -616,18 +634,14 @@ def ce_stream_symmetric(a: Array, b: Array, pos: Array, *, weights: Array | None
         if flush:
             dz = xp.where(xp.abs(dz) < xp.finfo(dz.dtype).smallest_normal, xp.zeros_like(dz), dz)
         dab = dz @ b
-        t = xp.matrix_transpose(dz) @ ab
-        if db is None:
-            db = t
-        else:
-            db += t
+        db = _add_t(db, ab, dz, xp)
         part = xp.sum(xp.vecdot(ab, dab, axis=-1)) * (2.0 if root is not None else 1.0)
         zdz = part if zdz is None else zdz + part
         das.append(dab)
     da = das[0] if len(das) == 1 else xp.concat(das, axis=0)
     half = 0.5 * weights
     dpos = half * (xp.expm1(-l_r) + xp.expm1(-l_c))
-    return 0.5 * (l_r + l_c), (da, db, dpos, zdz)
+    return 0.5 * (l_r + l_c), (da, _untranspose(db, xp), dpos, zdz)
 
 
 # -- SupCon: rows with a block-local positive mask ------------------------------------------
@@ -900,7 +914,7 @@ def supcon_stream(a: Array, b: Array, relation, *, positives: str, weights: Arra
     if weights is None:
         return l, npos, None
     da = das[0] if len(das) == 1 else xp.concat(das, axis=0)
-    return l, npos, (da, db, zdz)
+    return l, npos, (da, _untranspose(db, xp), zdz)
 
 
 # -- SupCon with single labels: the positives' sums from the GEMMs ---------------------------
@@ -986,11 +1000,7 @@ def supcon_stream_groups(a: Array, b: Array, groups: Array, n_groups: int, *, po
             sk = xp.expand_dims(scale, axis=1)
             u = ab * xp.expand_dims(scale * minus_p, axis=1)  # the rows of Pᵀ's operand
             dab = (eb - xp.expand_dims(minus_p, axis=1) * pb[r0:r1, :]) * sk
-            t_db = xp.matrix_transpose(e) @ (ab * sk)
-            if db is None:
-                db = t_db
-            else:
-                db += t_db
+            db = _add_t(db, ab * sk, e, xp)
             part = xp.sum(xp.vecdot(ab, dab, axis=-1))
             us.append(u)
         e = eb = None
@@ -1000,6 +1010,7 @@ def supcon_stream_groups(a: Array, b: Array, groups: Array, n_groups: int, *, po
     if weights is None:
         return l, npos, None
     da = das[0] if len(das) == 1 else xp.concat(das, axis=0)
+    db = _untranspose(db, xp)  # accumulated transposed (_add_t)
     if us:  # db −= Pᵀ u: the groups' sums of u, less each anchor's own row
         u = us[0] if len(us) == 1 else xp.concat(us, axis=0)
         v_groups = xp.matrix_transpose(y[:R, :]) @ u  # (G, K)
@@ -1012,7 +1023,7 @@ def _in_by_diagonal_blocks(e, eb, scale, on_p, on_n, ab, b, db, r0: int, r1: int
     """The two gradient GEMMs of ``dz = diag(scale) e ∘ (on_p P + on_n N)`` with P block
     diagonal (``bounds``): ``dz = diag(scale·on_n) e + diag(scale·(on_p − on_n)) e∘P``, the
     second term's GEMMs on the diagonal blocks only.  ``eb = e b`` (our own buffer).
-    Returns as :func:`_grad_gemms`."""
+    Returns as :func:`_grad_gemms` (``db`` transposed)."""
     dlt = scale * (on_p - on_n)
     sk = xp.expand_dims(scale * on_n, axis=1)
     eb *= sk
@@ -1020,7 +1031,7 @@ def _in_by_diagonal_blocks(e, eb, scale, on_p, on_n, ab, b, db, r0: int, r1: int
     x = ab * sk
     xd = ab * xp.expand_dims(dlt, axis=1)
     dk = xp.expand_dims(dlt, axis=1)
-    t = xp.matrix_transpose(e) @ x
+    t = xp.matrix_transpose(x) @ e  # transposed, as _add_t
     for g in range(len(bounds) - 1):
         s0, s1 = bounds[g], bounds[g + 1]
         i0, i1 = max(r0, s0), min(r1, s1)
@@ -1028,7 +1039,7 @@ def _in_by_diagonal_blocks(e, eb, scale, on_p, on_n, ab, b, db, r0: int, r1: int
             continue
         sub = e[i0 - r0:i1 - r0, s0:s1]
         dab[i0 - r0:i1 - r0, :] += (sub @ b[s0:s1, :]) * dk[i0 - r0:i1 - r0, :]
-        t[s0:s1, :] += xp.matrix_transpose(sub) @ xd[i0 - r0:i1 - r0, :]
+        t[:, s0:s1] += xp.matrix_transpose(xd[i0 - r0:i1 - r0, :]) @ sub
     if db is None:
         db = t
     else:
@@ -1044,7 +1055,7 @@ def _per_pair_by_diagonal_blocks(e, eb, s_n, w, ab, b, db, r0: int, r1: int, bou
     ``c_i = w_i Σ_P σ_ij / sN_i`` and, on P only, ``M_ij = −c_i e_ij − w_i σ_ij`` (the
     own column, where ``e = 0``, has ``M = 0``): the GEMMs on ``e`` and on M's diagonal
     blocks.  Anchors without a negative have no terms.  Returns ``(l, grads)`` with
-    ``grads`` as :func:`_grad_gemms` (None without ``w``)."""
+    ``grads`` as :func:`_grad_gemms` (``db`` transposed; None without ``w``)."""
     has_n = s_n > 0
     sns = xp.where(has_n, s_n, xp.ones_like(s_n))
     ls, subs = [], []
@@ -1075,11 +1086,11 @@ def _per_pair_by_diagonal_blocks(e, eb, s_n, w, ab, b, db, r0: int, r1: int, bou
     ck = xp.expand_dims(c, axis=1)
     dab = (e @ b) if eb is None else eb
     dab *= ck
-    t = xp.matrix_transpose(e) @ (ab * ck)
+    t = xp.matrix_transpose(ab * ck) @ e  # transposed, as _add_t
     for (i0, i1, s0, s1, _, _), m in zip(subs, ms):
         rows = slice(i0 - r0, i1 - r0)
         dab[rows, :] += m @ b[s0:s1, :]
-        t[s0:s1, :] += xp.matrix_transpose(m) @ ab[rows, :]
+        t[:, s0:s1] += xp.matrix_transpose(ab[rows, :]) @ m
     if db is None:
         db = t
     else:

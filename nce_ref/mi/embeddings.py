@@ -43,7 +43,7 @@ from .._ops import (
     softplus_and_sigmoid_of_exp,
 )
 from ..autodiff import differentiable, forward_only, lookup
-from ..blocked import _mask_band, _shift_free, by_chunks, choose_block, needs_flush
+from ..blocked import _mask_band, _shift_free, _untranspose, by_chunks, choose_block, needs_flush
 from ..losses.infonce import _plus, _pos_from_features, check_pair, info_nce
 from ..similarity import BILINEAR, DEFAULT_EPS, bilinear_features, check_similarity, row_norm
 from .bounds import (
@@ -224,17 +224,17 @@ def _sweep(a: Array, fb: Array, rows, *, block: int, grad: bool, fixed: Array | 
             continue
         us.append(e @ fb)
         lams.append(lam)
-        et = xp.matrix_transpose(e)
+        # db is accumulated transposed, (ρ ab)ᵀ e = (eᵀ (ρ ab))ᵀ: e read in its own order
         if fixed is not None:
             # ρ = e^{lam − Λ} <= the marginal term: inf only where the estimate overflows
             # (reported by result_finite); 0 then keeps the GEMM free of inf·0
             rho = _exp(lam - fixed, xp=xp)
             rho = xp.where(rho == math.inf, xp.zeros_like(rho), rho)
-            part = et @ (ab * xp.expand_dims(rho, axis=1))
+            part = xp.matrix_transpose(ab * xp.expand_dims(rho, axis=1)) @ e
             db = part if db is None else db + part
             continue
         new = xp.max(lam) if m_run is None else xp.maximum(m_run, xp.max(lam))
-        part = et @ (ab * xp.expand_dims(xp.exp(lam - new), axis=1))
+        part = xp.matrix_transpose(ab * xp.expand_dims(xp.exp(lam - new), axis=1)) @ e
         db = part if db is None else db * xp.exp(m_run - new) + part
         m_run = new
     stats = tuple(stats[0][k] if len(stats) == 1 else xp.concat([s[k] for s in stats])
@@ -243,7 +243,7 @@ def _sweep(a: Array, fb: Array, rows, *, block: int, grad: bool, fixed: Array | 
         return stats, None
     u = us[0] if len(us) == 1 else xp.concat(us, axis=0)
     lam = lams[0] if len(lams) == 1 else xp.concat(lams)
-    return stats, (u, lam, db, m_run)
+    return stats, (u, lam, _untranspose(db, xp), m_run)
 
 
 def _check_options(bound, log_baseline, clip, report, log_moving_average, alpha):
