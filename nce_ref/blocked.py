@@ -108,15 +108,15 @@ def choose_block(n_rows: int, n_cols: int, itemsize: int, *, block_size: Any = N
     return max(1, min(n_rows, budget // per_row))
 
 
-def _mask_band(z, r0: int, r1: int, off: int, xp, chunk: int = 256):
-    """Set ``z[i - r0, i + off] = -inf`` for the rows ``i`` in ``[r0, r1)`` of this block.
+def _mask_band(z, r0: int, r1: int, off: int, xp, chunk: int = 256, fill: float = -math.inf):
+    """Set ``z[i - r0, i + off] = fill`` (-inf) for the rows ``i`` in ``[r0, r1)`` of this block.
 
     Writable buffers are edited in place on diagonal squares of at most ``chunk``
     rows (O(rows · chunk) work, never O(rows · columns)); immutable ones (JAX) get
     one ``where`` over the block.
     """
     n = r1 - r0
-    ninf = -math.inf
+    ninf = fill
     if is_numpy_namespace(xp) and is_writeable_array(z):  # O(rows), no mask at all
         import numpy as np
 
@@ -155,6 +155,8 @@ def _block(z, pb, w, flush: bool, shift_free: bool, xp):
     else:
         m = xp.maximum(xp.max(z, axis=1), pb) if z.shape[1] else pb
         z -= xp.expand_dims(m, axis=1)  # our own buffer: in place where the library allows it
+        if flush:
+            z = xp.maximum(z, xp.full_like(z, exp_floor(z.dtype, xp)))
         e = xp.exp(z)
         r = xp.sum(e, axis=1)
         dlt = pb - m
@@ -331,6 +333,8 @@ def _np_block(z, pb, w, flush: bool, shift_free: bool):
     two halves of the rows in two threads (:func:`by_halves`)."""
     import numpy as np
 
+    lo = exp_floor(z.dtype, np)
+
     def part(zs, ps, ws):
         # rows in chunks of about _CHUNK bytes: the shift, exp and sum of a chunk run
         # while it is in this core's L2 cache (one trip to memory instead of three)
@@ -345,6 +349,8 @@ def _np_block(z, pb, w, flush: bool, shift_free: bool):
                 np.maximum(mc, ps[i:i + step], out=mc)
                 m[i:i + step] = mc
                 c -= mc[:, None]
+                if flush:
+                    np.maximum(c, lo, out=c)
             np.exp(c, out=c)
             c.sum(axis=1, out=r[i:i + step])
         if shift_free:
@@ -367,6 +373,16 @@ def _np_block(z, pb, w, flush: bool, shift_free: bool):
     l, scale = by_halves(lambda r0, r1: part(z[r0:r1], pb[r0:r1], None if w is None else w[r0:r1]),
                          z.shape[0], z.size)
     return l, (None if w is None else z), scale
+
+
+def exp_floor(dtype, xp) -> float:
+    """``log(smallest_normal) + 1``: shifted logits are raised to it before the ``exp`` where
+    subnormal results can occur (``flush``).  ``e^z`` below ``smallest_normal`` (or of
+    ``-inf``) takes x86 libm's slow path (70 ns an entry in float64 here, against 2 ns), and
+    such an entry weighs less than ``N·smallest_normal`` against a row sum of at least 1:
+    it becomes ``e·smallest_normal``, which the flush before the gradient GEMMs removes
+    where it would matter (the masked bands are set back to 0 after the ``exp``)."""
+    return math.log(float(xp.finfo(dtype).smallest_normal)) + 1.0
 
 
 def _shift_free(bound: float | None, n_cols: int, dtype, xp) -> bool:
@@ -518,6 +534,9 @@ def ce_stream(a: Array, b: Array, pos: Array, *, bands: tuple[int, ...] = (),
         ls.append(l)
         if weights is None:
             continue
+        if fl and not shift_free:  # the clamped exp (exp_floor) left the bands at e·tiny
+            for off in bands:
+                e = _mask_band(e, r0, r1, row_offset + off, xp, fill=0.0)
         if root is not None:  # dz/dy = dz ∘ dzdy: the gradient of the GEMM's output
             e = e * dzdy
             if flush:

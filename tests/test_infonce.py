@@ -467,3 +467,24 @@ def test_numpy_fast_paths_equal_the_generic_path(monkeypatch, kw, rng):
         ref = -3.0 * np.asarray(g1[name])  # the chain's rounding, on its largest terms
         assert_close(g3[name], ref, rtol=1e-13, atol=1e-14 * np.max(np.abs(ref)), err_msg=name)
         assert_close(g1_again[name], g1[name], rtol=0, atol=0, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_logits_far_below_their_row_max_give_the_dense_result(rng, dtype):
+    # dot scores spread over thousands of nats: most e^{z − m} are far below the smallest
+    # normal, where the exp is clamped (blocked.exp_floor) instead of taking libm's slow
+    # subnormal path; value and gradient equal the dense score matrix's to rounding
+    q = (8.0 * rng.standard_normal((60, 6))).astype(dtype)
+    k = (8.0 * rng.standard_normal((60, 6))).astype(dtype)
+    tau = 0.05
+    v, g = nce_ref.value_and_grad(nce_ref.info_nce)(q, k, similarity="dot", temperature=tau,
+                                                    block_size=7)
+    q64, k64 = q.astype(np.float64), k.astype(np.float64)
+    s = q64 @ k64.T / tau
+    assert float(np.max(s) - np.min(s)) > 2000.0
+    want, gs = nce_ref.value_and_grad(nce_ref.info_nce_from_scores)(s)
+    assert_close(v, want, dtype=dtype, temperature=tau)
+    for name, ref in (("query", gs["scores"] @ k64 / tau), ("key", gs["scores"].T @ q64 / tau)):
+        scale = float(np.max(np.abs(ref)))
+        assert_close(g[name], ref, rtol=1e-4 if dtype == "float32" else 1e-10,
+                     atol=(1e-5 if dtype == "float32" else 1e-12) * scale, err_msg=name)

@@ -140,7 +140,7 @@ class InfoNCEFromScores(_FunctionBenchmark):
 
 class GemmFloor(XPBenchmark):
     """The floor of forward + backward: S = A Bᵀ, dA = G B, dB = Gᵀ A (N x N x D each),
-    run in row blocks of at most 8192 so that it fits any N (the same GEMM count)."""
+    in the row blocks the streamed kernels take (``common.three_gemms``)."""
 
     param_names = ("backend", "n", "d", "dtype")
     params = (BACKENDS, sorted(set(sizes(gpu_large=True)) | {2 * n for n in sizes() if n <= 16384}),

@@ -102,19 +102,32 @@ class XPBenchmark:
         raise NotImplementedError
 
 
-def three_gemms(xp, a, b, rows: int = 8192):
+def three_gemms(xp, a, b, rows: int | None = None):
     """The floor of forward + backward for ``z = a bᵀ``: ``S = A Bᵀ``, ``dA = S B``,
-    ``dB = Sᵀ A`` (N x N x D multiply-adds each), in row blocks of ``rows`` so that it fits
-    any N (the same GEMM count).  Returns the results (for the caller to synchronize)."""
+    ``dB = Sᵀ A`` (N x N x D multiply-adds each), done as well as we know how, so that a
+    ratio to it counts everything but the GEMMs: row blocks as the streamed kernels take
+    them by default (``blocked.choose_block``: on NumPy, buffers that the allocator reuses
+    without page faults), and ``dBᵀ = Aᵀ S`` accumulated transposed (S read in its own
+    order, 10-20% faster in OpenBLAS than ``Sᵀ A``).  Returns the results (for the caller
+    to synchronize)."""
+    from nce_ref.blocked import choose_block
+
+    n = a.shape[0]
+    if rows is None:
+        rows = choose_block(n, b.shape[0], a.dtype.itemsize if hasattr(a.dtype, "itemsize")
+                            else (4 if "32" in str(a.dtype) else 8), like=a)
     bt = xp.matrix_transpose(b)
-    da, db = [], None
-    for r0 in range(0, a.shape[0], rows):
+    da, dbt = [], None
+    for r0 in range(0, n, rows):
         ab = a[r0:r0 + rows, :]
         s = ab @ bt
         da.append(s @ b)
-        t = xp.matrix_transpose(s) @ ab
-        db = t if db is None else db + t
-    return (*da, db)
+        t = xp.matrix_transpose(ab) @ s
+        if dbt is None:
+            dbt = t
+        else:
+            dbt += t
+    return (*da, dbt)
 
 
 #: pairs of calls per ``track_ratio_to_*`` benchmark
