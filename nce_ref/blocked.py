@@ -108,15 +108,15 @@ def choose_block(n_rows: int, n_cols: int, itemsize: int, *, block_size: Any = N
     return max(1, min(n_rows, budget // per_row))
 
 
-def _mask_band(z, r0: int, r1: int, off: int, xp, chunk: int = 256, fill: float = -math.inf):
-    """Set ``z[i - r0, i + off] = fill`` (-inf) for the rows ``i`` in ``[r0, r1)`` of this block.
+def _mask_band(z, r0: int, r1: int, off: int, xp, chunk: int = 256):
+    """Set ``z[i - r0, i + off] = -inf`` for the rows ``i`` in ``[r0, r1)`` of this block.
 
     Writable buffers are edited in place on diagonal squares of at most ``chunk``
     rows (O(rows · chunk) work, never O(rows · columns)); immutable ones (JAX) get
     one ``where`` over the block.
     """
     n = r1 - r0
-    ninf = fill
+    ninf = -math.inf
     if is_numpy_namespace(xp) and is_writeable_array(z):  # O(rows), no mask at all
         import numpy as np
 
@@ -156,7 +156,7 @@ def _block(z, pb, w, flush: bool, shift_free: bool, xp):
         m = xp.maximum(xp.max(z, axis=1), pb) if z.shape[1] else pb
         z -= xp.expand_dims(m, axis=1)  # our own buffer: in place where the library allows it
         if flush:
-            z = xp.maximum(z, xp.full_like(z, exp_floor(z.dtype, xp)))
+            z = clamp_below(z, exp_floor(z.dtype, xp), xp)
         e = xp.exp(z)
         r = xp.sum(e, axis=1)
         dlt = pb - m
@@ -350,7 +350,7 @@ def _np_block(z, pb, w, flush: bool, shift_free: bool):
                 m[i:i + step] = mc
                 c -= mc[:, None]
                 if flush:
-                    np.maximum(c, lo, out=c)
+                    clamp_below(c, lo, np)
             np.exp(c, out=c)
             c.sum(axis=1, out=r[i:i + step])
         if shift_free:
@@ -381,8 +381,19 @@ def exp_floor(dtype, xp) -> float:
     ``-inf``) takes x86 libm's slow path (70 ns an entry in float64 here, against 2 ns), and
     such an entry weighs less than ``N·smallest_normal`` against a row sum of at least 1:
     it becomes ``e·smallest_normal``, which the flush before the gradient GEMMs removes
-    where it would matter (the masked bands are set back to 0 after the ``exp``)."""
+    where it would matter.  Masked entries (``-inf``) keep ``e = 0`` (:func:`clamp_below`)."""
     return math.log(float(xp.finfo(dtype).smallest_normal)) + 1.0
+
+
+def clamp_below(z, lo: float, xp):
+    """``max(z, lo)`` except where ``z = -inf`` (a masked entry, whose ``e`` must stay 0);
+    NumPy in place."""
+    if is_numpy_namespace(xp) and is_writeable_array(z):
+        import numpy as np
+
+        np.maximum(z, lo, out=z, where=z > -math.inf)
+        return z
+    return xp.where(z > -math.inf, xp.maximum(z, xp.full_like(z, lo)), z)
 
 
 def _shift_free(bound: float | None, n_cols: int, dtype, xp) -> bool:
@@ -534,9 +545,6 @@ def ce_stream(a: Array, b: Array, pos: Array, *, bands: tuple[int, ...] = (),
         ls.append(l)
         if weights is None:
             continue
-        if fl and not shift_free:  # the clamped exp (exp_floor) left the bands at e·tiny
-            for off in bands:
-                e = _mask_band(e, r0, r1, row_offset + off, xp, fill=0.0)
         if root is not None:  # dz/dy = dz ∘ dzdy: the gradient of the GEMM's output
             e = e * dzdy
             if flush:

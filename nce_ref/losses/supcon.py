@@ -446,8 +446,11 @@ def _groups(st: SimpleNamespace, k: int):
             or is_lazy_array(st.labels):
         return None
     # group ids without a data-dependent shape: sort, count the changes, put back
-    order = xp.argsort(st.labels, stable=True)
-    ls = xp.take(st.labels, order)
+    labels = st.labels
+    if xp.isdtype(labels.dtype, "bool"):  # argsort takes numbers
+        labels = xp.astype(labels, xp.int8)
+    order = xp.argsort(labels, stable=True)
+    ls = xp.take(labels, order)
     change = xp.concat([xp.ones((1,), dtype=xp.bool, device=st.ctx.device), ls[1:] != ls[:-1]])
     ids = xp.cumulative_sum(xp.astype(change, xp.int64)) - 1
     g = int(ids[-1]) + 1

@@ -43,7 +43,16 @@ from .._ops import (
     softplus_and_sigmoid_of_exp,
 )
 from ..autodiff import differentiable, forward_only, lookup
-from ..blocked import _mask_band, _shift_free, _untranspose, by_chunks, choose_block, exp_floor, needs_flush
+from ..blocked import (
+    _mask_band,
+    _shift_free,
+    _untranspose,
+    by_chunks,
+    choose_block,
+    clamp_below,
+    exp_floor,
+    needs_flush,
+)
 from ..losses.infonce import _plus, _pos_from_features, check_pair, info_nce
 from ..similarity import BILINEAR, DEFAULT_EPS, bilinear_features, check_similarity, row_norm
 from .bounds import (
@@ -107,15 +116,12 @@ def _row_lse(z: Array, r0: int, r1: int, *, clip: float | None, shift_free: bool
     else:
         m = xp.max(z, axis=1)
         z -= xp.expand_dims(m, axis=1)
-        if flush:  # no subnormal exp (blocked.exp_floor)
-            lo = exp_floor(z.dtype, xp)
-            z = xp.maximum(z, lo, out=z) if _np_own(z, xp) else xp.maximum(z, xp.full_like(z, lo))
+        if flush:  # no subnormal exp (blocked.exp_floor); the masked diagonal stays 0
+            z = clamp_below(z, exp_floor(z.dtype, xp), xp)
     e = _exp_inplace(z, xp=xp)
     r = xp.sum(e, axis=1)
     if not want:
         return m, r, None
-    if flush and not shift_free:  # the clamp left the diagonal at e·tiny: 0 again
-        e = _mask_band(e, r0, r1, 0, xp, fill=0.0)
     if inside is not None:
         if _np_own(e, xp):
             e *= inside
