@@ -1046,6 +1046,18 @@ def supcon_stream_groups(a: Array, b: Array, groups: Array, n_groups: int, *, po
     return l, npos, (da, db, zdz)
 
 
+def _diagonal_blocks(e, r0: int, r1: int, bounds):
+    """Yield ``(rows, i0, s0, s1, sub)`` for the groups ``[s0, s1)`` (``bounds``) that meet
+    the block's rows ``[r0, r1)``: ``rows`` the block's local rows of the group (from global
+    row ``i0``), ``sub = e[rows, s0:s1]`` its diagonal block (a view)."""
+    for g in range(len(bounds) - 1):
+        s0, s1 = bounds[g], bounds[g + 1]
+        i0, i1 = max(r0, s0), min(r1, s1)
+        if i0 < i1:
+            rows = slice(i0 - r0, i1 - r0)
+            yield rows, i0, s0, s1, e[rows, s0:s1]
+
+
 def _in_by_diagonal_blocks(e, eb, scale, on_p, on_n, ab, b, db, r0: int, r1: int, bounds, xp):
     """The two gradient GEMMs of ``dz = diag(scale) e ∘ (on_p P + on_n N)`` with P block
     diagonal (``bounds``): ``dz = diag(scale·on_n) e + diag(scale·(on_p − on_n)) e∘P``, the
@@ -1059,14 +1071,9 @@ def _in_by_diagonal_blocks(e, eb, scale, on_p, on_n, ab, b, db, r0: int, r1: int
     xd = ab * xp.expand_dims(dlt, axis=1)
     dk = xp.expand_dims(dlt, axis=1)
     t = xp.matrix_transpose(x) @ e  # transposed, as _add_t
-    for g in range(len(bounds) - 1):
-        s0, s1 = bounds[g], bounds[g + 1]
-        i0, i1 = max(r0, s0), min(r1, s1)
-        if i0 >= i1:
-            continue
-        sub = e[i0 - r0:i1 - r0, s0:s1]
-        dab[i0 - r0:i1 - r0, :] += (sub @ b[s0:s1, :]) * dk[i0 - r0:i1 - r0, :]
-        t[:, s0:s1] += xp.matrix_transpose(xd[i0 - r0:i1 - r0, :]) @ sub
+    for rows, _, s0, s1, sub in _diagonal_blocks(e, r0, r1, bounds):
+        dab[rows, :] += (sub @ b[s0:s1, :]) * dk[rows, :]
+        t[:, s0:s1] += xp.matrix_transpose(xd[rows, :]) @ sub
     if db is None:
         db = t
     else:
@@ -1086,24 +1093,17 @@ def _per_pair_by_diagonal_blocks(e, eb, s_n, w, ab, b, db, r0: int, r1: int, bou
     has_n = s_n > 0
     sns = xp.where(has_n, s_n, xp.ones_like(s_n))
     ls, subs = [], []
-    for g in range(len(bounds) - 1):
-        s0, s1 = bounds[g], bounds[g + 1]
-        i0, i1 = max(r0, s0), min(r1, s1)
-        if i0 >= i1:
-            continue
-        sub = e[i0 - r0:i1 - r0, s0:s1]
-        own = xp.eye(i1 - i0, s1 - s0, k=i0 - s0, dtype=xp.bool, device=_dev(e))
-        rows = slice(i0 - r0, i1 - r0)
+    for rows, i0, s0, s1, sub in _diagonal_blocks(e, r0, r1, bounds):
+        own = xp.eye(sub.shape[0], s1 - s0, k=i0 - s0, dtype=xp.bool, device=_dev(e))
         ratio = xp.expand_dims(sns[rows], axis=1) / xp.where(own, xp.ones_like(sub), sub)
         term = xp.where(own, xp.zeros_like(sub), xp.log1p(ratio))
         ls.append(xp.where(has_n[rows], xp.sum(term, axis=1), xp.zeros_like(sns[rows])))
-        subs.append((i0, i1, s0, s1, sub, term))
+        subs.append((rows, s0, s1, sub, term))
     l = ls[0] if len(ls) == 1 else xp.concat(ls)
     if w is None:
         return l, None
     cs, ms = [], []
-    for i0, i1, _, _, sub, term in subs:
-        rows = slice(i0 - r0, i1 - r0)
+    for rows, _, _, sub, term in subs:
         sig = -xp.expm1(-term)  # 0 on the own column
         wr = xp.where(has_n[rows], w[rows], xp.zeros_like(w[rows]))
         c = wr * xp.sum(sig, axis=1) / sns[rows]
@@ -1114,8 +1114,7 @@ def _per_pair_by_diagonal_blocks(e, eb, s_n, w, ab, b, db, r0: int, r1: int, bou
     dab = (e @ b) if eb is None else eb
     dab *= ck
     t = xp.matrix_transpose(ab * ck) @ e  # transposed, as _add_t
-    for (i0, i1, s0, s1, _, _), m in zip(subs, ms):
-        rows = slice(i0 - r0, i1 - r0)
+    for (rows, s0, s1, _, _), m in zip(subs, ms):
         dab[rows, :] += m @ b[s0:s1, :]
         t[:, s0:s1] += xp.matrix_transpose(ab[rows, :]) @ m
     if db is None:
