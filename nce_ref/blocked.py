@@ -184,65 +184,49 @@ def _unshifted_terms(r, pb, xp):
 
 def _exp_block(z, xp, then=None):
     """``e = e^z`` of a block (``z`` consumed) and, with ``then``, ``then(e)`` (a row-wise
-    map, e.g. a skinny GEMM): NumPy in place, on two threads, ``then`` on each chunk of
-    rows while it is in cache.  Returns ``e`` or ``(e, then(e))``."""
+    map, e.g. a skinny GEMM): NumPy in place, ``then`` on each chunk of rows while it is in
+    cache (:func:`by_chunks`).  Returns ``e`` or ``(e, then(e))``."""
     if not (is_numpy_namespace(xp) and is_writeable_array(z)):
         e = xp.exp(z)
         return e if then is None else (e, then(e))
-    import numpy as np
-
-    step = max(1, _CHUNK // max(1, z.shape[1] * z.itemsize))
 
     def part(r0, r1):
-        outs = []
-        for c in range(r0, r1, step):
-            zc = z[c:min(r1, c + step)]
-            np.exp(zc, out=zc)
-            if then is not None:
-                outs.append(then(zc))
-        return (None if then is None else np.concatenate(outs, axis=0),)
+        zc = z[r0:r1]
+        xp.exp(zc, out=zc)
+        return (None if then is None else then(zc),)
 
-    out = by_halves(part, z.shape[0], z.size)[0]
+    out = by_chunks(part, z.shape[0], z.shape[1] * z.itemsize)[0]
     return z if then is None else (z, out)
 
 
 def _exp_with_sums(z, xp):
     """``e = e^z`` (``z`` consumed) with its row and column sums; NumPy in place, the sums
-    of each chunk of rows taken while it is in cache, on two threads."""
+    of each chunk of rows taken while it is in cache (:func:`by_chunks`)."""
     if not (is_numpy_namespace(xp) and is_writeable_array(z)):
         e = xp.exp(z)
         return e, (xp.sum(e, axis=1), xp.sum(e, axis=0))
-    import numpy as np
-
-    step = max(1, _CHUNK // max(1, z.shape[1] * z.itemsize))
+    cols = []  # the chunks' column sums (list.append is atomic across the two threads)
 
     def part(r0, r1):
-        rows = np.empty(r1 - r0, dtype=z.dtype)
-        cols = np.zeros(z.shape[1], dtype=z.dtype)
-        for c in range(r0, r1, step):
-            zc = z[c:min(r1, c + step)]
-            np.exp(zc, out=zc)
-            zc.sum(axis=1, out=rows[c - r0:c - r0 + zc.shape[0]])
-            cols += zc.sum(axis=0)
-        return rows, cols[None, :]
+        zc = z[r0:r1]
+        xp.exp(zc, out=zc)
+        cols.append(xp.sum(zc, axis=0))
+        return (xp.sum(zc, axis=1),)
 
-    rows, cols = by_halves(part, z.shape[0], z.size)
-    return z, (rows, np.sum(cols, axis=0))
+    (rows,) = by_chunks(part, z.shape[0], z.shape[1] * z.itemsize)
+    return z, (rows, xp.sum(xp.stack(cols), axis=0))
 
 
 def _times_row_plus_col(e, row, col, xp):
-    """``e ∘ (row_i + col_j)``; NumPy in place, by chunks of rows in cache, on two threads."""
+    """``e ∘ (row_i + col_j)``; NumPy in place, by chunks of rows in cache."""
     if not (is_numpy_namespace(xp) and is_writeable_array(e)):
         return e * (xp.expand_dims(row, axis=1) + xp.expand_dims(col, axis=0))
-    step = max(1, _CHUNK // max(1, e.shape[1] * e.itemsize))
 
     def part(r0, r1):
-        for c in range(r0, r1, step):
-            c1 = min(r1, c + step)
-            e[c:c1] *= row[c:c1, None] + col[None, :]
+        e[r0:r1] *= xp.expand_dims(row[r0:r1], axis=1) + xp.expand_dims(col, axis=0)
         return ()
 
-    by_halves(part, e.shape[0], e.size)
+    by_chunks(part, e.shape[0], e.shape[1] * e.itemsize)
     return e
 
 
@@ -275,51 +259,54 @@ def by_halves(part, n: int, size: int):
 
 def by_chunks(part, n: int, row_bytes: int):
     """NumPy: ``part(r0, r1)`` over chunks of about :data:`_CHUNK` bytes of the rows
-    ``[0, n)`` (``row_bytes`` each), so that all of a chunk's passes run in a core's L2
-    cache, the two halves of the rows on two threads (:func:`by_halves`).  ``part``
-    returns a tuple of per-row arrays (or ``None``s), concatenated along the rows."""
-    import numpy as np
+    ``[0, n)`` (``row_bytes`` each, for all the arrays a chunk touches), so that all of a
+    chunk's passes run in a core's L2 cache, the two halves of the rows on two threads
+    (:func:`by_halves`).  ``part`` returns a tuple of per-row arrays (or ``None``s); the
+    first chunk's give the outputs' shapes, and every chunk writes its rows into them.
+    Returns the tuple of ``(n, ...)`` outputs."""
+    from array_api_compat import array_namespace
 
     step = max(1, _CHUNK // max(1, row_bytes))
+    first = part(0, min(n, step))
+    if n <= step:
+        return first
+    outs = tuple(None if v is None else
+                 array_namespace(v).empty((n,) + tuple(v.shape[1:]), dtype=v.dtype)
+                 for v in first)
+    for o, v in zip(outs, first):
+        if o is not None:
+            o[:step] = v
 
     def half(h0, h1):
-        outs = [part(c, min(h1, c + step)) for c in range(h0, h1, step)]
-        if len(outs) == 1:
-            return outs[0]
-        return tuple(None if outs[0][k] is None else np.concatenate([o[k] for o in outs])
-                     for k in range(len(outs[0])))
+        for c in range(step + h0, step + h1, step):
+            c1 = min(step + h1, c + step)
+            for o, v in zip(outs, part(c, c1)):
+                if o is not None:
+                    o[c:c1] = v
+        return ()
 
-    return by_halves(half, n, n * max(1, row_bytes) // 4)
+    by_halves(half, n - step, (n - step) * row_bytes // 4)
+    return outs
 
 
 def by_row_chunks(fn, n: int, row_bytes: int, xp):
     """``fn(rows)``, a dict of arrays whose first axis is the rows ``rows`` (a slice of
     ``[0, n)``), over all the rows: one dict of ``(n, ...)`` arrays.
 
-    ``fn`` must be row-wise.  NumPy runs it on chunks of about :data:`_CHUNK` bytes
-    (``row_bytes`` per row, for all the arrays a chunk touches), so that each chunk's
-    passes run in a core's L2 cache, on two threads (:func:`by_halves`), writing into
-    the outputs; other libraries call ``fn(None)`` once, over all the rows.
+    ``fn`` must be row-wise.  NumPy runs it in chunks in cache (:func:`by_chunks`);
+    other libraries call ``fn(None)`` once, over all the rows.
     """
-    step = max(1, _CHUNK // max(1, row_bytes))
-    if not is_numpy_namespace(xp) or n <= step:
+    if not is_numpy_namespace(xp):
         return fn(None)
-    import numpy as np
-
-    first = fn(slice(0, step))  # learn the outputs' shapes and dtypes
-    outs = {k: np.empty((n,) + tuple(v.shape[1:]), dtype=v.dtype) for k, v in first.items()}
-    for k, v in first.items():
-        outs[k][:step] = v
+    keys = []
 
     def part(r0, r1):
-        for c in range(step + r0, step + r1, step):
-            rows = slice(c, min(step + r1, c + step))
-            for k, v in fn(rows).items():
-                outs[k][rows] = v
-        return ()
+        out = fn(slice(r0, r1))
+        if not keys:
+            keys.extend(out)
+        return tuple(out[k] for k in keys)
 
-    by_halves(part, n - step, (n - step) * row_bytes // 4)
-    return outs
+    return dict(zip(keys, by_chunks(part, n, row_bytes))) if n else fn(None)
 
 
 def _cat(u, v):
@@ -389,10 +376,7 @@ def clamp_below(z, lo: float, xp):
     """``max(z, lo)`` except where ``z = -inf`` (a masked entry, whose ``e`` must stay 0);
     NumPy in place."""
     if is_numpy_namespace(xp) and is_writeable_array(z):
-        import numpy as np
-
-        np.maximum(z, lo, out=z, where=z > -math.inf)
-        return z
+        return xp.maximum(z, lo, out=z, where=z > -math.inf)
     return xp.where(z > -math.inf, xp.maximum(z, xp.full_like(z, lo)), z)
 
 
@@ -448,21 +432,27 @@ def _add_t(dbt, x, e, xp):
     ``e`` in its own row-major order (10-20% faster than ``eᵀ x`` in OpenBLAS for these
     shapes); the caller returns :func:`_untranspose` of it.  ``dbt`` None is zero, else
     updated in place."""
-    t = xp.matrix_transpose(x) @ e
-    if dbt is None:
+    return _accumulate(dbt, xp.matrix_transpose(x) @ e)
+
+
+def _accumulate(acc, t):
+    """``acc + t`` into ``acc`` (our own buffer, in place where the library allows it);
+    ``acc`` None is zero."""
+    if acc is None:
         return t
-    dbt += t
-    return dbt
+    acc += t
+    return acc
 
 
 def _untranspose(dbt, xp):
     """``dbtᵀ``: row-major for NumPy (one O(C·K) copy, so that the row-wise passes after
     it read memory in order), a view elsewhere."""
-    if is_numpy_namespace(xp):
-        import numpy as np
-
-        return np.ascontiguousarray(xp.matrix_transpose(dbt))
-    return xp.matrix_transpose(dbt)
+    db = xp.matrix_transpose(dbt)
+    if not is_numpy_namespace(xp):
+        return db
+    out = xp.empty(db.shape, dtype=db.dtype)  # row-major
+    out[...] = db
+    return out
 
 
 def _logit_blocks(a: Array, b: Array, block: int, root, xp):
@@ -1003,16 +993,11 @@ def supcon_stream_groups(a: Array, b: Array, groups: Array, n_groups: int, *, po
         w = None if weights is None else xp.where(has, weights[r0:r1], xp.zeros_like(s_n))
         if positives == "per_pair":  # its terms and gradient live on P's diagonal blocks
             l, grads = _per_pair_by_diagonal_blocks(e, eb, s_n, w, ab, b, db, r0, r1, bounds, xp)
-            ls.append(l)
-            if weights is None:
-                continue
-            dab, db, part = grads
-        else:
-            ls.append(l)
-            if weights is None:
-                continue
+        ls.append(l)
+        if weights is None:
+            continue
         if positives == "per_pair":
-            pass
+            dab, db, part = grads
         elif positives == "in" and bounds is not None:
             # E = on_n e + (on_p − on_n) e∘P: the GEMMs on e, and on P's diagonal blocks
             scale, on_p, on_n, _ = _supcon_factors(positives, w, has, t, sps, s_n, nps, True, xp)
@@ -1074,11 +1059,7 @@ def _in_by_diagonal_blocks(e, eb, scale, on_p, on_n, ab, b, db, r0: int, r1: int
     for rows, _, s0, s1, sub in _diagonal_blocks(e, r0, r1, bounds):
         dab[rows, :] += (sub @ b[s0:s1, :]) * dk[rows, :]
         t[:, s0:s1] += xp.matrix_transpose(xd[rows, :]) @ sub
-    if db is None:
-        db = t
-    else:
-        db += t
-    return dab, db, xp.sum(xp.vecdot(ab, dab, axis=-1))
+    return dab, _accumulate(db, t), xp.sum(xp.vecdot(ab, dab, axis=-1))
 
 
 def _per_pair_by_diagonal_blocks(e, eb, s_n, w, ab, b, db, r0: int, r1: int, bounds, xp):
@@ -1117,29 +1098,21 @@ def _per_pair_by_diagonal_blocks(e, eb, s_n, w, ab, b, db, r0: int, r1: int, bou
     for (rows, s0, s1, _, _), m in zip(subs, ms):
         dab[rows, :] += m @ b[s0:s1, :]
         t[:, s0:s1] += xp.matrix_transpose(ab[rows, :]) @ m
-    if db is None:
-        db = t
-    else:
-        db += t
-    return l, (dab, db, xp.sum(xp.vecdot(ab, dab, axis=-1)))
+    return l, (dab, _accumulate(db, t), xp.sum(xp.vecdot(ab, dab, axis=-1)))
 
 
 def _scale_by_mask(e: Array, g_rows: Array, groups: Array, on_p: Array, on_n: Array, xp) -> Array:
     """``e ∘ where(P, on_p, on_n)`` (row factors) with ``P_ij = [g_rows_i = groups_j]``; NumPy
-    in place, on chunks of rows in cache (the mask never leaves it), on two threads."""
-    if not (is_numpy_namespace(xp) and is_writeable_array(e)):
-        p = xp.expand_dims(g_rows, axis=1) == xp.expand_dims(groups, axis=0)
-        return e * xp.where(p, xp.expand_dims(on_p, axis=1), xp.expand_dims(on_n, axis=1))
-    import numpy as np
-
-    step = max(1, _CHUNK // max(1, e.shape[1] * e.itemsize))
+    in place, on chunks of rows in cache (the mask never leaves it)."""
+    col = xp.expand_dims
 
     def part(r0, r1):
-        for c in range(r0, r1, step):
-            c1 = min(r1, c + step)
-            p = g_rows[c:c1, None] == groups[None, :]
-            e[c:c1] *= np.where(p, on_p[c:c1, None], on_n[c:c1, None])
+        p = col(g_rows[r0:r1], axis=1) == col(groups, axis=0)
+        e[r0:r1] *= xp.where(p, col(on_p[r0:r1], axis=1), col(on_n[r0:r1], axis=1))
         return ()
 
-    by_halves(part, e.shape[0], e.size)
+    if not (is_numpy_namespace(xp) and is_writeable_array(e)):
+        return e * xp.where(col(g_rows, axis=1) == col(groups, axis=0), col(on_p, axis=1),
+                            col(on_n, axis=1))
+    by_chunks(part, e.shape[0], e.shape[1] * e.itemsize)
     return e

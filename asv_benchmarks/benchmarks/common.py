@@ -114,8 +114,7 @@ def three_gemms(xp, a, b, rows: int | None = None):
 
     n = a.shape[0]
     if rows is None:
-        rows = choose_block(n, b.shape[0], a.dtype.itemsize if hasattr(a.dtype, "itemsize")
-                            else (4 if "32" in str(a.dtype) else 8), like=a)
+        rows = choose_block(n, b.shape[0], a.dtype.itemsize, like=a)
     bt = xp.matrix_transpose(b)
     da, dbt = [], None
     for r0 in range(0, n, rows):

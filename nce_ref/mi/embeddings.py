@@ -101,7 +101,7 @@ def _row_lse(z: Array, r0: int, r1: int, *, clip: float | None, shift_free: bool
     diagonal, and where SMILE's clip is active), flushed below ``smallest_normal``.
     """
     if shift_free and _np_own(z, xp):  # NumPy: every pass of a chunk of rows in cache
-        return _np_row_lse(z, r0, clip=clip, want=want)
+        return _np_row_lse(z, r0, clip=clip, want=want, xp=xp)
     inside = None
     if clip is not None:
         if want and math.isfinite(clip):
@@ -132,28 +132,26 @@ def _row_lse(z: Array, r0: int, r1: int, *, clip: float | None, shift_free: bool
     return m, r, e
 
 
-def _np_row_lse(z, r0: int, *, clip: float | None, want: bool):
+def _np_row_lse(z, r0: int, *, clip: float | None, want: bool, xp):
     """:func:`_row_lse` unshifted, NumPy, in place: the clip, the band, ``exp``, the row
-    sum and the clip's gradient mask of each chunk of rows while it is in cache, on two
-    threads (``blocked.by_chunks``)."""
-    import numpy as np
-
+    sum and the clip's gradient mask of each chunk of rows while it is in cache
+    (``blocked.by_chunks``)."""
     def part(c0, c1):
         zc = z[c0:c1]
         inside = None
         if clip is not None:
             if want and math.isfinite(clip):
-                inside = np.abs(zc) <= clip
+                inside = xp.abs(zc) <= clip
             zc.clip(-clip, clip, out=zc)
-        _mask_band(zc, r0 + c0, r0 + c1, 0, np)  # after the clip: the diagonal stays -inf
-        np.exp(zc, out=zc)
-        r = zc.sum(axis=1)
+        _mask_band(zc, r0 + c0, r0 + c1, 0, xp)  # after the clip: the diagonal stays -inf
+        xp.exp(zc, out=zc)
+        r = xp.sum(zc, axis=1)
         if inside is not None:
             zc *= inside
         return (r,)
 
     (r,) = by_chunks(part, z.shape[0], z.shape[1] * z.itemsize)
-    return np.zeros(z.shape[0], dtype=z.dtype), r, (z if want else None)
+    return xp.zeros(z.shape[0], dtype=z.dtype), r, (z if want else None)
 
 
 def _dev(x):
@@ -187,14 +185,6 @@ def _swap_band(z: Array, r0: int, r1: int, fill, xp):
     band = xp.eye(n, z.shape[1], k=r0, dtype=xp.bool, device=_dev(z))
     d = xp.sum(xp.where(band, z, xp.zeros_like(z)), axis=1)
     return xp.where(band, col(fill, 0, n, z), z), d
-
-
-def _by_halves(fn, z: Array, xp):
-    """``fn(z)`` (per-row results, ``z`` edited in place); on NumPy on chunks of rows in
-    cache, the two halves of the rows on two threads (:func:`nce_ref.blocked.by_chunks`)."""
-    if not _np_own(z, xp):
-        return fn(z)
-    return by_chunks(lambda r0, r1: fn(z[r0:r1]), z.shape[0], z.shape[1] * z.itemsize)
 
 
 def _score_bound(a: Array, fb: Array, xp) -> float | None:
@@ -495,8 +485,10 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
             z = _mask_band(z, r0, r1, 0, xp)  # softplus(-inf) = sigmoid(-inf) = 0
             lam = xp.zeros((r1 - r0,), dtype=z.dtype, device=ctx.device) if grad else None
             if shift_free:
-                if _np_own(z, xp):  # σ lands in z itself, the two halves in two threads
-                    return _by_halves(lambda zs: js_bounded(zs)[0], z, xp), (z if grad else None), lam
+                if _np_own(z, xp):  # σ lands in z itself, by chunks of rows in cache
+                    st = by_chunks(lambda c0, c1: js_bounded(z[c0:c1])[0], z.shape[0],
+                                   z.shape[1] * z.itemsize)
+                    return st, (z if grad else None), lam
                 st, sg = js_bounded(z)
                 return st, sg, lam
             e = None
