@@ -25,6 +25,15 @@ __all__ = [
     "Ctx",
     "resolve",
     "check_option",
+    "check_method",
+    "check_rows",
+    "check_dim",
+    "check_pair",
+    "check_labels",
+    "require_binary",
+    "concrete_float",
+    "plus",
+    "METHODS",
     "check_int",
     "check_real",
     "xp_device",
@@ -224,6 +233,91 @@ def check_option(value: Any, name: str, allowed: tuple[str, ...]) -> str:
         opts = ", ".join(repr(a) for a in allowed)
         raise ValueError(f"`{name}` must be one of {opts}; got {value!r}")
     return value
+
+
+#: the public functions' choice of code path: the engine where it applies, the dense
+#: reference (the formula as the docs write it), or the engine, refusing what it lacks
+METHODS = ("auto", "dense", "streamed")
+
+
+def check_method(method: Any, *, streamable: bool, why_not: str = "") -> str:
+    """The path a public function runs, ``"dense"`` or ``"streamed"``, for ``method``.
+
+    ``"auto"`` streams whenever the engine covers the options (``streamable``) and
+    runs the dense reference otherwise; ``"streamed"`` refuses options the engine
+    does not cover (``why_not`` says which), so that a caller who asked for the
+    engine never silently gets the N x N matrix.
+    """
+    check_option(method, "method", METHODS)
+    if method == "dense":
+        return "dense"
+    if method == "streamed" and not streamable:
+        raise ValueError(f"`method='streamed'` does not cover {why_not}; use method='dense' "
+                         "(or 'auto', which runs the dense reference there)")
+    return "streamed" if streamable else "dense"
+
+
+def check_rows(n: int, name: str) -> None:
+    """Raise unless an array argument has at least one row."""
+    if n < 1:
+        raise ValueError(f"`{name}` must have at least one row (N >= 1); got N = 0")
+
+
+def check_dim(d: int, name: str) -> None:
+    """Raise unless an array argument has at least one column."""
+    if d < 1:
+        raise ValueError(f"`{name}` must have at least one column (D >= 1); got D = 0")
+
+
+def check_pair(a: Array, b: Array, name_a: str, name_b: str) -> tuple[int, int]:
+    """Two (N, D) arrays of one shape, N >= 1 and D >= 1; returns ``(N, D)``."""
+    n, d = a.shape
+    check_rows(n, name_a)
+    check_dim(d, name_a)
+    if tuple(b.shape) != (n, d):
+        raise ValueError(f"`{name_b}` must have the shape of `{name_a}` {(n, d)}; got {tuple(b.shape)}")
+    return n, d
+
+
+def require_binary(ctx: Ctx, x: Array, name: str, what: str) -> None:
+    """Raise unless every entry of ``x`` is 0 or 1 (bool passes; skipped when lazy or
+    ``check_finite=False``)."""
+    xp = ctx.xp
+    if xp.isdtype(x.dtype, "bool") or not ctx.check_finite or is_lazy_array(x):
+        return
+    if not bool(xp.all((x == 0) | (x == 1))):
+        raise ValueError(f"`{name}` must hold only 0 and 1 ({what}); got other values")
+
+
+def check_labels(ctx: Ctx, labels: Array, n: int, *, multi: bool = False, name: str = "labels") -> None:
+    """``labels`` of shape (N,) (or (N, C) of 0/1 when ``multi``), of a bool, integer
+    or real floating dtype, finite."""
+    xp = ctx.xp
+    shapes = f"({n},)" + (f" or ({n}, C)" if multi else "")
+    if labels.ndim not in ((1, 2) if multi else (1,)) or labels.shape[0] != n:
+        raise ValueError(f"`{name}` must have shape {shapes}, one row per sample; got "
+                         f"{tuple(labels.shape)}")
+    if not xp.isdtype(labels.dtype, ("bool", "integral", "real floating")):
+        raise TypeError(f"`{name}` must have a bool, integer or real floating dtype; got "
+                        f"{labels.dtype}")
+    if xp.isdtype(labels.dtype, "real floating"):
+        ctx.require_finite(labels, name)
+    if labels.ndim == 2:
+        require_binary(ctx, labels, name, "multi-label rows")
+
+
+def concrete_float(value: Any) -> float | None:
+    """A scalar parameter's value as a Python float, or None for a lazy array (JAX
+    under ``jit``), whose value cannot be read.  Lets the engine use what the value
+    tells (cosine logits bounded by ``1/τ``) whatever the parameter's type."""
+    if is_array_api_obj(value):
+        return None if is_lazy_array(value) else float(value)
+    return float(value)
+
+
+def plus(x: Array, y: Array | None) -> Array:
+    """``x + y``, where None is zero (a term that does not apply)."""
+    return x if y is None else x + y
 
 
 def check_int(value: Any, name: str, *, minimum: int | None = None) -> int:

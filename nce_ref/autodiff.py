@@ -7,12 +7,17 @@ returns the value only) and registers it, so that :func:`value_and_grad`,
 :func:`vjp`, the finite-difference checker, ``nce-ref check``, the verification
 harness and the torch/JAX bridges work for every function without knowing it.
 
+An implementation may take a keyword-only ``need_grad: bool``; the registry passes
+it explicitly (``False`` from the public function, whose VJP is never asked for,
+``True`` from :func:`vjp`), so that a plain call can skip the gradient's work.  It is
+not part of the public signature.
+
+This module is the bottom layer: it imports nothing of ``nce_ref`` above it.
 No autodiff library is used anywhere: the VJPs are hand-derived (``docs/``).
 """
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import inspect
 from collections.abc import Callable
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 
 from array_api_compat import array_namespace, device, is_array_api_obj
 
-__all__ = ["differentiable", "value_and_grad", "vjp", "registry", "lookup", "Entry", "forward_only"]
+__all__ = ["differentiable", "value_and_grad", "vjp", "registry", "lookup", "Entry"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,8 @@ class Entry:
     public : callable
         The function users call.
     impl : callable
-        Same signature; returns ``(value, vjp)``.
+        Same signature; returns ``(value, vjp)`` (with the gradient's work done: it
+        is the implementation called with ``need_grad=True`` where it takes that).
     wrt : tuple of str
         Arguments that receive gradients when given as floating arrays (or, for
         scalar parameters such as ``temperature``, always).
@@ -53,34 +59,38 @@ class Entry:
 
 _REGISTRY: dict[str, Entry] = {}
 
-_FORWARD_ONLY = contextvars.ContextVar("nce_ref_forward_only", default=False)
-
-
-def forward_only() -> bool:
-    """True inside a plain public call, whose VJP will never be asked for.
-
-    Implementations may then skip work that only the gradient needs (keeping
-    residuals, the fused gradient GEMMs of the streamed kernels).
-    """
-    return _FORWARD_ONLY.get()
+_NEED_GRAD = "need_grad"
 
 
 def differentiable(name: str, *, wrt: tuple[str, ...], scalars: tuple[str, ...] = ()):
-    """Register ``impl`` (returning ``(value, vjp)``) and return the public function."""
+    """Register ``impl`` (returning ``(value, vjp)``) and return the public function.
+
+    Registering the same function again (a module reloaded) replaces its entry;
+    another function under a registered name raises ``RuntimeError``.
+    """
 
     def deco(impl: Callable) -> Callable:
+        sig = inspect.signature(impl)
+        takes_flag = _NEED_GRAD in sig.parameters
+        if takes_flag:
+            sig = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != _NEED_GRAD])
+            with_grad = functools.wraps(impl)(functools.partial(impl, need_grad=True))
+        else:
+            with_grad = impl
+
         @functools.wraps(impl)
         def public(*args, **kwargs):
-            token = _FORWARD_ONLY.set(True)
-            try:
-                return impl(*args, **kwargs)[0]
-            finally:
-                _FORWARD_ONLY.reset(token)
+            if takes_flag:
+                return impl(*args, need_grad=False, **kwargs)[0]
+            return impl(*args, **kwargs)[0]
 
-        entry = Entry(name=name, public=public, impl=impl, wrt=tuple(wrt),
-                      scalars=tuple(scalars), signature=inspect.signature(impl))
-        if name in _REGISTRY:
-            raise RuntimeError(f"{name!r} registered twice")
+        public.__signature__ = sig
+        entry = Entry(name=name, public=public, impl=with_grad, wrt=tuple(wrt),
+                      scalars=tuple(scalars), signature=sig)
+        old = _REGISTRY.get(name)
+        if old is not None and _qualified(old.public) != _qualified(public):
+            raise RuntimeError(f"{name!r} registered twice: by {_qualified(old.public)} and "
+                               f"{_qualified(public)}")
         _REGISTRY[name] = entry
         public.__nce_ref__ = entry
         return public
@@ -88,11 +98,16 @@ def differentiable(name: str, *, wrt: tuple[str, ...], scalars: tuple[str, ...] 
     return deco
 
 
-def registry() -> dict[str, Entry]:
-    """All registered functions, by public name (importing every module first)."""
-    import nce_ref  # noqa: F401  (registers the losses)
-    import nce_ref.mi  # noqa: F401  (registers the bounds)
+def _qualified(f: Callable) -> str:
+    return f"{f.__module__}.{f.__qualname__}"
 
+
+def registry() -> dict[str, Entry]:
+    """All registered functions, by public name.
+
+    Importing :mod:`nce_ref` (which any import of this module does first) registers
+    every function of the library.
+    """
     return dict(_REGISTRY)
 
 
@@ -168,11 +183,7 @@ def vjp(f: Callable | str, /, *args, **kwargs):
     ['key', 'query', 'temperature']
     """
     entry = lookup(f)
-    token = _FORWARD_ONLY.set(False)
-    try:
-        value, back = entry.impl(*args, **kwargs)
-    finally:
-        _FORWARD_ONLY.reset(token)
+    value, back = entry.impl(*args, **kwargs)
 
     def vjp_fn(cotangent=None):
         ct = _check_cotangent(value, cotangent, entry.name)

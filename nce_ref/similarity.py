@@ -22,7 +22,8 @@ Array = Any
 KINDS = ("cosine", "dot", "neg_sq_euclidean", "neg_euclidean")
 DEFAULT_EPS = 1e-12
 
-__all__ = ["similarity", "sim_fwd", "KINDS", "DEFAULT_EPS"]
+__all__ = ["similarity", "sim_fwd", "pair_sim", "pair_sim_from_features", "bilinear_features", "KINDS",
+           "BILINEAR", "DEFAULT_EPS"]
 
 
 def _mT(x, xp):
@@ -304,3 +305,46 @@ def _device(x):
     from array_api_compat import device
 
     return device(x)
+
+
+def pair_sim(a: Array, b: Array, *, kind: str, eps: float, xp):
+    """Row-wise similarity ``s_i = sim(a_i, b_i)`` (O(N·D)) and its VJP."""
+    n = a.shape[0]
+    s, back = sim_fwd(xp.expand_dims(a, axis=1), xp.expand_dims(b, axis=1), kind=kind, eps=eps, xp=xp)
+
+    def vjp(g):
+        ga, gb = back(xp.reshape(g, (n, 1, 1)))
+        return xp.reshape(ga, a.shape), xp.reshape(gb, b.shape)
+
+    return xp.reshape(s, (n,)), vjp
+
+
+def pair_sim_from_features(a: Array, b: Array, fa: Array, fb: Array, *, kind: str, eps: float, xp):
+    """Positive-pair similarities ``s_i = sim(a_i, b_i)`` of a streamed loss, from the
+    features of :func:`bilinear_features` where they give it, and a VJP that also carries
+    the features' cotangents: ``back(ds, dfa, dfb) -> (dfa', dfb', da_extra, db_extra)``.
+
+    For cosine and dot, ``s_i = fa_i · fb_i`` and the pair's cotangent is added to the
+    features' in place (``dfa``, ``dfb`` must be the caller's own buffers; one
+    normalisation VJP in all; ``back(ds[rows], dfa[rows], dfb[rows], rows=rows)`` for a
+    slice of the rows), and the extra terms are None (zero); for the euclidean kinds the
+    exact row-wise difference is used (no cancellation), through :func:`pair_sim`.
+    """
+    if kind in ("cosine", "dot"):
+        s = xp.vecdot(fa, fb, axis=-1)
+
+        def back(ds, dfa, dfb, rows=None):  # row-wise: rows slices fa and fb
+            dsk = xp.expand_dims(ds, axis=1)
+            ra, rb = (fa, fb) if rows is None else (fa[rows, ...], fb[rows, ...])
+            dfa += dsk * rb  # the callers' own buffers
+            dfb += dsk * ra
+            return dfa, dfb, None, None
+
+        return s, back
+    s, bp = pair_sim(a, b, kind=kind, eps=eps, xp=xp)
+
+    def back(ds, dfa, dfb):
+        ga, gb = bp(ds)
+        return dfa, dfb, ga, gb
+
+    return s, back

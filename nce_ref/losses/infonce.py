@@ -1,20 +1,52 @@
 """InfoNCE (one-way, symmetric/CLIP, explicit negatives), NT-Xent, and InfoNCE on scores.
 
-Each function is a composition: similarity (``nce_ref.similarity.sim_fwd``) →
-softmax cross-entropy on the score rows (``_objective.ce_rows``) → reduction, and
-its gradient is the composition of the registered VJPs.  Derivations:
-``docs/derivations.md``, sections "InfoNCE", "NT-Xent", "Temperature".
+Each public function validates its inputs (once), then runs one of two paths,
+chosen explicitly by its ``method`` option (:func:`nce_ref._array.check_method`):
+
+- the **reference** (``method="dense"``): :func:`info_nce_dense` and
+  :func:`nt_xent_dense`, the formula as ``docs/derivations.md`` writes it: the
+  similarity (``nce_ref.similarity.sim_fwd``) of the whole score matrix, the softmax
+  cross-entropy of its rows (``_objective.ce_rows``), the reduction, and the
+  composition of their VJPs;
+- the **engine** (``method="streamed"``): the same maths over row blocks of the
+  bilinear score matrix (``nce_ref._stream``), never holding N x N, with the
+  gradient's three GEMMs fused into the forward sweep when the reduction is scalar.
+
+``method="auto"`` (the default) runs the engine for every configuration it covers
+(every similarity; in-batch and/or unpaired negatives; one-way or symmetric) and the
+reference for paired negatives (``negative_mode="paired"``), whose scores are
+row-wise, O(N·M·D), with no N x N matrix to avoid.  Derivations:
+``docs/derivations.md``, sections "InfoNCE", "NT-Xent", "Temperature", and §9 for
+the streamed euclidean root.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .._array import check_option, resolve, scalar_grad, scalar_param
+from .._array import (
+    check_method,
+    check_option,
+    check_pair,
+    check_rows,
+    concrete_float,
+    plus,
+    resolve,
+    scalar_grad,
+    scalar_param,
+)
 from .._reduce import check_reduction, reduce_fwd
-from ..autodiff import differentiable, forward_only
-from ..blocked import by_row_chunks, ce_stream, ce_stream_symmetric, choose_block, needs_flush
-from ..similarity import BILINEAR, DEFAULT_EPS, bilinear_features, check_similarity, euclidean_noise, sim_fwd
+from .._stream._logits import StreamLogits, buffers, feature_kind, prepare_logits
+from ..autodiff import differentiable
+from ..blocked import by_row_chunks, ce_stream, ce_stream_symmetric, choose_block
+from ..similarity import (
+    DEFAULT_EPS,
+    bilinear_features,
+    check_similarity,
+    pair_sim,
+    pair_sim_from_features,
+    sim_fwd,
+)
 from ._objective import ce_rows, temperature_grad
 
 Array = Any
@@ -24,186 +56,147 @@ __all__ = ["info_nce", "nt_xent", "info_nce_from_scores"]
 NEGATIVE_MODES = ("unpaired", "paired")
 
 
-def pair_sim(a: Array, b: Array, *, kind: str, eps: float, xp):
-    """Row-wise similarity ``s_i = sim(a_i, b_i)`` (O(N·D)) and its VJP."""
-    n = a.shape[0]
-    s, back = sim_fwd(xp.expand_dims(a, axis=1), xp.expand_dims(b, axis=1), kind=kind, eps=eps, xp=xp)
+# -- the engine's driver ------------------------------------------------------------
 
-    def vjp(g):
-        ga, gb = back(xp.reshape(g, (n, 1, 1)))
-        return xp.reshape(ga, a.shape), xp.reshape(gb, b.shape)
-
-    return xp.reshape(s, (n,)), vjp
-
-
-def _pos_from_features(a, b, fa, fb, *, kind, eps, xp):
-    """Positive-pair similarities ``s_i = sim(a_i, b_i)`` and a VJP that also carries
-    the features' cotangents: ``back(ds, dfa, dfb) -> (dfa', dfb', da_extra, db_extra)``.
-
-    For cosine and dot, ``s_i = fa_i · fb_i`` and the pair's cotangent is added to the
-    features' in place (``dfa``, ``dfb`` must be the caller's own buffers; one
-    normalisation VJP in all; ``back(ds[rows], dfa[rows], dfb[rows], rows=rows)`` for a
-    slice of the rows), and the extra terms are None (zero); for the euclidean kinds the
-    exact row-wise difference is used (no cancellation), through :func:`pair_sim`.
-    """
-    if kind in ("cosine", "dot"):
-        s = xp.vecdot(fa, fb, axis=-1)
-
-        def back(ds, dfa, dfb, rows=None):  # row-wise: rows slices fa and fb
-            dsk = xp.expand_dims(ds, axis=1)
-            ra, rb = (fa, fb) if rows is None else (fa[rows, ...], fb[rows, ...])
-            dfa += dsk * rb  # the callers' own buffers
-            dfb += dsk * ra
-            return dfa, dfb, None, None
-
-        return s, back
-    s, bp = pair_sim(a, b, kind=kind, eps=eps, xp=xp)
-
-    def back(ds, dfa, dfb):
-        ga, gb = bp(ds)
-        return dfa, dfb, ga, gb
-
-    return s, back
+def _sweep(lg: StreamLogits, pos, segments, weights, *, block: int, symmetric: bool, xp):
+    """One pass of ``ce_stream`` (or ``ce_stream_symmetric``) over the row ``segments``;
+    returns the per-row terms and, with ``weights``, each segment's gradient tuple
+    ``(dfa, dfb, dpos, Σ dz·z)``."""
+    out, grads = [], []
+    for r0, r1, bands in segments:
+        w = None if weights is None else weights[r0:r1]
+        if symmetric:
+            l, gr = ce_stream_symmetric(lg.a, lg.fb, pos, weights=w, block=block, flush=lg.flush,
+                                        bound=lg.bound, root=lg.root, xp=xp)
+        else:
+            rt = None if lg.root is None else (lg.root[0][r0:r1], lg.root[1])
+            l, gr = ce_stream(lg.a[r0:r1, :], lg.fb, pos[r0:r1], bands=bands, weights=w,
+                              block=block, flush=lg.flush, row_offset=r0, bound=lg.bound, root=rt,
+                              xp=xp)
+        out.append(l)
+        grads.append(gr)
+    return (out[0] if len(out) == 1 else xp.concat(out)), grads
 
 
-def _plus(x: Array, y: Array | None) -> Array:
-    """``x + y``, where None is zero (a term that does not apply)."""
-    return x if y is None else x + y
+def _join(grads, xp):
+    """The segments' gradients as one ``(dfa, dfb, dpos, Σ dz·z)``: rows concatenated,
+    the columns' gradient and the sum added."""
+    if len(grads) == 1:
+        return grads[0]
+    dfb, zdz = grads[0][1], grads[0][3]
+    for g in grads[1:]:
+        dfb, zdz = dfb + g[1], zdz + g[3]
+    return (xp.concat([g[0] for g in grads], axis=0), dfb, xp.concat([g[2] for g in grads]), zdz)
 
 
-def _streamed(ctx, fa, fb, pos, tau, tau0, *, kind, reduction, segments, block, assemble, inputs,
-              symmetric=False, rowwise=False):
-    """Run ``blocked.ce_stream`` over row segments of ``z = fa fbᵀ / τ``; return ``(value, vjp)``.
+def _chain(ctx, lg: StreamLogits, grads, tau, *, assemble, rowwise: bool):
+    """``finish(g)``: the inputs' gradients times the cotangent ``g`` (None: 1).
 
-    For ``kind="neg_euclidean"``, ``fa, fb`` are the neg_sq_euclidean features and
-    ``z = −sqrt(−fa fbᵀ)/τ`` (``blocked.root_logits``, 1/τ² folded into ``fa``).
+    The chain is linear in ``(dfa, dfb, dpos)``, so ``g`` scales them (fresh arrays: a
+    second call sees the same), row-wise in cache where ``rowwise``."""
+    xp = ctx.xp
+    dfa, dfb, dpos, _ = grads
+
+    def finish(g):
+        ga, gt = (1.0 / lg.fold, 1.0 / tau) if g is None else (g / lg.fold, g / tau)
+
+        def rows_of(rows):
+            sl = (lambda x: x) if rows is None else (lambda x: x[rows, ...])
+            return assemble(sl(dfa) * ga, sl(dfb) if g is None else sl(dfb) * g,
+                            sl(dpos) * gt, **({} if rows is None else {"rows": rows}))
+
+        if not rowwise:
+            return rows_of(None)
+        return by_row_chunks(rows_of, dfa.shape[0], 4 * dfa.shape[1] * ctx.finfo().bits // 8, xp)
+
+    return finish
+
+
+def _streamed(ctx, lg: StreamLogits, pos, tau, tau0, *, reduction, segments, block, assemble,
+              inputs, need_grad: bool, symmetric=False, rowwise=False):
+    """Run the engine over row segments of the logits ``lg``; return ``(value, vjp)``.
 
     ``segments`` is a list of ``(r0, r1, bands)``: rows ``[r0, r1)`` with their
     excluded diagonals.  ``assemble(dfa, dfb, dpos) -> dict`` maps the gradients of
-    the features (``fa`` before the 1/τ fold) and of ``pos`` to the inputs' (in the
+    the features (before the temperature fold) and of ``pos`` to the inputs' (in the
     computation dtype); ``inputs`` maps those names to the inputs for the final cast.
     With a scalar reduction the gradient is fused into the forward sweep (three
     GEMMs in all) and the cotangent scales the features' gradients on their way to
-    the inputs (``assemble`` is linear); with ``"none"`` the
-    forward keeps nothing N x N and the VJP sweeps again with the cotangent.
-    ``rowwise``: ``assemble(dfa[rows], dfb[rows], dpos[rows], rows=rows)`` is row ``rows``
-    of its result (``fa`` and ``fb`` aligned row for row), so NumPy runs it on chunks of
-    rows in cache (``blocked.by_row_chunks``).  ``assemble`` may overwrite its arguments.
+    the inputs (``assemble`` is linear); with ``"none"`` the forward keeps nothing
+    N x N and the VJP sweeps again with the cotangent.  ``rowwise``:
+    ``assemble(dfa[rows], dfb[rows], dpos[rows], rows=rows)`` is row ``rows`` of its
+    result, so it runs on chunks of rows in cache.  ``need_grad=False``: the value only.
     """
     xp = ctx.xp
-    if kind == "neg_euclidean":
-        # z = −sqrt(−fa·fb)/τ = −sqrt(−(fa/τ²)·fb): fold 1/τ² and take the root per block
-        fold = tau * tau
-        root = tuple(x / f for x, f in zip(euclidean_noise(fa, fb, xp), (fold, 1.0)))
-    else:
-        fold, root = tau, None
-    fa = fa / fold
-    r_total = fa.shape[0]
-    # cosine scores lie in [-1, 1], so |z| <= 1/τ is known before any GEMM
-    bound = 1.0 / tau0 if kind == "cosine" and isinstance(tau0, float) else None
-    log_range = None if bound is None else 2.0 * bound
-    flush = needs_flush(ctx.dtype, log_range, r_total * fb.shape[0], xp)
+    r_total = lg.a.shape[0]
 
     def sweep(weights):
-        out, grads = [], []
-        for r0, r1, bands in segments:
-            w = None if weights is None else weights[r0:r1]
-            if symmetric:
-                l, gr = ce_stream_symmetric(fa, fb, pos, weights=w, block=block, flush=flush,
-                                            bound=bound, root=root, xp=xp)
-            else:
-                rt = None if root is None else (root[0][r0:r1], root[1])
-                l, gr = ce_stream(fa[r0:r1, :], fb, pos[r0:r1], bands=bands, weights=w, block=block,
-                                  flush=flush, row_offset=r0, bound=bound, root=rt, xp=xp)
-            out.append(l)
-            grads.append(gr)
-        l = out[0] if len(out) == 1 else xp.concat(out)
-        if weights is None:
-            return l, None
-        dfa = xp.concat([g[0] for g in grads], axis=0) if len(grads) > 1 else grads[0][0]
-        dfb = grads[0][1]
-        zdz = grads[0][3]
-        for g in grads[1:]:
-            dfb, zdz = dfb + g[1], zdz + g[3]
-        dpos = xp.concat([g[2] for g in grads]) if len(grads) > 1 else grads[0][2]
-        dtau = -(zdz + xp.sum(dpos * pos)) / tau
+        return _sweep(lg, pos, segments, weights, block=block, symmetric=symmetric, xp=xp)
 
-        def finish(g):
-            """The inputs' gradients times the cotangent ``g`` (None: 1).  The chain is
-            linear in ``(dfa, dfb, dpos)``, so ``g`` scales them (fresh arrays: a second
-            call sees the same), row-wise in cache where ``rowwise``."""
-            ga, gt = (1.0 / fold, 1.0 / tau) if g is None else (g / fold, g / tau)
+    def grads_of(weights):
+        per, grads = sweep(weights)
+        g = _join(grads, xp)
+        dtau = -(g[3] + xp.sum(g[2] * pos)) / tau
+        return per, _chain(ctx, lg, g, tau, assemble=assemble, rowwise=rowwise), dtau
 
-            def rows_of(rows):
-                sl = (lambda x: x) if rows is None else (lambda x: x[rows, ...])
-                return assemble(sl(dfa) * ga, sl(dfb) if g is None else sl(dfb) * g,
-                                sl(dpos) * gt, **({} if rows is None else {"rows": rows}))
+    def cast(out):
+        return {k: ctx.like(v, inputs[k]) for k, v in out.items()}
 
-            if not rowwise:
-                return rows_of(None)
-            return by_row_chunks(rows_of, r_total, 4 * fa.shape[1] * ctx.finfo().bits // 8, xp)
-
-        return l, (finish, dtau)
-
-    if forward_only():
+    if not need_grad or reduction == "none":
         per, _ = sweep(None)
-        value, _ = reduce_fwd(per, reduction, xp=xp)
-        return ctx.to_out(ctx.result_finite(value, "loss")), None
-    if reduction == "none":
-        per, _ = sweep(None)
+        if reduction != "none":
+            per = reduce_fwd(per, reduction, xp=xp)[0]
 
         def vjp(g):
-            _, (finish, dtau) = sweep(ctx.to_compute(g))
-            out = {k: ctx.like(v, inputs[k]) for k, v in finish(None).items()}
-            return out | {"temperature": scalar_grad(ctx, dtau, tau0)}
+            _, finish, dtau = grads_of(ctx.to_compute(g))
+            return cast(finish(None)) | {"temperature": scalar_grad(ctx, dtau, tau0)}
 
-        return ctx.to_out(ctx.result_finite(per, "loss")), vjp
+        return ctx.to_out(ctx.result_finite(per, "loss")), (vjp if need_grad else None)
     w = 1.0 / r_total if reduction == "mean" else 1.0
-    per, (finish, dtau) = sweep(xp.full((r_total,), w, dtype=ctx.dtype, device=ctx.device))
-    value, _ = reduce_fwd(per, reduction, xp=xp)
-    value = ctx.result_finite(value, "loss")
+    per, finish, dtau = grads_of(xp.full((r_total,), w, dtype=ctx.dtype, device=ctx.device))
+    value = ctx.result_finite(reduce_fwd(per, reduction, xp=xp)[0], "loss")
 
     def vjp_scalar(g):
         g = ctx.to_compute(g)
-        out = {k: ctx.like(v, inputs[k]) for k, v in finish(g).items()}
-        return out | {"temperature": scalar_grad(ctx, dtau * g, tau0)}
+        return cast(finish(g)) | {"temperature": scalar_grad(ctx, dtau * g, tau0)}
 
     return ctx.to_out(value), vjp_scalar
 
 
-#: similarities whose score matrix is streamed: the bilinear ones, and the euclidean
-#: distance as the root of the squared one's bilinear form
-STREAMED = BILINEAR + ("neg_euclidean",)
+# -- validation ---------------------------------------------------------------------
+
+def _in_batch(in_batch_negatives, negatives) -> bool:
+    """Whether the other keys are negatives (the documented default when None)."""
+    if in_batch_negatives is None:
+        return negatives is None
+    if isinstance(in_batch_negatives, bool):
+        return in_batch_negatives
+    raise TypeError(f"`in_batch_negatives` must be True, False or None; got {in_batch_negatives!r}")
 
 
-def _feature_kind(kind: str) -> str:
-    """The bilinear features a streamed similarity is computed from."""
-    return "neg_sq_euclidean" if kind == "neg_euclidean" else kind
+def _check_info_nce_options(negatives, negative_mode, in_batch, symmetric, reduction) -> None:
+    check_option(negative_mode, "negative_mode", NEGATIVE_MODES)
+    check_reduction(reduction)
+    if not isinstance(symmetric, bool):
+        raise TypeError(f"`symmetric` must be a bool; got {symmetric!r}")
+    if negatives is None and not in_batch:
+        raise ValueError("`in_batch_negatives=False` needs explicit `negatives`: "
+                         "otherwise no query has a negative")
+    if symmetric and negatives is not None:
+        raise ValueError("`symmetric=True` (CLIP) takes no explicit `negatives`: the key->query "
+                         "direction has no negatives of its own")
 
 
-def _buffers(kind: str) -> int:
-    """Block buffers of the streamed kernel: two, four with the root's chain factor."""
-    return 4 if kind == "neg_euclidean" else 2
-
-
-def _check_rows(n: int, name: str) -> None:
-    if n < 1:
-        raise ValueError(f"`{name}` must have at least one row (N >= 1); got N = 0")
-
-
-def _check_dim(d: int, name: str) -> None:
-    if d < 1:
-        raise ValueError(f"`{name}` must have at least one column (D >= 1); got D = 0")
-
-
-def check_pair(a: Array, b: Array, name_a: str, name_b: str) -> tuple[int, int]:
-    """Two (N, D) arrays of one shape, N >= 1 and D >= 1; returns ``(N, D)``."""
-    n, d = a.shape
-    _check_rows(n, name_a)
-    _check_dim(d, name_a)
-    if tuple(b.shape) != (n, d):
-        raise ValueError(f"`{name_b}` must have the shape of `{name_a}` {(n, d)}; got {tuple(b.shape)}")
-    return n, d
+def _check_negatives(negatives, negative_mode, n: int, d: int) -> None:
+    if negatives is None:
+        return
+    if negative_mode == "unpaired":
+        if negatives.shape[1] != d:
+            raise ValueError(f"`negatives` must have shape (M, {d}) for negative_mode='unpaired'; "
+                             f"got {tuple(negatives.shape)}")
+    elif negatives.shape[0] != n or negatives.shape[2] != d:
+        raise ValueError(f"`negatives` must have shape ({n}, M, {d}) for negative_mode='paired'; "
+                         f"got {tuple(negatives.shape)}")
 
 
 @differentiable("info_nce", wrt=("query", "key", "negatives", "temperature"),
@@ -212,8 +205,9 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
              temperature: float | Array = 0.1, similarity: str = "cosine",
              negative_mode: str = "unpaired", in_batch_negatives: bool | None = None,
              symmetric: bool = False, reduction: str = "mean", eps: float = DEFAULT_EPS,
-             block_size: int | None = None, memory_budget: int | None = None,
-             check_finite: bool = True, xp=None):
+             method: str = "auto", block_size: int | None = None,
+             memory_budget: int | None = None, check_finite: bool = True, xp=None,
+             need_grad: bool = True):
     r"""InfoNCE loss: a softmax cross-entropy that picks each query's positive key.
 
     Row ``i`` of ``key`` is the positive of row ``i`` of ``query``.  With
@@ -259,9 +253,16 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
         ``"none"`` returns the N per-query terms (per-pair means when symmetric).
     eps : float, default 1e-12
         Norm floor of the cosine similarity.
+    method : {"auto", "dense", "streamed"}, default "auto"
+        Which code path computes it (the results agree to rounding).  ``"dense"``:
+        the reference, :func:`info_nce_dense`, the formula above on the whole
+        (N, N + M) score matrix.  ``"streamed"``: the engine, rows of the score matrix
+        in blocks, never N x N (every similarity; in-batch and/or unpaired negatives;
+        one-way or symmetric); it refuses paired negatives.  ``"auto"``: the engine
+        wherever it applies, the reference for paired negatives (O(N·M·D) already).
     block_size : int, optional
-        Rows of the score matrix computed at a time.  Default: as many as fit
-        ``memory_budget``.  Results equal the dense computation to rounding.
+        Rows of the score matrix the engine computes at a time.  Default: as many
+        as fit ``memory_budget``.  Results equal the dense computation to rounding.
         Streaming applies to every similarity with in-batch and/or unpaired
         negatives, one-way or symmetric (two passes); "neg_euclidean" is the root
         of the squared distance's bilinear form, taken per block.  Paired negatives
@@ -270,7 +271,7 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
         Bytes for the streamed block buffers (two blocks x columns; four for
         "neg_euclidean").  Default 128 MiB, NumPy blocks kept under 30 MiB each
         where that leaves 512 rows (the allocator then reuses their pages), and
-        1 GiB for arrays on a GPU (``blocked.choose_block``).
+        1 GiB for arrays on a GPU (``nce_ref.tuning``).
     check_finite : bool, default True
         Raise ``ValueError`` on NaN or inf inputs and ``FloatingPointError`` when
         the result overflows the dtype.
@@ -318,74 +319,101 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
     >>> bool(abs(loss - np.log(4)) <= 4 * np.finfo(float).eps)
     True
     """
+    in_batch = _in_batch(in_batch_negatives, negatives)
+    _check_info_nce_options(negatives, negative_mode, in_batch, symmetric, reduction)
     kind, eps = check_similarity(similarity, eps)
-    check_option(negative_mode, "negative_mode", NEGATIVE_MODES)
-    check_reduction(reduction)
-    if in_batch_negatives is None:
-        in_batch = negatives is None
-    elif isinstance(in_batch_negatives, bool):
-        in_batch = in_batch_negatives
-    else:
-        raise TypeError(f"`in_batch_negatives` must be True, False or None; got {in_batch_negatives!r}")
-    if not isinstance(symmetric, bool):
-        raise TypeError(f"`symmetric` must be a bool; got {symmetric!r}")
-    if negatives is None and not in_batch:
-        raise ValueError("`in_batch_negatives=False` needs explicit `negatives`: "
-                         "otherwise no query has a negative")
-    if symmetric and negatives is not None:
-        raise ValueError("`symmetric=True` (CLIP) takes no explicit `negatives`: the key->query "
-                         "direction has no negatives of its own")
+    path = check_method(method, streamable=negatives is None or negative_mode == "unpaired",
+                        why_not="paired negatives (negative_mode='paired')")
     ctx = resolve({"query": query, "key": key, "negatives": negatives},
                   ndims={"query": 2, "key": 2,
                          "negatives": 2 if negative_mode == "unpaired" else 3},
                   xp=xp, check_finite=check_finite)
-    xp = ctx.xp
     n, d = check_pair(query, key, "query", "key")
-    if negatives is not None:
-        if negative_mode == "unpaired":
-            if negatives.shape[1] != d:
-                raise ValueError(f"`negatives` must have shape (M, {d}) for negative_mode='unpaired'; "
-                                 f"got {tuple(negatives.shape)}")
-        elif negatives.shape[0] != n or negatives.shape[2] != d:
-            raise ValueError(f"`negatives` must have shape ({n}, M, {d}) for negative_mode='paired'; "
-                             f"got {tuple(negatives.shape)}")
+    _check_negatives(negatives, negative_mode, n, d)
     tau, tau0 = scalar_param(ctx, temperature, "temperature", positive=True)
     n_cols = (n if in_batch else 0) + (0 if negatives is None else negatives.shape[-2])
     block = choose_block(n, n_cols, ctx.finfo().bits // 8, block_size=block_size,
-                         memory_budget=memory_budget, buffers=_buffers(kind), like=query,
+                         memory_budget=memory_budget, buffers=buffers(kind), like=query,
                          heap_cap=not symmetric)
-    q, k = ctx.to_compute(query), ctx.to_compute(key)
-    neg = None if negatives is None else ctx.to_compute(negatives)
+    inputs = {"query": query, "key": key, "negatives": negatives}
+    if path == "dense":
+        return info_nce_dense(ctx, inputs, tau, tau0, kind=kind, eps=eps, in_batch=in_batch,
+                              negative_mode=negative_mode, symmetric=symmetric,
+                              reduction=reduction)
+    return _info_nce_streamed(ctx, inputs, tau, tau0, kind=kind, eps=eps, in_batch=in_batch,
+                              symmetric=symmetric, reduction=reduction, block=block,
+                              need_grad=need_grad)
 
-    if kind in STREAMED and (neg is None or negative_mode == "unpaired"):
-        cols = k if neg is None else xp.concat([k, neg], axis=0)
-        fa, fb_all, back_f = bilinear_features(q, cols, kind=_feature_kind(kind), eps=eps, xp=xp)
-        fk = fb_all[:n, :]
-        s_pos, back_pos = _pos_from_features(q, k, fa, fk, kind=kind, eps=eps, xp=xp)
-        fb = fb_all if in_batch else fb_all[n:, :]
 
-        def assemble(dfa, dfb, dpos, rows=None):  # rows: only without explicit negatives
-            if not in_batch:
-                dfb = xp.concat([xp.zeros_like(fk), dfb], axis=0)
-            if rows is None:
-                dfa, dfk, gq_p, gk_p = back_pos(dpos, dfa, dfb[:n, :])
-                dfb = dfk if neg is None else xp.concat([dfk, dfb[n:, :]], axis=0)
-                ga, gc = back_f(dfa, dfb)
-            else:
-                dfa, dfb, gq_p, gk_p = back_pos(dpos, dfa, dfb, rows=rows)
-                ga, gc = back_f(dfa, dfb, rows=rows)
-            out = {"query": _plus(ga, gq_p), "key": _plus(gc[:n, :], gk_p)}
-            if neg is not None:
-                out["negatives"] = gc[n:, :]
-            return out
+def _info_nce_streamed(ctx, inputs, tau, tau0, *, kind, eps, in_batch, symmetric, reduction,
+                       block, need_grad):
+    """:func:`info_nce` by the engine: the features of queries and of every column
+    (keys, then unpaired negatives), the positives row-wise, then :func:`_streamed`."""
+    xp = ctx.xp
+    q, k = ctx.to_compute(inputs["query"]), ctx.to_compute(inputs["key"])
+    neg = None if inputs["negatives"] is None else ctx.to_compute(inputs["negatives"])
+    n = q.shape[0]
+    cols = k if neg is None else xp.concat([k, neg], axis=0)
+    fa, fb_all, back_f = bilinear_features(q, cols, kind=feature_kind(kind), eps=eps, xp=xp)
+    fk = fb_all[:n, :]
+    s_pos, back_pos = pair_sim_from_features(q, k, fa, fk, kind=kind, eps=eps, xp=xp)
+    fb = fb_all if in_batch else fb_all[n:, :]
 
-        pos = s_pos / tau
-        inputs = {"query": query, "key": key, "negatives": negatives}
-        return _streamed(ctx, fa, fb, pos, tau, tau0, kind=kind, reduction=reduction,
-                         segments=[(0, n, (0,) if in_batch else ())], block=block,
-                         assemble=assemble, inputs=inputs, symmetric=symmetric,
-                         rowwise=neg is None and kind in ("cosine", "dot"))
+    def assemble(dfa, dfb, dpos, rows=None):  # rows: only without explicit negatives
+        if not in_batch:
+            dfb = xp.concat([xp.zeros_like(fk), dfb], axis=0)
+        if rows is None:
+            dfa, dfk, gq_p, gk_p = back_pos(dpos, dfa, dfb[:n, :])
+            dfb = dfk if neg is None else xp.concat([dfk, dfb[n:, :]], axis=0)
+            ga, gc = back_f(dfa, dfb)
+        else:
+            dfa, dfb, gq_p, gk_p = back_pos(dpos, dfa, dfb, rows=rows)
+            ga, gc = back_f(dfa, dfb, rows=rows)
+        out = {"query": plus(ga, gq_p), "key": plus(gc[:n, :], gk_p)}
+        if neg is not None:
+            out["negatives"] = gc[n:, :]
+        return out
 
+    lg = prepare_logits(fa, fb, tau, concrete_float(tau0), kind=kind, n_entries=n * fb.shape[0],
+                        dtype=ctx.dtype, xp=xp)
+    return _streamed(ctx, lg, s_pos / tau, tau, tau0, reduction=reduction,
+                     segments=[(0, n, (0,) if in_batch else ())], block=block,
+                     assemble=assemble, inputs=inputs, need_grad=need_grad, symmetric=symmetric,
+                     rowwise=neg is None and kind in ("cosine", "dot"))
+
+
+def _negative_blocks(ctx, q, neg, tau, *, kind, eps, negative_mode):
+    """The explicit negatives' logits ``s(q_i, n)/τ`` (N, M) and their VJP (to ``q``, ``neg``)."""
+    xp = ctx.xp
+    n, d = q.shape
+    if negative_mode == "unpaired":
+        s_qn, back_qn = sim_fwd(q, neg, kind=kind, eps=eps, xp=xp)
+        return s_qn / tau, neg.shape[0], back_qn
+    m = neg.shape[1]
+    s3, back3 = sim_fwd(xp.expand_dims(q, axis=1), neg, kind=kind, eps=eps, xp=xp)
+
+    def back_qn(g):
+        gq, gn = back3(xp.reshape(g, (n, 1, m)))
+        return xp.reshape(gq, (n, d)), gn
+
+    return xp.reshape(s3, (n, m)) / tau, m, back_qn
+
+
+def info_nce_dense(ctx, inputs, tau, tau0, *, kind, eps, in_batch, negative_mode, symmetric,
+                   reduction):
+    r"""The reference of :func:`info_nce`: the formula on the whole score matrix.
+
+    ``z = [s(q, k) | s(q, negatives)]/τ`` (the blocks that apply), the positive
+    ``pos_i = s(q_i, k_i)/τ`` held apart and the diagonal of ``s(q, k)`` masked,
+    :math:`\ell_i = \operatorname{LSE}_c(z_{ic}) - pos_i` by ``_objective.ce_rows``
+    (symmetric: the mean of the rows' and the columns' terms), the reduction; the
+    VJP is the composition of theirs.  ``inputs`` holds the validated arrays
+    (``query``, ``key``, ``negatives`` or None); returns ``(value, vjp)``.
+    """
+    xp = ctx.xp
+    q, k = ctx.to_compute(inputs["query"]), ctx.to_compute(inputs["key"])
+    neg = None if inputs["negatives"] is None else ctx.to_compute(inputs["negatives"])
+    n = q.shape[0]
     s_pos, back_pos = pair_sim(q, k, kind=kind, eps=eps, xp=xp)
     pos = s_pos / tau
     blocks = []  # (role, logits, width, back) in column order; the positive is `pos`
@@ -393,24 +421,11 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
         s_qk, back_qk = sim_fwd(q, k, kind=kind, eps=eps, xp=xp)
         blocks.append(("key", s_qk / tau, n, back_qk))
     if neg is not None:
-        if negative_mode == "unpaired":
-            s_qn, back_qn = sim_fwd(q, neg, kind=kind, eps=eps, xp=xp)
-            m = neg.shape[0]
-        else:
-            m = neg.shape[1]
-            s3, back3 = sim_fwd(xp.expand_dims(q, axis=1), neg, kind=kind, eps=eps, xp=xp)
-            s_qn = xp.reshape(s3, (n, m))
-
-            def back_qn(g, _b=back3, _m=m):
-                gq, gn = _b(xp.reshape(g, (n, 1, _m)))
-                return xp.reshape(gq, (n, d)), gn
-
-        blocks.append(("negatives", s_qn / tau, m, back_qn))
+        blocks.append(("negatives",) + _negative_blocks(ctx, q, neg, tau, kind=kind, eps=eps,
+                                                        negative_mode=negative_mode))
     z = blocks[0][1] if len(blocks) == 1 else xp.concat([b[1] for b in blocks], axis=1)
-    keep = None
-    if in_batch:  # the diagonal of s(q, k) is the positive, held in `pos`
-        keep = xp.logical_not(ctx.eye(n, z.shape[1], dtype=xp.bool))
-
+    # the diagonal of s(q, k) is the positive, held in `pos`
+    keep = xp.logical_not(ctx.eye(n, z.shape[1], dtype=xp.bool)) if in_batch else None
     per, back_rows = ce_rows(z, pos, keep, axis=1, xp=xp)
     if symmetric:
         per_c, back_cols = ce_rows(z, pos, keep, axis=0, xp=xp)
@@ -421,40 +436,41 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
     def vjp(g):
         gl = back_red(ctx.to_compute(g))
         if symmetric:
-            dz_r, dpos_r = back_rows(0.5 * gl)
-            dz_c, dpos_c = back_cols(0.5 * gl)
+            (dz_r, dpos_r), (dz_c, dpos_c) = back_rows(0.5 * gl), back_cols(0.5 * gl)
             dz, dpos = dz_r + dz_c, dpos_r + dpos_c
         else:
             dz, dpos = back_rows(gl)
-        dtau = temperature_grad(dz, z, dpos, pos, tau, xp=xp)
-        gq = xp.zeros_like(q)
-        gk = xp.zeros_like(k)
-        gneg = None
-        col = 0
-        for role, _, width, back in blocks:
-            dzb = dz if len(blocks) == 1 else dz[:, col:col + width]
-            col += width
-            ga, gb = back(dzb / tau)
-            gq = gq + ga
-            if role == "key":
-                gk = gk + gb
-            else:
-                gneg = gb
+        grads = _blocks_vjp(blocks, dz, tau, q, k, xp=xp)
         ga, gb = back_pos(dpos / tau)
-        grads = {"query": ctx.like(gq + ga, query), "key": ctx.like(gk + gb, key),
-                 "temperature": scalar_grad(ctx, dtau, tau0)}
-        if negatives is not None:
-            grads["negatives"] = ctx.like(gneg, negatives)
-        return grads
+        out = {"query": ctx.like(grads["query"] + ga, inputs["query"]),
+               "key": ctx.like(grads["key"] + gb, inputs["key"]),
+               "temperature": scalar_grad(ctx, temperature_grad(dz, z, dpos, pos, tau, xp=xp), tau0)}
+        if neg is not None:
+            out["negatives"] = ctx.like(grads["negatives"], inputs["negatives"])
+        return out
 
     return ctx.to_out(value), vjp
+
+
+def _blocks_vjp(blocks, dz, tau, q, k, *, xp):
+    """The similarity VJPs of the score blocks, given the logits' cotangent ``dz``."""
+    out = {"query": xp.zeros_like(q), "key": xp.zeros_like(k)}
+    col = 0
+    for role, _, width, back in blocks:
+        dzb = dz if len(blocks) == 1 else dz[:, col:col + width]
+        col += width
+        ga, gb = back(dzb / tau)
+        out["query"] = out["query"] + ga
+        out[role] = gb if role == "negatives" else out[role] + gb
+    return out
 
 
 @differentiable("nt_xent", wrt=("z1", "z2", "temperature"), scalars=("temperature",))
 def nt_xent(z1: Array, z2: Array, /, *, temperature: float | Array = 0.5,
             similarity: str = "cosine", reduction: str = "mean", eps: float = DEFAULT_EPS,
-            block_size: int | None = None, memory_budget: int | None = None,
-            check_finite: bool = True, xp=None):
+            method: str = "auto", block_size: int | None = None,
+            memory_budget: int | None = None, check_finite: bool = True, xp=None,
+            need_grad: bool = True):
     r"""NT-Xent, SimCLR's loss over the 2N views of a batch.
 
     With :math:`u = [z_1; z_2]` (2N rows), the partner of view :math:`a` being
@@ -480,9 +496,13 @@ def nt_xent(z1: Array, z2: Array, /, *, temperature: float | Array = 0.5,
         See :func:`nce_ref.similarity`.
     reduction : {"mean", "sum", "none"}, default "mean"
         ``"none"`` returns shape (2N,): the anchors of ``z1`` then those of ``z2``.
+    method : {"auto", "dense", "streamed"}, default "auto"
+        ``"dense"``: the reference, :func:`nt_xent_dense`, on the whole (2N, 2N)
+        score matrix; ``"streamed"`` and ``"auto"``: the engine, which covers every
+        similarity (two row segments of the 2N views, each with its two excluded
+        diagonals).
     eps, block_size, memory_budget, check_finite, xp
-        As in :func:`nce_ref.info_nce` (streaming applies to "cosine", "dot" and
-        "neg_sq_euclidean").
+        As in :func:`nce_ref.info_nce`.
 
     Returns
     -------
@@ -509,34 +529,58 @@ def nt_xent(z1: Array, z2: Array, /, *, temperature: float | Array = 0.5,
     """
     kind, eps = check_similarity(similarity, eps)
     check_reduction(reduction)
+    path = check_method(method, streamable=True)
     ctx = resolve({"z1": z1, "z2": z2}, ndims={"z1": 2, "z2": 2}, xp=xp, check_finite=check_finite)
-    xp = ctx.xp
     n, d = check_pair(z1, z2, "z1", "z2")
     tau, tau0 = scalar_param(ctx, temperature, "temperature", positive=True)
     block = choose_block(n, 2 * n, ctx.finfo().bits // 8, block_size=block_size,
-                         memory_budget=memory_budget, buffers=_buffers(kind), like=z1)
+                         memory_budget=memory_budget, buffers=buffers(kind), like=z1)
+    if path == "dense":
+        return nt_xent_dense(ctx, z1, z2, tau, tau0, kind=kind, eps=eps, reduction=reduction)
+    return _nt_xent_streamed(ctx, z1, z2, tau, tau0, kind=kind, eps=eps, reduction=reduction,
+                             block=block, need_grad=need_grad)
+
+
+def _nt_xent_streamed(ctx, z1, z2, tau, tau0, *, kind, eps, reduction, block, need_grad):
+    """:func:`nt_xent` by the engine: the 2N views' features, two row segments."""
+    xp = ctx.xp
     a, b = ctx.to_compute(z1), ctx.to_compute(z2)
+    n = a.shape[0]
     u = xp.concat([a, b], axis=0)
-    if kind in STREAMED:
-        fa, fb, back_f = bilinear_features(u, u, kind=_feature_kind(kind), eps=eps, xp=xp)
-        s_pos, back_pos = _pos_from_features(a, b, fa[:n, :], fb[n:, :], kind=kind, eps=eps, xp=xp)
-        pos = xp.concat([s_pos, s_pos]) / tau
+    fa, fb, back_f = bilinear_features(u, u, kind=feature_kind(kind), eps=eps, xp=xp)
+    s_pos, back_pos = pair_sim_from_features(a, b, fa[:n, :], fb[n:, :], kind=kind, eps=eps, xp=xp)
 
-        def assemble(dfa, dfb, dpos):
-            d1, d2, ga, gb = back_pos(dpos[:n] + dpos[n:], dfa[:n, :], dfb[n:, :])
-            dfa = xp.concat([d1, dfa[n:, :]], axis=0)
-            dfb = xp.concat([dfb[:n, :], d2], axis=0)
-            if kind in ("neg_sq_euclidean", "neg_euclidean"):
-                g1, g2 = back_f(dfa, dfb)
-                gu = g1 + g2
-            else:  # fa and fb are the same features of u: one VJP of their sum
-                gu = back_f(dfa + dfb, xp.zeros_like(dfb))[0]
-            return {"z1": _plus(gu[:n, :], ga), "z2": _plus(gu[n:, :], gb)}
+    def assemble(dfa, dfb, dpos):
+        d1, d2, ga, gb = back_pos(dpos[:n] + dpos[n:], dfa[:n, :], dfb[n:, :])
+        dfa = xp.concat([d1, dfa[n:, :]], axis=0)
+        dfb = xp.concat([dfb[:n, :], d2], axis=0)
+        if kind in ("neg_sq_euclidean", "neg_euclidean"):
+            g1, g2 = back_f(dfa, dfb)
+            gu = g1 + g2
+        else:  # fa and fb are the same features of u: one VJP of their sum
+            gu = back_f(dfa + dfb, xp.zeros_like(dfb))[0]
+        return {"z1": plus(gu[:n, :], ga), "z2": plus(gu[n:, :], gb)}
 
-        # anchors of z1 exclude themselves and their partner N columns on; z2's, N back
-        return _streamed(ctx, fa, fb, pos, tau, tau0, kind=kind, reduction=reduction,
-                         segments=[(0, n, (0, n)), (n, 2 * n, (0, -n))], block=block,
-                         assemble=assemble, inputs={"z1": z1, "z2": z2})
+    lg = prepare_logits(fa, fb, tau, concrete_float(tau0), kind=kind, n_entries=4 * n * n,
+                        dtype=ctx.dtype, xp=xp)
+    # anchors of z1 exclude themselves and their partner N columns on; z2's, N back
+    return _streamed(ctx, lg, xp.concat([s_pos, s_pos]) / tau, tau, tau0, reduction=reduction,
+                     segments=[(0, n, (0, n)), (n, 2 * n, (0, -n))], block=block,
+                     assemble=assemble, inputs={"z1": z1, "z2": z2}, need_grad=need_grad)
+
+
+def nt_xent_dense(ctx, z1, z2, tau, tau0, *, kind, eps, reduction):
+    r"""The reference of :func:`nt_xent`: the formula on the whole (2N, 2N) score matrix.
+
+    ``u = [z1; z2]``, ``z = s(u, u)/τ`` with the diagonal and the partners' diagonals
+    (``±N``) masked, the partner's logit held apart as the positive,
+    :math:`\ell_a = \operatorname{LSE}_{b \ne a}(z_{ab}) - z_{a, a \pm N}` by
+    ``_objective.ce_rows``, the reduction; the VJP is their composition.
+    """
+    xp = ctx.xp
+    a, b = ctx.to_compute(z1), ctx.to_compute(z2)
+    n = a.shape[0]
+    u = xp.concat([a, b], axis=0)
     s, back_s = sim_fwd(u, u, kind=kind, eps=eps, xp=xp)
     z = s / tau
     # candidates of anchor a: every b != a; the partner a ± N is the positive, held in `pos`
@@ -600,7 +644,7 @@ def info_nce_from_scores(scores: Array, /, *, reduction: str = "mean",
     ctx = resolve({"scores": scores}, ndims={"scores": 2}, xp=xp, check_finite=check_finite)
     xp = ctx.xp
     n, m = scores.shape
-    _check_rows(n, "scores")
+    check_rows(n, "scores")
     if m < n:
         raise ValueError(f"`scores` must have at least as many columns as rows (its diagonal "
                          f"holds the positives); got shape {(n, m)}")

@@ -1,30 +1,48 @@
 """Supervised contrastive loss (SupCon), with every convention of the peers as an option.
 
-A composition: similarity (``nce_ref.similarity.sim_fwd``) between the anchors and all
-views → per-anchor objective on the score rows (the masked ``logsumexp`` of
-``nce_ref._ops`` and ``_objective.ce_rows``) → reduction, the VJP composed from the
-pieces.  Positives are a boolean mask of static shape, built by broadcasting
-(``labels[:, None] == labels[None, :]``); the anchor itself is excluded by index.
+:func:`supcon` validates its inputs once (``_setup``), then runs the path its
+``method`` option names:
+
+- the **reference** (``method="dense"``), :func:`supcon_dense`: similarity
+  (``nce_ref.similarity.sim_fwd``) between the anchors and all views → per-anchor
+  objective on the score rows (the masked ``logsumexp`` of ``nce_ref._ops`` and
+  ``_objective.ce_rows``) → reduction, the VJP composed from the pieces.  Positives
+  are a boolean mask of static shape, built by broadcasting
+  (``labels[:, None] == labels[None, :]``); the anchor itself is excluded by index;
+- the **engine** (``method="streamed"``, and ``"auto"``, which covers every option):
+  row blocks of the bilinear score matrix (``nce_ref._stream``), each block building
+  its own slice of the positive relation, or, for single labels of few classes on
+  bounded logits, no mask at all (per-class sums from the GEMM).
+
 Derivations: ``docs/supcon_triplet.md``.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from types import SimpleNamespace
 from typing import Any
 
 from array_api_compat import is_lazy_array, is_writeable_array
 
-from .._array import check_option, check_real, resolve, scalar_grad, scalar_param
+from .._array import (
+    check_labels,
+    check_method,
+    check_option,
+    check_real,
+    concrete_float,
+    require_binary,
+    resolve,
+    scalar_grad,
+    scalar_param,
+)
 from .._ops import logsumexp, sigmoid, softmax_from_lse, softplus
 from .._reduce import check_reduction, mean_over_fwd, reduce_fwd
-from ..autodiff import differentiable, forward_only
-from ..blocked import _shift_free, choose_block, needs_flush, supcon_stream, supcon_stream_groups
-from ..similarity import DEFAULT_EPS, bilinear_features, check_similarity, euclidean_noise, sim_fwd
+from .._stream._logits import buffers, feature_kind, prepare_logits
+from ..autodiff import differentiable
+from ..blocked import choose_block, supcon_stream, supcon_stream_groups
+from ..similarity import DEFAULT_EPS, bilinear_features, check_similarity, sim_fwd
 from ._objective import ce_rows, temperature_grad
-from .infonce import STREAMED, _buffers, _feature_kind
 
 Array = Any
 
@@ -33,33 +51,6 @@ __all__ = ["supcon", "POSITIVES", "NO_POSITIVE", "CONTRAST_MODES", "check_labels
 POSITIVES = ("out", "in", "per_pair")
 NO_POSITIVE = ("exclude", "zero")
 CONTRAST_MODES = ("all", "one")
-
-
-def _require_binary(ctx, x: Array, name: str, what: str) -> None:
-    """Raise unless every entry of ``x`` is 0 or 1 (bool passes; skipped when lazy or
-    ``check_finite=False``)."""
-    xp = ctx.xp
-    if xp.isdtype(x.dtype, "bool") or not ctx.check_finite or is_lazy_array(x):
-        return
-    if not bool(xp.all((x == 0) | (x == 1))):
-        raise ValueError(f"`{name}` must hold only 0 and 1 ({what}); got other values")
-
-
-def check_labels(ctx, labels: Array, n: int, *, multi: bool = False, name: str = "labels") -> None:
-    """``labels`` of shape (N,) (or (N, C) of 0/1 when ``multi``), of a bool, integer
-    or real floating dtype, finite."""
-    xp = ctx.xp
-    shapes = f"({n},)" + (f" or ({n}, C)" if multi else "")
-    if labels.ndim not in ((1, 2) if multi else (1,)) or labels.shape[0] != n:
-        raise ValueError(f"`{name}` must have shape {shapes}, one row per sample; got "
-                         f"{tuple(labels.shape)}")
-    if not xp.isdtype(labels.dtype, ("bool", "integral", "real floating")):
-        raise TypeError(f"`{name}` must have a bool, integer or real floating dtype; got "
-                        f"{labels.dtype}")
-    if xp.isdtype(labels.dtype, "real floating"):
-        ctx.require_finite(labels, name)
-    if labels.ndim == 2:
-        _require_binary(ctx, labels, name, "multi-label rows")
 
 
 def _sample_positives(ctx, n: int, labels: Array | None, mask: Array | None) -> Array:
@@ -80,8 +71,9 @@ def supcon(features: Array, labels: Array | None = None, /, *, mask: Array | Non
            temperature: float | Array = 0.07, base_temperature: float | None = None,
            positives: str = "out", no_positive: str = "exclude", similarity: str = "cosine",
            contrast_mode: str = "all", reduction: str = "mean", eps: float = DEFAULT_EPS,
-           block_size: int | None = None, memory_budget: int | None = None,
-           check_finite: bool = True, xp=None):
+           method: str = "auto", block_size: int | None = None,
+           memory_budget: int | None = None, check_finite: bool = True, xp=None,
+           need_grad: bool = True):
     r"""Supervised contrastive loss (Khosla et al. 2020), SimCLR's NT-Xent without labels.
 
     The views are laid out view-major, as in SupContrast: with ``features`` of shape
@@ -146,9 +138,13 @@ def supcon(features: Array, labels: Array | None = None, /, *, mask: Array | Non
         anchor without a positive.
     eps : float, default 1e-12
         Norm floor of the cosine similarity.
+    method : {"auto", "dense", "streamed"}, default "auto"
+        ``"dense"``: the reference, :func:`supcon_dense`, on the whole (A, C) score
+        matrix and masks; ``"streamed"`` and ``"auto"``: the engine, which covers
+        every option below.  The results agree to rounding.
     block_size : int, optional
-        Rows of the score matrix computed at a time.  Default: as many as fit
-        ``memory_budget``.  Results equal the dense computation to rounding.
+        Rows of the score matrix the engine computes at a time.  Default: as many as
+        fit ``memory_budget``.  Results equal the dense computation to rounding.
         Streaming applies to every similarity ("neg_euclidean" as the root of the
         squared distance's bilinear form, per block), with every other option
         (``labels``, multi-label rows, ``mask`` or neither; each ``positives``,
@@ -227,33 +223,21 @@ def supcon(features: Array, labels: Array | None = None, /, *, mask: Array | Non
     >>> bool(np.isclose(a, nce_ref.nt_xent(z1, z2, temperature=0.5), rtol=1e-14))
     True
     """
-    return _pick(_setup(features, labels, mask=mask, temperature=temperature,
-                        base_temperature=base_temperature, positives=positives,
-                        no_positive=no_positive, similarity=similarity,
-                        contrast_mode=contrast_mode, reduction=reduction, eps=eps,
-                        check_finite=check_finite, xp=xp),
-                 block_size=block_size, memory_budget=memory_budget)
-
-
-def _pick(st: SimpleNamespace, *, block_size, memory_budget, dense: bool = False):
-    """Choose the block (validating ``block_size``/``memory_budget``), then the path."""
+    path = check_method(method, streamable=True)
+    st = _setup(features, labels, mask=mask, temperature=temperature,
+                base_temperature=base_temperature, positives=positives, no_positive=no_positive,
+                similarity=similarity, contrast_mode=contrast_mode, reduction=reduction, eps=eps,
+                check_finite=check_finite, xp=xp)
     block = choose_block(st.n_anchor, st.c, st.ctx.finfo().bits // 8, block_size=block_size,
-                         memory_budget=memory_budget, buffers=_buffers(st.kind),
-                         like=st.features)
-    if st.kind in STREAMED and not dense:
-        return _streamed(st, block)
-    return _dense(st)
+                         memory_budget=memory_budget, buffers=buffers(st.kind), like=st.features)
+    if path == "dense":
+        return supcon_dense(st)
+    return _streamed(st, block, need_grad=need_grad)
 
 
 def _dense_supcon(features: Array, labels: Array | None = None, /, **options):
-    """``supcon`` computed densely, the full (A, C) score matrix and masks whatever the
-    similarity: the reference the streamed path is tested against.  Returns
-    ``(value, vjp)`` like the registered implementation."""
-    bound = inspect.signature(supcon).bind(features, labels, **options)
-    bound.apply_defaults()
-    kw = dict(bound.arguments)
-    sizes = {"block_size": kw.pop("block_size"), "memory_budget": kw.pop("memory_budget")}
-    return _pick(_setup(kw.pop("features"), kw.pop("labels"), **kw), **sizes, dense=True)
+    """``supcon(..., method="dense")`` as ``(value, vjp)`` (kept for older tests)."""
+    return supcon.__nce_ref__.impl(features, labels, **options, method="dense")
 
 
 def _setup(features, labels, *, mask, temperature, base_temperature, positives, no_positive,
@@ -297,7 +281,7 @@ def _setup(features, labels, *, mask, temperature, base_temperature, positives, 
             raise TypeError(f"`mask` must be boolean or hold 0/1 numbers; got dtype {mask.dtype}")
         if xp.isdtype(mask.dtype, "real floating"):
             ctx.require_finite(mask, "mask")
-        _require_binary(ctx, mask, "mask", "a positive-pair mask")
+        require_binary(ctx, mask, "mask", "a positive-pair mask")
     tau, tau0 = scalar_param(ctx, temperature, "temperature", positive=True)
 
     f = ctx.to_compute(features)
@@ -331,8 +315,10 @@ def _features_grad(st, g_anchor, g_u):
     return ctx.like(gu, st.features)
 
 
-def _dense(st: SimpleNamespace):
-    """The (A, C) score matrix and masks at once (any similarity)."""
+def supcon_dense(st: SimpleNamespace):
+    """The reference of :func:`supcon`: the (A, C) score matrix and masks at once, the
+    formula of its docstring term by term; ``st`` is what ``_setup`` validated.
+    Returns ``(value, vjp)``."""
     ctx, xp = st.ctx, st.xp
     n, v, c = st.n, st.v, st.c
     n_anchor, u, anchors = st.n_anchor, st.u, st.anchors
@@ -460,25 +446,19 @@ def _groups(st: SimpleNamespace, k: int):
     return (inverse if st.v == 1 else xp.tile(inverse, (st.v,))), g
 
 
-def _streamed(st: SimpleNamespace, block: int):
-    """Stream the anchors' rows of ``z = fa fbᵀ / τ`` (``blocked.supcon_stream``)."""
+def _streamed(st: SimpleNamespace, block: int, *, need_grad: bool):
+    """Stream the anchors' rows of ``z = fa fbᵀ / τ`` (``_stream.supcon``)."""
     ctx, xp = st.ctx, st.xp
     tau, tau0 = st.tau, st.tau0
-    fa, fb, back_f = bilinear_features(st.anchors, st.u, kind=_feature_kind(st.kind), eps=st.eps,
+    fa, fb, back_f = bilinear_features(st.anchors, st.u, kind=feature_kind(st.kind), eps=st.eps,
                                        xp=xp)
-    if st.kind == "neg_euclidean":  # z = −sqrt(−(fa/τ²)·fb), the root taken per block
-        fold = tau * tau
-        root = tuple(x / f for x, f in zip(euclidean_noise(fa, fb, xp), (fold, 1.0)))
-    else:
-        fold, root = tau, None
-    a = fa / fold
-    # cosine scores lie in [-1, 1], so |z| <= 1/τ is known before any GEMM
-    bound = 1.0 / tau0 if st.kind == "cosine" and isinstance(tau0, float) else None
-    flush = needs_flush(ctx.dtype, None if bound is None else 2.0 * bound, st.n_anchor * st.c, xp)
+    lg = prepare_logits(fa, fb, tau, concrete_float(tau0), kind=st.kind,
+                        n_entries=st.n_anchor * st.c, dtype=ctx.dtype, xp=xp)
+    a, fold, root, bound, flush = lg.a, lg.fold, lg.root, lg.bound, lg.flush
     relation = _relation(st)
     kb = None if st.base_temperature is None else tau / st.base_temperature
     groups = None
-    if root is None and not flush and _shift_free(bound, st.c, ctx.dtype, xp):
+    if root is None and not flush and lg.shift_free(st.c, ctx.dtype, xp):
         groups = _groups(st, fb.shape[1])
     sortable = st.n_anchor == st.c and is_writeable_array(fb)
     if groups is not None and st.positives == "per_pair" and not sortable:
@@ -528,7 +508,7 @@ def _streamed(st: SimpleNamespace, block: int):
     def finish(value):
         return ctx.to_out(ctx.result_finite(value if kb is None else value * kb, "supcon"))
 
-    if forward_only():
+    if not need_grad:
         per, count, _ = sweep(None)
         return finish(_reduce(per, count, st)[0]), None
     if st.reduction == "none":

@@ -13,13 +13,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .._array import check_option, check_real, resolve
+from .._array import check_labels, check_option, check_pair, check_real, resolve
 from .._ops import sigmoid, softplus
 from .._reduce import REDUCTIONS_NONZERO, check_reduction, mean_over_fwd, reduce_fwd
 from ..autodiff import differentiable
 from ..similarity import DEFAULT_EPS, sim_fwd
-from .infonce import check_pair
-from .supcon import check_labels
 
 Array = Any
 

@@ -46,7 +46,8 @@ from array_api_compat import is_array_api_obj
 
 from .._array import check_int, check_option, check_real, resolve, scalar_grad, scalar_param
 from .._ops import logsumexp, sigmoid, softmax_from_lse, softplus_and_sigmoid
-from ..autodiff import differentiable, lookup
+from ..autodiff import differentiable
+from ..autodiff import vjp as vjp_of
 from ..losses.infonce import info_nce_from_scores
 
 Array = Any
@@ -377,9 +378,6 @@ def _device(x):
 
 # -- the bounds ----------------------------------------------------------------------------
 
-_INFO_NCE_IMPL = lookup(info_nce_from_scores).impl
-
-
 @differentiable("mi.infonce", wrt=("scores",))
 def infonce(scores: Array, /, *, axis: int = 1, check_finite: bool = True, xp=None):
     r"""The InfoNCE lower bound :math:`\log N - \mathcal{L}` (van den Oord et al.; Poole et al. eq. 12).
@@ -429,14 +427,14 @@ def infonce(scores: Array, /, *, axis: int = 1, check_finite: bool = True, xp=No
     """
     ctx, c, n, untranspose = _prepare(scores, axis=axis, check_finite=check_finite, xp=xp, min_n=1)
     # the objective of nce_ref.info_nce_from_scores, reused (on the compute-dtype matrix)
-    loss, back_loss = _INFO_NCE_IMPL(c, check_finite=False, xp=ctx.xp)
+    loss, back_loss = vjp_of(info_nce_from_scores, c, check_finite=False, xp=ctx.xp)
     value = ctx.result_finite(math.log(n) - loss, "mi.infonce")
 
-    def vjp(g):
+    def back(g):
         dc = back_loss(-ctx.to_compute(g))["scores"]
         return {"scores": ctx.like(untranspose(dc), scores)}
 
-    return ctx.to_out(value), vjp
+    return ctx.to_out(value), back
 
 
 @differentiable("mi.tuba", wrt=("scores", "log_baseline"), scalars=("log_baseline",))

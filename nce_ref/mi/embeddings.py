@@ -32,7 +32,16 @@ from typing import Any
 
 from array_api_compat import is_lazy_array, is_numpy_namespace, is_torch_namespace, is_writeable_array
 
-from .._array import check_option, check_real, resolve, scalar_grad, scalar_param
+from .._array import (
+    check_option,
+    check_pair,
+    check_real,
+    concrete_float,
+    plus,
+    resolve,
+    scalar_grad,
+    scalar_param,
+)
 from .._ops import (
     _own_numpy,
     flush_below,
@@ -42,7 +51,8 @@ from .._ops import (
     softplus_and_sigmoid,
     softplus_and_sigmoid_of_exp,
 )
-from ..autodiff import differentiable, forward_only, lookup
+from ..autodiff import differentiable
+from ..autodiff import vjp as vjp_of
 from ..blocked import (
     _mask_band,
     _shift_free,
@@ -53,8 +63,15 @@ from ..blocked import (
     exp_floor,
     needs_flush,
 )
-from ..losses.infonce import _plus, _pos_from_features, check_pair, info_nce
-from ..similarity import BILINEAR, DEFAULT_EPS, bilinear_features, check_similarity, row_norm
+from ..losses.infonce import info_nce
+from ..similarity import (
+    BILINEAR,
+    DEFAULT_EPS,
+    bilinear_features,
+    check_similarity,
+    pair_sim_from_features,
+    row_norm,
+)
 from .bounds import (
     JS_REPORTS,
     _baseline,
@@ -75,9 +92,6 @@ STREAMED_BOUNDS = ("infonce", "nwj", "tuba", "dv", "mine", "js", "interpolated",
 #: the (R, N) buffers the interpolated bound holds per block at its peak (measured with
 #: tracemalloc: ~19.4 in interpolated_rows); the budget counts 2, so its blocks have 1/10 the rows
 _INTERPOLATED_BUFFERS = 20
-
-_INFO_NCE_IMPL = lookup(info_nce).impl
-
 
 _np_own = _own_numpy  # a writable NumPy buffer of ours: the in-place fast paths
 
@@ -272,7 +286,7 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
                           report: str | None = None, log_moving_average: float | Array | None = None,
                           alpha: float | None = None, axis: int = 1, eps: float = DEFAULT_EPS,
                           block_size: int | None = None, memory_budget: int | None = None,
-                          check_finite: bool = True, xp=None):
+                          check_finite: bool = True, xp=None, need_grad: bool = True):
     r"""An MI bound of :mod:`nce_ref.mi` on the critic ``sim(x_i, y_j)/τ``, streamed.
 
     Equals ``getattr(nce_ref.mi, bound)(nce_ref.similarity(x, y, kind=similarity) /
@@ -441,7 +455,7 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
 
     if bound == "infonce":
         return _infonce(ctx, rows_in, cols_in, names, n, temperature=temperature, kind=kind, eps=eps,
-                        block_size=block)
+                        block_size=block, need_grad=need_grad)
 
     clip_c = check_real(clip, "clip", positive=True, finite=False) if bound == "smile" else None
     report = check_option("mi" if report is None else report, "report", JS_REPORTS)
@@ -454,16 +468,17 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
 
     a_in, b_in = ctx.to_compute(rows_in), ctx.to_compute(cols_in)
     fa, fb, back_f = bilinear_features(a_in, b_in, kind=kind, eps=eps, xp=xp)
-    s_pos, back_pos = _pos_from_features(a_in, b_in, fa, fb, kind=kind, eps=eps, xp=xp)
+    s_pos, back_pos = pair_sim_from_features(a_in, b_in, fa, fb, kind=kind, eps=eps, xp=xp)
     pos = s_pos / tau
     a = fa / tau
     # a bound on |w| known before any GEMM: cosine scores lie in [-1, 1]; otherwise
     # Cauchy–Schwarz on the features (one host read, O(N·D)); SMILE clips
-    wbound = 1.0 / tau0 if kind == "cosine" and isinstance(tau0, float) else _score_bound(a, fb, xp)
+    tau_value = concrete_float(tau0)
+    wbound = 1.0 / tau_value if kind == "cosine" and tau_value is not None else _score_bound(a, fb, xp)
     if clip_c is not None and math.isfinite(clip_c):
         wbound = clip_c if wbound is None else min(wbound, clip_c)
     shift_free = _shift_free(wbound, n, ctx.dtype, xp)
-    grad = not forward_only()
+    grad = need_grad
     flush = grad and not shift_free and needs_flush(
         ctx.dtype, None if wbound is None else 2.0 * wbound, n * n, xp)
     log_o = math.log(n * (n - 1))
@@ -596,7 +611,7 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
     dtau = -(xp.sum(a * da) + xp.sum(dpos * pos)) / tau
     dfa, dfb, g_pa, g_pb = back_pos(dpos / tau, da / tau, dfb)
     ga, gb = back_f(dfa, dfb)
-    ga, gb = _plus(ga, g_pa), _plus(gb, g_pb)
+    ga, gb = plus(ga, g_pa), plus(gb, g_pb)
     dlb = None
     if bound == "tuba":  # ∂I/∂b_i = −1/N + Σ_{j≠i} e^{z_ij − b_i}/|O|
         dlb = _exp(ell - b - log_o, xp=xp) - 1.0 / n
@@ -616,10 +631,14 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
     return ctx.to_out(value), vjp
 
 
-def _infonce(ctx, rows_in, cols_in, names, n, *, temperature, kind, eps, block_size):
-    """``log N − L`` with ``L`` from :func:`nce_ref.info_nce`'s streamed kernel (reused)."""
-    loss, back = _INFO_NCE_IMPL(rows_in, cols_in, temperature=temperature, similarity=kind, eps=eps,
-                                block_size=block_size, check_finite=False, xp=ctx.xp)
+def _infonce(ctx, rows_in, cols_in, names, n, *, temperature, kind, eps, block_size, need_grad):
+    """``log N − L`` with ``L`` from :func:`nce_ref.info_nce`'s engine (reused)."""
+    kw = dict(temperature=temperature, similarity=kind, eps=eps, block_size=block_size,
+              method="streamed", check_finite=False, xp=ctx.xp)
+    if need_grad:
+        loss, back = vjp_of(info_nce, rows_in, cols_in, **kw)
+    else:
+        loss, back = info_nce(rows_in, cols_in, **kw), None
     value = ctx.to_out(ctx.result_finite(math.log(n) - loss, "mi.bound_from_embeddings"))
     if back is None:
         return value, None
