@@ -70,7 +70,7 @@ JS_REPORTS = ("mi", "objective")
 
 # -- validation and orientation ------------------------------------------------------------
 
-def _check_axis(axis: Any) -> int:
+def check_axis(axis: Any) -> int:
     a = check_int(axis, "axis")
     if a not in (0, 1, -1, -2):
         raise ValueError(f"`axis` must be 1 (rows are x, the default) or 0 (rows are y); got {axis}")
@@ -85,7 +85,7 @@ def _prepare(scores: Array, *, axis: Any, check_finite: bool, xp: Any, min_n: in
     (the transpose of ``scores`` when ``axis=0``); ``untranspose`` maps a gradient
     with respect to ``C`` back to ``scores``' orientation.
     """
-    ax = _check_axis(axis)
+    ax = check_axis(axis)
     arrays = {"scores": scores}
     if baseline is not None and is_array_api_obj(baseline) and baseline.ndim == 1:
         arrays["log_baseline"] = baseline
@@ -113,7 +113,7 @@ def _prepare(scores: Array, *, axis: Any, check_finite: bool, xp: Any, min_n: in
     return ctx, c, n, untranspose
 
 
-def _baseline(ctx, log_baseline: Any, n: int):
+def baseline_param(ctx, log_baseline: Any, n: int):
     """``log_baseline`` as an (N, 1) column (or a 0-d array) and its gradient's caster.
 
     Returns ``(lb, to_grad)``: ``lb`` broadcasts against ``(N, N)``;
@@ -168,7 +168,7 @@ def _offdiag_lme(z: Array, off: Array, *, xp):
     return lse - log_count, log_count
 
 
-def _exp(x: Array, *, xp) -> Array:
+def exp_quiet(x: Array, *, xp) -> Array:
     """``e^x`` that returns ``inf`` past the dtype's range without an overflow warning.
 
     The only overflow left in the bounds is a genuine one (NWJ/TUBA's mean of
@@ -189,7 +189,7 @@ def _offdiag_weights(z: Array, off: Array, log_den: Array, log_count: float, *, 
     shift = log_den + log_count
     ok = xp.isfinite(shift)
     shift = xp.where(ok, shift, xp.zeros_like(shift))
-    w = _exp(xp.where(off, z, xp.full_like(z, -math.inf)) - shift, xp=xp)
+    w = exp_quiet(xp.where(off, z, xp.full_like(z, -math.inf)) - shift, xp=xp)
     return xp.where(ok, w, xp.zeros_like(w))
 
 
@@ -200,7 +200,7 @@ def _offdiag_mean_weights(z: Array, off: Array, log_count: float, *, xp) -> Arra
     :math:`\frac{1}{|O|}\sum_O e^{z}` (this is its derivative), :math:`N - 1` for a
     per-row mean (:func:`interpolated_rows`); it overflows only where that mean does.
     """
-    return _exp(xp.where(off, z, xp.full_like(z, -math.inf)) - log_count, xp=xp)
+    return exp_quiet(xp.where(off, z, xp.full_like(z, -math.inf)) - log_count, xp=xp)
 
 
 def _tuba_fwd(ctx, c: Array, lb: Array, diag: Array, off: Array):
@@ -213,7 +213,7 @@ def _tuba_fwd(ctx, c: Array, lb: Array, diag: Array, off: Array):
     n = c.shape[0]
     z = c - lb
     lme, log_count = _offdiag_lme(z, off, xp=xp)
-    marg = _exp(lme, xp=xp)
+    marg = exp_quiet(lme, xp=xp)
     joint = xp.mean(_diagonal(z, diag, xp=xp))
     value = 1.0 + joint - marg
 
@@ -311,7 +311,7 @@ def loo_log_mean_exp(c: Array, *, xp):
     return loo, back
 
 
-def _check_alpha(alpha: Any) -> float:
+def check_alpha(alpha: Any) -> float:
     a = check_real(alpha, "alpha", nonnegative=True)
     if not a <= 1.0:
         raise ValueError(f"`alpha` must be in [0, 1]; got {alpha}")
@@ -488,7 +488,7 @@ def tuba(scores: Array, log_baseline: float | Array = 0.0, /, *, axis: int = 1,
     """
     ctx, c, n, untranspose = _prepare(scores, axis=axis, check_finite=check_finite, xp=xp, min_n=2,
                                       baseline=log_baseline)
-    lb, to_grad = _baseline(ctx, log_baseline, n)
+    lb, to_grad = baseline_param(ctx, log_baseline, n)
     diag, off = _diag_mask(ctx, n)
     value, back = _tuba_fwd(ctx, c, lb, diag, off)
     value = ctx.result_finite(value, "mi.tuba")
@@ -605,7 +605,7 @@ def dv(scores: Array, /, *, axis: int = 1, check_finite: bool = True, xp=None):
     return ctx.to_out(value), vjp
 
 
-def _log_moving_average(ctx, value: Any, name: str):
+def log_moving_average_param(ctx, value: Any, name: str):
     return scalar_param(ctx, value, name)[0]
 
 
@@ -662,7 +662,7 @@ def mine(scores: Array, log_moving_average: float | Array, /, *, axis: int = 1,
     (2.0, [[0.5, -0.5], [-0.5, 0.5]])
     """
     ctx, c, n, untranspose = _prepare(scores, axis=axis, check_finite=check_finite, xp=xp, min_n=2)
-    log_mu = _log_moving_average(ctx, log_moving_average, "log_moving_average")
+    log_mu = log_moving_average_param(ctx, log_moving_average, "log_moving_average")
     diag, off = _diag_mask(ctx, n)
     value, back = _dv_fwd(ctx, c, diag, off, log_denominator=log_mu)
     value = ctx.result_finite(value, "mi.mine")
@@ -716,7 +716,7 @@ def mine_update(scores: Array, log_moving_average: float | Array | None = None, 
     lme, _ = _offdiag_lme(c, off, xp=xp)
     if log_moving_average is None:
         return ctx.to_out(lme)
-    old = _log_moving_average(ctx, log_moving_average, "log_moving_average")
+    old = log_moving_average_param(ctx, log_moving_average, "log_moving_average")
     if decay == 0.0:
         return ctx.to_out(lme)
     both = xp.stack([old + math.log(decay), lme + math.log1p(-decay)])
@@ -859,11 +859,11 @@ def interpolated(scores: Array, log_baseline: float | Array = 0.0, /, *, alpha: 
     >>> bool(np.isclose(mi.interpolated(s, 0.3, alpha=1e-12), mi.tuba(s, 0.3)))
     True
     """
-    a = _check_alpha(alpha)
+    a = check_alpha(alpha)
     ctx, c, n, untranspose = _prepare(scores, axis=axis, check_finite=check_finite, xp=xp, min_n=2,
                                       baseline=log_baseline)
     xp = ctx.xp
-    lb, to_grad = _baseline(ctx, log_baseline, n)
+    lb, to_grad = baseline_param(ctx, log_baseline, n)
     terms, back = interpolated_rows(c, lb, 0, alpha=a, xp=xp)  # all N rows: one block
     value = ctx.result_finite(1.0 + xp.mean(terms), "mi.interpolated")
 

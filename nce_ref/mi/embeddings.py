@@ -74,11 +74,11 @@ from ..similarity import (
 )
 from .bounds import (
     JS_REPORTS,
-    _baseline,
-    _check_alpha,
-    _check_axis,
-    _exp,
-    _log_moving_average,
+    baseline_param,
+    check_alpha,
+    check_axis,
+    exp_quiet,
+    log_moving_average_param,
     interpolated_rows,
 )
 
@@ -243,7 +243,7 @@ def _sweep(a: Array, fb: Array, rows, *, block: int, grad: bool, fixed: Array | 
         if fixed is not None:
             # ρ = e^{lam − Λ} <= the marginal term: inf only where the estimate overflows
             # (reported by result_finite); 0 then keeps the GEMM free of inf·0
-            rho = _exp(lam - fixed, xp=xp)
+            rho = exp_quiet(lam - fixed, xp=xp)
             rho = xp.where(rho == math.inf, xp.zeros_like(rho), rho)
             part = xp.matrix_transpose(ab * xp.expand_dims(rho, axis=1)) @ e
             db = part if db is None else db + part
@@ -432,8 +432,8 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
                          f"of row features, which streams); got {kind!r}: compose "
                          f"nce_ref.mi.{bound}(nce_ref.similarity(x, y, kind={kind!r}) / temperature)")
     _check_options(bound, log_baseline, clip, report, log_moving_average, alpha)
-    a_opt = _check_alpha(alpha) if bound == "interpolated" else None
-    ax = _check_axis(axis)
+    a_opt = check_alpha(alpha) if bound == "interpolated" else None
+    ax = check_axis(axis)
     arrays = {"x": x, "y": y}
     if bound in ("tuba", "interpolated") and hasattr(log_baseline, "ndim") and log_baseline.ndim == 1:
         arrays["log_baseline"] = log_baseline
@@ -460,11 +460,11 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
     clip_c = check_real(clip, "clip", positive=True, finite=False) if bound == "smile" else None
     report = check_option("mi" if report is None else report, "report", JS_REPORTS)
     if bound in ("tuba", "interpolated"):
-        lb, to_grad = _baseline(ctx, 0.0 if log_baseline is None else log_baseline, n)
+        lb, to_grad = baseline_param(ctx, 0.0 if log_baseline is None else log_baseline, n)
         b = lb[:, 0] if lb.ndim == 2 else lb
     else:
         b = {"nwj": 1.0, "js": 0.0}.get(bound, 0.0)
-    log_mu = _log_moving_average(ctx, log_moving_average, "log_moving_average") if bound == "mine" else None
+    log_mu = log_moving_average_param(ctx, log_moving_average, "log_moving_average") if bound == "mine" else None
 
     a_in, b_in = ctx.to_compute(rows_in), ctx.to_compute(cols_in)
     fa, fb, back_f = bilinear_features(a_in, b_in, kind=kind, eps=eps, xp=xp)
@@ -588,7 +588,7 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
         ell = stats[0] + xp.log(stats[1])  # the off-diagonal row log-sum-exp
         if bound in ("tuba", "nwj", "js"):
             marg_log = logsumexp(ell - b, axis=0, xp=xp) - log_o
-            value = 1.0 + mean(pos - b) - _exp(marg_log, xp=xp)
+            value = 1.0 + mean(pos - b) - exp_quiet(marg_log, xp=xp)
         elif bound == "loo_upper":
             value = mean(pos - ell) + math.log(n - 1)
         else:  # dv, mine, smile
@@ -600,7 +600,7 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
 
     u, lam, db_acc, m_run = gr
     big_lambda = lse_all if bound in ("dv", "smile") else fixed
-    da = -u * xp.expand_dims(_exp(lam - big_lambda, xp=xp), axis=1)
+    da = -u * xp.expand_dims(exp_quiet(lam - big_lambda, xp=xp), axis=1)
     dfb = -db_acc if m_run is None else -db_acc * xp.exp(m_run - big_lambda)
     if bound == "js":
         dpos = (sigmoid(-pos, xp=xp) if sg_pos is None else sg_pos) / float(n)
@@ -614,7 +614,7 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
     ga, gb = plus(ga, g_pa), plus(gb, g_pb)
     dlb = None
     if bound == "tuba":  # ∂I/∂b_i = −1/N + Σ_{j≠i} e^{z_ij − b_i}/|O|
-        dlb = _exp(ell - b - log_o, xp=xp) - 1.0 / n
+        dlb = exp_quiet(ell - b - log_o, xp=xp) - 1.0 / n
     elif bound == "interpolated":
         dlb = stats[2]
     grads = {names[0]: ga, names[1]: gb}
