@@ -59,12 +59,12 @@ def _expect(pmf, n, fn, *, shift=0.0):
 
 
 LOWER = {
-    "infonce": lambda s: mi.infonce(s, check_finite=False),
-    "nwj at 1 + f*": lambda s: mi.nwj(s + 1.0, check_finite=False),
-    "tuba, a = 1": lambda s: mi.tuba(s, 0.0, check_finite=False),
-    "js (reported)": lambda s: mi.js(s, check_finite=False),
-    "interpolated alpha 0.5": lambda s: mi.interpolated(s, 0.0, alpha=0.5, check_finite=False),
-    "interpolated alpha 1": lambda s: mi.interpolated(s, 0.0, alpha=1.0, check_finite=False),
+    "infonce": lambda s: mi.infonce(s, allow_neg_inf=True),
+    "nwj at 1 + f*": lambda s: mi.nwj(s + 1.0, allow_neg_inf=True),
+    "tuba, a = 1": lambda s: mi.tuba(s, 0.0, allow_neg_inf=True),
+    "js (reported)": lambda s: mi.js(s, allow_neg_inf=True),
+    "interpolated alpha 0.5": lambda s: mi.interpolated(s, 0.0, alpha=0.5, allow_neg_inf=True),
+    "interpolated alpha 1": lambda s: mi.interpolated(s, 0.0, alpha=1.0, allow_neg_inf=True),
 }
 
 
@@ -81,16 +81,16 @@ class TestExactExpectations:
     @pytest.mark.parametrize("pmf", [PMF_ZEROS, PMF_DENSE], ids=["zeros", "dense"])
     def test_nwj_at_its_optimal_critic_is_unbiased(self, pmf):
         # E[mean f*] = I and E[mean over pairs of e^{f*}] = E_q[r] = 1 exactly
-        e = _expect(pmf, 3, lambda s: float(mi.nwj(s + 1.0, check_finite=False)))
+        e = _expect(pmf, 3, lambda s: float(mi.nwj(s + 1.0, allow_neg_inf=True)))
         assert abs(e - _mi_by_hand(pmf)) < 1e-12
 
     @pytest.mark.parametrize("pmf", [PMF_ZEROS, PMF_DENSE], ids=["zeros", "dense"])
     def test_js_reports_mi_not_mi_minus_one_over_e(self, pmf):
         i_true = _mi_by_hand(pmf)
-        e = _expect(pmf, 3, lambda s: float(mi.js(s, check_finite=False)))
+        e = _expect(pmf, 3, lambda s: float(mi.js(s, allow_neg_inf=True)))
         assert abs(e - i_true) < 1e-12
         # the colab's convention (NWJ at f itself) would report I - 1/e
-        e_colab = _expect(pmf, 3, lambda s: float(mi.nwj(s, check_finite=False)))
+        e_colab = _expect(pmf, 3, lambda s: float(mi.nwj(s, allow_neg_inf=True)))
         assert abs(e_colab - (i_true - 1.0 / math.e)) < 1e-12
 
     @pytest.mark.parametrize("pmf", [PMF_ZEROS, PMF_DENSE], ids=["zeros", "dense"])
@@ -99,8 +99,8 @@ class TestExactExpectations:
         e_dv = 0.0
         for prob, x, y in _batches(pmf, 3):
             s = table[x[:, None], y[None, :]] + 1.0  # NWJ's optimum; DV is shift invariant
-            d, w = float(mi.dv(s, check_finite=False)), float(mi.nwj(s, check_finite=False))
-            assert d >= w - 1e-12  # log u <= u/e
+            d, w = float(mi.dv(s, allow_neg_inf=True)), float(mi.nwj(s, allow_neg_inf=True))
+            assert d >= w - 1e-12  # DV(f) - NWJ(1 + f) = u - 1 - log u >= 0
             e_dv += prob * d
         # Jensen: -log of a sample mean is biased up from -log of its expectation (= I - 1 here + 1)
         assert e_dv > _mi_by_hand(pmf) + 1e-3
@@ -110,7 +110,7 @@ class TestExactExpectations:
             i_true = _mi_by_hand(pmf)
             # the pointwise MI critic, each x contrasting the y's and the other orientation
             for axis in (1, 0):
-                e = _expect(pmf, 3, lambda s, axis=axis: float(mi.loo_upper(s, axis=axis, check_finite=False)))
+                e = _expect(pmf, 3, lambda s, axis=axis: float(mi.loo_upper(s, axis=axis, allow_neg_inf=True)))
                 assert e >= i_true - 1e-12
 
     def test_upper_bound_with_a_known_conditional_in_poole_orientation(self):
@@ -145,7 +145,7 @@ class TestExactExpectations:
     def test_infonce_expectation_matches_theory_module(self):
         # the enumeration and the multinomial sum of nce_ref.mi.theory agree
         for pmf in (PMF_ZEROS, PMF_DENSE):
-            e = _expect(pmf, 3, lambda s: float(mi.infonce(s, check_finite=False)))
+            e = _expect(pmf, 3, lambda s: float(mi.infonce(s, allow_neg_inf=True)))
             assert abs(e - mi.theory.expected_infonce_bound(pmf, 3)) < 1e-12
 
 
@@ -249,13 +249,26 @@ class TestDeterministicProperties:
                  (mi.interpolated, (0.0,), {"alpha": 0.5}), (mi.interpolated, (0.0,), {"alpha": 1.0}),
                  (mi.smile, (), {"clip": 2.0})]
         for f, args, kw in calls:
-            v, g = nce_ref.value_and_grad(f)(s, *args, check_finite=False, **kw)
+            v, g = nce_ref.value_and_grad(f)(s, *args, allow_neg_inf=True, **kw)
             assert not np.isnan(v), f.__name__
             assert np.all(np.isfinite(g["scores"])), f.__name__
             assert np.all(g["scores"][np.isinf(s)] == 0), f.__name__
         # row 1 has no finite off-diagonal entry: its leave-one-out mean is 0, the upper bound +inf
-        assert float(mi.loo_upper(s, check_finite=False)) == np.inf
-        assert np.isfinite(float(mi.interpolated(s, 0.0, alpha=0.5, check_finite=False)))
+        assert float(mi.loo_upper(s, allow_neg_inf=True)) == np.inf
+        assert np.isfinite(float(mi.interpolated(s, 0.0, alpha=0.5, allow_neg_inf=True)))
+
+    def test_allow_neg_inf_admits_minus_inf_only_and_check_finite_keeps_its_meaning(self):
+        s = np.array([[1.0, -np.inf], [0.0, 2.0]])
+        with pytest.raises(ValueError, match="`scores` must be finite"):
+            mi.infonce(s)  # check_finite alone refuses -inf
+        assert np.isfinite(float(mi.infonce(s, allow_neg_inf=True)))
+        for bad in (np.nan, np.inf):
+            t = s.copy()
+            t[0, 0] = bad
+            with pytest.raises(ValueError, match="NaN or \\+inf.*allow_neg_inf"):
+                mi.nwj(t, allow_neg_inf=True)
+        with pytest.raises(TypeError, match="`allow_neg_inf` must be a bool"):
+            mi.dv(s, allow_neg_inf=1)
 
 
 # -- gradients -----------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from array_api_compat import is_array_api_obj
+from array_api_compat import is_array_api_obj, is_lazy_array
 
 from .._array import check_int, check_option, check_real, resolve, scalar_grad, scalar_param
 from .._ops import logsumexp, sigmoid, softmax_from_lse, softplus_and_sigmoid
@@ -77,9 +77,12 @@ def check_axis(axis: Any) -> int:
     return 1 if a in (1, -1) else 0
 
 
-def _prepare(scores: Array, *, axis: Any, check_finite: bool, xp: Any, min_n: int,
-             baseline: Array | None = None):
+def _prepare(scores: Array, *, axis: Any, check_finite: bool, allow_neg_inf: bool, xp: Any,
+             min_n: int, baseline: Array | None = None):
     """Validate ``scores`` (square, N >= min_n) and return ``(ctx, C, n, untranspose)``.
+
+    ``allow_neg_inf``: ``-inf`` scores pass (NaN and ``+inf`` are still refused when
+    ``check_finite``), and the result may be infinite (``ctx.check_finite`` is off).
 
     ``C`` is the score matrix in the compute dtype with rows x and columns y
     (the transpose of ``scores`` when ``axis=0``); ``untranspose`` maps a gradient
@@ -89,8 +92,15 @@ def _prepare(scores: Array, *, axis: Any, check_finite: bool, xp: Any, min_n: in
     arrays = {"scores": scores}
     if baseline is not None and is_array_api_obj(baseline) and baseline.ndim == 1:
         arrays["log_baseline"] = baseline
-    ctx = resolve(arrays, ndims={"scores": 2}, xp=xp, check_finite=check_finite)
+    if not isinstance(allow_neg_inf, bool):
+        raise TypeError(f"`allow_neg_inf` must be a bool; got {allow_neg_inf!r}")
+    ctx = resolve(arrays, ndims={"scores": 2}, xp=xp, check_finite=check_finite and not allow_neg_inf)
     xp = ctx.xp
+    if check_finite and allow_neg_inf and not is_lazy_array(scores):
+        bad = xp.isnan(scores) | (scores == math.inf)
+        if bool(xp.any(bad)):
+            raise ValueError("`scores` must not hold NaN or +inf (allow_neg_inf=True admits -inf "
+                             "only); pass check_finite=False to skip this check")
     n, m = scores.shape
     if n != m:
         raise ValueError(
@@ -379,7 +389,8 @@ def _device(x):
 # -- the bounds ----------------------------------------------------------------------------
 
 @differentiable("mi.infonce", wrt=("scores",))
-def infonce(scores: Array, /, *, axis: int = 1, check_finite: bool = True, xp=None):
+def infonce(scores: Array, /, *, axis: int = 1, allow_neg_inf: bool = False,
+        check_finite: bool = True, xp=None):
     r"""The InfoNCE lower bound :math:`\log N - \mathcal{L}` (van den Oord et al.; Poole et al. eq. 12).
 
     .. math::
@@ -402,9 +413,13 @@ def infonce(scores: Array, /, *, axis: int = 1, check_finite: bool = True, xp=No
         The axis of ``scores`` indexing y.  With 1 each :math:`x_i` contrasts the
         :math:`y_j` (softmax along the rows); with 0 the matrix is read transposed
         (rows are y), so each :math:`x_i` contrasts down a column.
+    allow_neg_inf : bool, default False
+        ``-inf`` scores are part of the input: a critic that rules a pair out (e.g.
+        :func:`nce_ref.mi.critics.discrete` off the support).  NaN and ``+inf`` are
+        still refused (with ``check_finite``), and the estimate may then be infinite.
     check_finite : bool, default True
-        Refuse NaN and ±inf scores.  ``False`` allows ``-inf`` (a critic that rules a
-        pair out, e.g. :func:`nce_ref.mi.critics.discrete` off the support).
+        Refuse NaN and ±inf scores (and a result that overflows); ``False`` skips
+        the checks (for speed, or lazy arrays), whatever the values.
     xp : namespace, optional
 
     Returns
@@ -425,7 +440,8 @@ def infonce(scores: Array, /, *, axis: int = 1, check_finite: bool = True, xp=No
     >>> float(mi.infonce(np.zeros((4, 4))))                      # an uninformative one: 0
     0.0
     """
-    ctx, c, n, untranspose = _prepare(scores, axis=axis, check_finite=check_finite, xp=xp, min_n=1)
+    ctx, c, n, untranspose = _prepare(scores, axis=axis, check_finite=check_finite,
+                      allow_neg_inf=allow_neg_inf, xp=xp, min_n=1)
     # the objective of nce_ref.info_nce_from_scores, reused (on the compute-dtype matrix)
     loss, back_loss = vjp_of(info_nce_from_scores, c, check_finite=False, xp=ctx.xp)
     value = ctx.result_finite(math.log(n) - loss, "mi.infonce")
@@ -439,7 +455,8 @@ def infonce(scores: Array, /, *, axis: int = 1, check_finite: bool = True, xp=No
 
 @differentiable("mi.tuba", wrt=("scores", "log_baseline"), scalars=("log_baseline",))
 def tuba(scores: Array, log_baseline: float | Array = 0.0, /, *, axis: int = 1,
-         check_finite: bool = True, xp=None):
+         allow_neg_inf: bool = False,
+        check_finite: bool = True, xp=None):
     r"""The tractable unnormalized Barber–Agakov bound (TUBA, Poole et al. eq. 8).
 
     .. math::
@@ -462,7 +479,7 @@ def tuba(scores: Array, log_baseline: float | Array = 0.0, /, *, axis: int = 1,
     axis : {1, 0}, default 1
         The axis of ``scores`` indexing y.  The pooled value does not depend on it
         except through which samples the baseline belongs to.
-    check_finite : bool, default True
+    allow_neg_inf, check_finite : bool
         As in :func:`infonce`.
     xp : namespace, optional
 
@@ -486,7 +503,8 @@ def tuba(scores: Array, log_baseline: float | Array = 0.0, /, *, axis: int = 1,
     >>> float(mi.tuba(s, 0.5)), float(1 + (1.0 + 2.0) / 2 - 0.5 - (np.exp(-1.5) + np.exp(-0.5)) / 2)
     (1.5851695900694684, 1.5851695900694684)
     """
-    ctx, c, n, untranspose = _prepare(scores, axis=axis, check_finite=check_finite, xp=xp, min_n=2,
+    ctx, c, n, untranspose = _prepare(scores, axis=axis, check_finite=check_finite,
+                      allow_neg_inf=allow_neg_inf, xp=xp, min_n=2,
                                       baseline=log_baseline)
     lb, to_grad = baseline_param(ctx, log_baseline, n)
     diag, off = _diag_mask(ctx, n)
@@ -502,7 +520,8 @@ def tuba(scores: Array, log_baseline: float | Array = 0.0, /, *, axis: int = 1,
 
 
 @differentiable("mi.nwj", wrt=("scores",))
-def nwj(scores: Array, /, *, axis: int = 1, check_finite: bool = True, xp=None):
+def nwj(scores: Array, /, *, axis: int = 1, allow_neg_inf: bool = False,
+        check_finite: bool = True, xp=None):
     r"""The NWJ bound (Nguyen, Wainwright, Jordan; :math:`f`-GAN KL; MINE-f).
 
     .. math::
@@ -521,7 +540,8 @@ def nwj(scores: Array, /, *, axis: int = 1, check_finite: bool = True, xp=None):
         ``scores[i, j] = f(x_i, y_j)``: rows are x, joint pairs on the diagonal; N >= 2.
     axis : {1, 0}, default 1
         The axis indexing y (the value is the same for both: the sums are pooled).
-    check_finite : bool, default True
+    allow_neg_inf, check_finite : bool
+        As in :func:`infonce`.
     xp : namespace, optional
 
     Returns
@@ -540,7 +560,8 @@ def nwj(scores: Array, /, *, axis: int = 1, check_finite: bool = True, xp=None):
     >>> float(mi.nwj(np.ones((3, 3))))    # f = 1 everywhere (independence, optimal): 1 - e^0
     0.0
     """
-    ctx, c, n, untranspose = _prepare(scores, axis=axis, check_finite=check_finite, xp=xp, min_n=2)
+    ctx, c, n, untranspose = _prepare(scores, axis=axis, check_finite=check_finite,
+                      allow_neg_inf=allow_neg_inf, xp=xp, min_n=2)
     diag, off = _diag_mask(ctx, n)
     value, back = _tuba_fwd(ctx, c, 1.0, diag, off)
     value = ctx.result_finite(value, "mi.nwj")
@@ -553,7 +574,8 @@ def nwj(scores: Array, /, *, axis: int = 1, check_finite: bool = True, xp=None):
 
 
 @differentiable("mi.dv", wrt=("scores",))
-def dv(scores: Array, /, *, axis: int = 1, check_finite: bool = True, xp=None):
+def dv(scores: Array, /, *, axis: int = 1, allow_neg_inf: bool = False,
+        check_finite: bool = True, xp=None):
     r"""The Donsker–Varadhan estimate (MINE's objective).
 
     .. math::
@@ -572,7 +594,8 @@ def dv(scores: Array, /, *, axis: int = 1, check_finite: bool = True, xp=None):
         ``scores[i, j] = f(x_i, y_j)``: rows are x, joint pairs on the diagonal; N >= 2.
     axis : {1, 0}, default 1
         The axis indexing y (the value is the same for both).
-    check_finite : bool, default True
+    allow_neg_inf, check_finite : bool
+        As in :func:`infonce`.
     xp : namespace, optional
 
     Returns
@@ -594,7 +617,8 @@ def dv(scores: Array, /, *, axis: int = 1, check_finite: bool = True, xp=None):
     >>> float(mi.dv(s)), float(mi.nwj(s))       # DV above NWJ on the same scores
     (2.0, 1.6321205588285577)
     """
-    ctx, c, n, untranspose = _prepare(scores, axis=axis, check_finite=check_finite, xp=xp, min_n=2)
+    ctx, c, n, untranspose = _prepare(scores, axis=axis, check_finite=check_finite,
+                      allow_neg_inf=allow_neg_inf, xp=xp, min_n=2)
     diag, off = _diag_mask(ctx, n)
     value, back = _dv_fwd(ctx, c, diag, off)
     value = ctx.result_finite(value, "mi.dv")
@@ -611,7 +635,8 @@ def log_moving_average_param(ctx, value: Any, name: str):
 
 @differentiable("mi.mine", wrt=("scores",))
 def mine(scores: Array, log_moving_average: float | Array, /, *, axis: int = 1,
-         check_finite: bool = True, xp=None):
+         allow_neg_inf: bool = False,
+        check_finite: bool = True, xp=None):
     r"""MINE: the DV value, with the gradient's denominator from a moving average.
 
     The value is :func:`dv`'s.  The gradient replaces the batch mean
@@ -645,7 +670,7 @@ def mine(scores: Array, log_moving_average: float | Array, /, *, axis: int = 1,
         ``scores[i, j] = f(x_i, y_j)``: rows are x, joint pairs on the diagonal; N >= 2.
     log_moving_average : float or 0-d array
         :math:`\log\mu`; not differentiated.
-    axis, check_finite, xp
+    axis, allow_neg_inf, check_finite, xp
         As in :func:`dv`.
 
     Returns
@@ -661,7 +686,8 @@ def mine(scores: Array, log_moving_average: float | Array, /, *, axis: int = 1,
     >>> float(v), g["scores"].tolist()
     (2.0, [[0.5, -0.5], [-0.5, 0.5]])
     """
-    ctx, c, n, untranspose = _prepare(scores, axis=axis, check_finite=check_finite, xp=xp, min_n=2)
+    ctx, c, n, untranspose = _prepare(scores, axis=axis, check_finite=check_finite,
+                      allow_neg_inf=allow_neg_inf, xp=xp, min_n=2)
     log_mu = log_moving_average_param(ctx, log_moving_average, "log_moving_average")
     diag, off = _diag_mask(ctx, n)
     value, back = _dv_fwd(ctx, c, diag, off, log_denominator=log_mu)
@@ -674,7 +700,8 @@ def mine(scores: Array, log_moving_average: float | Array, /, *, axis: int = 1,
 
 
 def mine_update(scores: Array, log_moving_average: float | Array | None = None, /, *,
-                decay: float = 0.99, axis: int = 1, check_finite: bool = True, xp=None) -> Array:
+                decay: float = 0.99, axis: int = 1, allow_neg_inf: bool = False,
+        check_finite: bool = True, xp=None) -> Array:
     r"""MINE's moving average of :math:`\mathbb{E}_{p(x)p(y)}[e^f]`, updated with one batch.
 
     .. math::
@@ -691,7 +718,7 @@ def mine_update(scores: Array, log_moving_average: float | Array | None = None, 
     scores : array, shape (N, N)
     log_moving_average : float, 0-d array or None
     decay : float in [0, 1), default 0.99
-    axis, check_finite, xp
+    axis, allow_neg_inf, check_finite, xp
         As in :func:`dv`.
 
     Returns
@@ -710,7 +737,8 @@ def mine_update(scores: Array, log_moving_average: float | Array | None = None, 
     decay = check_real(decay, "decay", nonnegative=True)
     if not decay < 1.0:
         raise ValueError(f"`decay` must be in [0, 1); got {decay}")
-    ctx, c, n, _ = _prepare(scores, axis=axis, check_finite=check_finite, xp=xp, min_n=2)
+    ctx, c, n, _ = _prepare(scores, axis=axis, check_finite=check_finite,
+                      allow_neg_inf=allow_neg_inf, xp=xp, min_n=2)
     xp = ctx.xp
     _, off = _diag_mask(ctx, n)
     lme, _ = _offdiag_lme(c, off, xp=xp)
@@ -724,7 +752,8 @@ def mine_update(scores: Array, log_moving_average: float | Array | None = None, 
 
 
 @differentiable("mi.js", wrt=("scores",))
-def js(scores: Array, /, *, report: str = "mi", axis: int = 1, check_finite: bool = True, xp=None):
+def js(scores: Array, /, *, report: str = "mi", axis: int = 1, allow_neg_inf: bool = False,
+        check_finite: bool = True, xp=None):
     r"""The Jensen–Shannon (GAN) objective to train a critic, reporting NWJ at :math:`1 + f`.
 
     The training objective (the gradient this function registers):
@@ -754,7 +783,7 @@ def js(scores: Array, /, *, report: str = "mi", axis: int = 1, check_finite: boo
         The value returned: the MI estimate, or :math:`J` itself.  The gradient is
         always :math:`\nabla J` (so with ``"mi"`` it is not the derivative of the
         value: Poole et al.'s ``stop_gradient(nwj − js) + js``).
-    axis, check_finite, xp
+    axis, allow_neg_inf, check_finite, xp
         As in :func:`nwj` (the value does not depend on ``axis``).
 
     Returns
@@ -775,7 +804,8 @@ def js(scores: Array, /, *, report: str = "mi", axis: int = 1, check_finite: boo
     (0.0, -1.3862943611198906)
     """
     check_option(report, "report", JS_REPORTS)
-    ctx, c, n, untranspose = _prepare(scores, axis=axis, check_finite=check_finite, xp=xp, min_n=2)
+    ctx, c, n, untranspose = _prepare(scores, axis=axis, check_finite=check_finite,
+                      allow_neg_inf=allow_neg_inf, xp=xp, min_n=2)
     xp = ctx.xp
     diag, off = _diag_mask(ctx, n)
     d = _diagonal(c, diag, xp=xp)
@@ -803,7 +833,8 @@ def js(scores: Array, /, *, report: str = "mi", axis: int = 1, check_finite: boo
 
 @differentiable("mi.interpolated", wrt=("scores", "log_baseline"), scalars=("log_baseline",))
 def interpolated(scores: Array, log_baseline: float | Array = 0.0, /, *, alpha: float,
-                 axis: int = 1, check_finite: bool = True, xp=None):
+                 axis: int = 1, allow_neg_inf: bool = False,
+        check_finite: bool = True, xp=None):
     r"""The interpolated bound :math:`I_\alpha` between TUBA and InfoNCE (Poole et al. eq. 11).
 
     Each :math:`x_i`'s baseline mixes InfoNCE's leave-one-out batch mean with a
@@ -835,7 +866,7 @@ def interpolated(scores: Array, log_baseline: float | Array = 0.0, /, *, alpha: 
         The weight of the batch mean.
     axis : {1, 0}, default 1
         The axis of ``scores`` indexing y: the batch means run along it.
-    check_finite, xp
+    allow_neg_inf, check_finite, xp
         As in :func:`infonce`.
 
     Returns
@@ -860,7 +891,8 @@ def interpolated(scores: Array, log_baseline: float | Array = 0.0, /, *, alpha: 
     True
     """
     a = check_alpha(alpha)
-    ctx, c, n, untranspose = _prepare(scores, axis=axis, check_finite=check_finite, xp=xp, min_n=2,
+    ctx, c, n, untranspose = _prepare(scores, axis=axis, check_finite=check_finite,
+                      allow_neg_inf=allow_neg_inf, xp=xp, min_n=2,
                                       baseline=log_baseline)
     xp = ctx.xp
     lb, to_grad = baseline_param(ctx, log_baseline, n)
@@ -875,7 +907,8 @@ def interpolated(scores: Array, log_baseline: float | Array = 0.0, /, *, alpha: 
 
 
 @differentiable("mi.smile", wrt=("scores",))
-def smile(scores: Array, /, *, clip: float, axis: int = 1, check_finite: bool = True, xp=None):
+def smile(scores: Array, /, *, clip: float, axis: int = 1, allow_neg_inf: bool = False,
+        check_finite: bool = True, xp=None):
     r"""SMILE (Song & Ermon): DV with the scores clipped in the partition term.
 
     .. math::
@@ -895,7 +928,7 @@ def smile(scores: Array, /, *, clip: float, axis: int = 1, check_finite: bool = 
         ``scores[i, j] = f(x_i, y_j)``: rows are x, joint pairs on the diagonal; N >= 2.
     clip : float > 0 (``inf`` allowed)
         :math:`\tau`.
-    axis, check_finite, xp
+    axis, allow_neg_inf, check_finite, xp
         As in :func:`dv`.
 
     Returns
@@ -916,7 +949,8 @@ def smile(scores: Array, /, *, clip: float, axis: int = 1, check_finite: bool = 
     (1.5662191695169727, 1.566219169517)
     """
     tau = check_real(clip, "clip", positive=True, finite=False)
-    ctx, c, n, untranspose = _prepare(scores, axis=axis, check_finite=check_finite, xp=xp, min_n=2)
+    ctx, c, n, untranspose = _prepare(scores, axis=axis, check_finite=check_finite,
+                      allow_neg_inf=allow_neg_inf, xp=xp, min_n=2)
     diag, off = _diag_mask(ctx, n)
     value, back = _dv_fwd(ctx, c, diag, off, clip=tau)
     value = ctx.result_finite(value, "mi.smile")
@@ -928,7 +962,8 @@ def smile(scores: Array, /, *, clip: float, axis: int = 1, check_finite: bool = 
 
 
 @differentiable("mi.loo_upper", wrt=("scores",))
-def loo_upper(scores: Array, /, *, axis: int = 1, check_finite: bool = True, xp=None):
+def loo_upper(scores: Array, /, *, axis: int = 1, allow_neg_inf: bool = False,
+        check_finite: bool = True, xp=None):
     r"""The minibatch leave-one-out **upper** bound for a known conditional (Poole et al. eq. 13).
 
     .. math::
@@ -952,9 +987,9 @@ def loo_upper(scores: Array, /, *, axis: int = 1, check_finite: bool = True, xp=
         ``scores[i, j] = f(x_i, y_j)``: rows are x, joint pairs on the diagonal; N >= 2.
     axis : {1, 0}, default 1
         The axis of ``scores`` indexing y (see above).
-    check_finite, xp
+    allow_neg_inf, check_finite, xp
         As in :func:`infonce`.  A batch where a row's conditional vanishes on every
-        other sample gives ``+inf`` (with ``check_finite=False``).
+        other sample gives ``+inf`` (with ``allow_neg_inf=True``).
 
     Returns
     -------
@@ -974,7 +1009,8 @@ def loo_upper(scores: Array, /, *, axis: int = 1, check_finite: bool = True, xp=
     >>> float(mi.loo_upper(s)), float(mi.infonce(s))     # above and below
     (5.0, 1.085226386946661)
     """
-    ctx, c, n, untranspose = _prepare(scores, axis=axis, check_finite=check_finite, xp=xp, min_n=2)
+    ctx, c, n, untranspose = _prepare(scores, axis=axis, check_finite=check_finite,
+                      allow_neg_inf=allow_neg_inf, xp=xp, min_n=2)
     xp = ctx.xp
     diag, off = _diag_mask(ctx, n)
     lse = logsumexp(c, off, axis=1, keepdims=True, xp=xp)

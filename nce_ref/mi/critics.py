@@ -101,7 +101,7 @@ def discrete(pmf, x, y, *, xp=None, dtype: str = "float64", device=None):
     r"""``scores[i, j] = log p(y_j|x_i)/p(y_j)`` for symbols ``x``, ``y`` drawn from ``pmf``.
 
     Entries where :math:`p(x_i, y_j) = 0` are ``-inf`` (the optimal critic rules the
-    pair out; call the bounds with ``check_finite=False``).
+    pair out; call the bounds with ``allow_neg_inf=True``).
 
     Parameters
     ----------
