@@ -446,52 +446,62 @@ def _groups(st: SimpleNamespace, k: int):
     return (inverse if st.v == 1 else xp.tile(inverse, (st.v,))), g
 
 
+def _group_kernel(st: SimpleNamespace, lg, block: int):
+    """The mask-free kernel (``supcon_stream_groups``) as ``sweep(weights) -> (per, npos,
+    grads)``, where it applies (single labels of few classes, logits bounded so that
+    ``e^z`` needs no shift); else None.  For ``in`` and ``per_pair`` the anchors (then
+    all the columns) are sorted by class, so that P is block diagonal and its blocks'
+    GEMMs replace a mask over every entry; the results are put back in the caller's order.
+    """
+    xp = st.xp
+    if lg.root is not None or lg.flush or not lg.shift_free(st.c, st.ctx.dtype, xp):
+        return None
+    groups = _groups(st, lg.fb.shape[1])
+    sortable = st.n_anchor == st.c and is_writeable_array(lg.fb)  # in-place diagonal blocks
+    if groups is None or (st.positives == "per_pair" and not sortable):
+        return None
+    kw = dict(positives=st.positives, block=block, xp=xp)
+    if st.positives == "out" or not sortable:
+        return lambda weights: supcon_stream_groups(lg.a, lg.fb, groups[0], groups[1],
+                                                    weights=weights, **kw)
+    order = xp.argsort(groups[0], stable=True)
+    inv = xp.argsort(order)
+    sorted_groups = xp.take(groups[0], order)
+    ids = xp.arange(groups[1] + 1, dtype=sorted_groups.dtype, device=st.ctx.device)
+    bounds = [int(x) for x in xp.searchsorted(sorted_groups, ids)]
+    a_s, fb_s = xp.take(lg.a, order, axis=0), xp.take(lg.fb, order, axis=0)
+
+    def sweep(weights):
+        w = None if weights is None else xp.take(weights, order)
+        per, npos, grads = supcon_stream_groups(a_s, fb_s, sorted_groups, groups[1], weights=w,
+                                                bounds=bounds, **kw)
+        if grads is not None:
+            grads = (xp.take(grads[0], inv, axis=0), xp.take(grads[1], inv, axis=0), grads[2])
+        return xp.take(per, inv), xp.take(npos, inv), grads
+
+    return sweep
+
+
 def _streamed(st: SimpleNamespace, block: int, *, need_grad: bool):
-    """Stream the anchors' rows of ``z = fa fbᵀ / τ`` (``_stream.supcon``)."""
+    """Stream the anchors' rows of ``z = fa fbᵀ / τ`` (``_stream.supcon``): the mask-free
+    kernel where it applies (:func:`_group_kernel`), else the per-block relation's."""
     ctx, xp = st.ctx, st.xp
     tau, tau0 = st.tau, st.tau0
     fa, fb, back_f = bilinear_features(st.anchors, st.u, kind=feature_kind(st.kind), eps=st.eps,
                                        xp=xp)
     lg = prepare_logits(fa, fb, tau, concrete_float(tau0), kind=st.kind,
                         n_entries=st.n_anchor * st.c, dtype=ctx.dtype, xp=xp)
-    a, fold, root, bound, flush = lg.a, lg.fold, lg.root, lg.bound, lg.flush
-    relation = _relation(st)
     kb = None if st.base_temperature is None else tau / st.base_temperature
-    groups = None
-    if root is None and not flush and lg.shift_free(st.c, ctx.dtype, xp):
-        groups = _groups(st, fb.shape[1])
-    sortable = st.n_anchor == st.c and is_writeable_array(fb)
-    if groups is not None and st.positives == "per_pair" and not sortable:
-        groups = None
+    kernel = _group_kernel(st, lg, block)
+    if kernel is None:
+        relation = _relation(st)
 
-    order = None
-    if groups is not None and st.positives in ("in", "per_pair") and sortable:
-        # anchors = columns, sorted by group: P is block diagonal (its blocks' GEMMs replace
-        # a mask over every entry); the results are put back in the caller's order
-        order = xp.argsort(groups[0], stable=True)
-        inv = xp.argsort(order)
-        sorted_groups = xp.take(groups[0], order)
-        ids = xp.arange(groups[1] + 1, dtype=sorted_groups.dtype, device=ctx.device)
-        bounds = [int(x) for x in xp.searchsorted(sorted_groups, ids)]
-        a_s, fb_s = xp.take(a, order, axis=0), xp.take(fb, order, axis=0)
+        def kernel(weights):
+            return supcon_stream(lg.a, lg.fb, relation, positives=st.positives, weights=weights,
+                                 block=block, flush=lg.flush, bound=lg.bound, root=lg.root, xp=xp)
 
     def sweep(weights):
-        if order is not None:
-            w = None if weights is None else xp.take(weights, order)
-            per, npos, grads = supcon_stream_groups(a_s, fb_s, sorted_groups, groups[1],
-                                                    positives=st.positives, weights=w,
-                                                    block=block, bounds=bounds, xp=xp)
-            per, npos = xp.take(per, inv), xp.take(npos, inv)
-            if grads is not None:
-                grads = (xp.take(grads[0], inv, axis=0), xp.take(grads[1], inv, axis=0), grads[2])
-        elif groups is not None:
-            per, npos, grads = supcon_stream_groups(a, fb, groups[0], groups[1],
-                                                    positives=st.positives, weights=weights,
-                                                    block=block, xp=xp)
-        else:
-            per, npos, grads = supcon_stream(a, fb, relation, positives=st.positives,
-                                             weights=weights, block=block, flush=flush,
-                                             bound=bound, root=root, xp=xp)
+        per, npos, grads = kernel(weights)
         count = npos if st.positives == "per_pair" else xp.astype(npos > 0, ctx.dtype)
         return per, count, grads
 
@@ -501,7 +511,7 @@ def _streamed(st: SimpleNamespace, block: int, *, need_grad: bool):
         dtau = -zdz / tau
         if kb is not None:
             dtau = dtau + per_dot / tau
-        g_anchor, g_u = back_f(da / fold, db)
+        g_anchor, g_u = back_f(da / lg.fold, db)
         return {"features": _features_grad(st, g_anchor, g_u),
                 "temperature": scalar_grad(ctx, dtau, tau0)}
 
