@@ -186,7 +186,7 @@ def check_similarity(kind: str, eps: float) -> tuple[str, float]:
 
 
 @differentiable("similarity", wrt=("a", "b"))
-def similarity(a: Array, b: Array, /, *, kind: str = "cosine", eps: float = DEFAULT_EPS,
+def similarity(a: Array, b: Array, /, *, similarity: str = "cosine", eps: float = DEFAULT_EPS,
                check_finite: bool = True, xp=None):
     r"""Pairwise similarity matrix between the rows of two embedding matrices.
 
@@ -195,7 +195,10 @@ def similarity(a: Array, b: Array, /, *, kind: str = "cosine", eps: float = DEFA
     a : array, shape (N, D)
     b : array, shape (M, D)
         Real floating arrays of one namespace and device.
-    kind : {"cosine", "dot", "neg_sq_euclidean", "neg_euclidean"}, default "cosine"
+    similarity : {"cosine", "dot", "neg_sq_euclidean", "neg_euclidean"}, default "cosine"
+        The same option, with the same values, as the losses' ``similarity=``
+        (this keyword was ``kind=`` before; see the README's changelog).
+
         - ``"cosine"``: :math:`s_{ij} = \hat a_i \cdot \hat b_j` with
           :math:`\hat x = x / \max(\lVert x\rVert_2, \varepsilon)`
           (``torch.nn.functional.normalize``'s convention; a zero vector gives a zero
@@ -238,14 +241,14 @@ def similarity(a: Array, b: Array, /, *, kind: str = "cosine", eps: float = DEFA
     --------
     >>> import numpy as np, nce_ref
     >>> a = np.array([[3.0, 4.0], [1.0, 0.0]])
-    >>> nce_ref.similarity(a, a, kind="cosine")
+    >>> nce_ref.similarity(a, a, similarity="cosine")
     array([[1. , 0.6],
            [0.6, 1. ]])
-    >>> nce_ref.similarity(a, a, kind="neg_euclidean")
+    >>> nce_ref.similarity(a, a, similarity="neg_euclidean")
     array([[-0.        , -4.47213595],
            [-4.47213595, -0.        ]])
     """
-    kind, eps = check_similarity(kind, eps)
+    kind, eps = check_similarity(similarity, eps)
     ctx = resolve({"a": a, "b": b}, ndims={"a": 2, "b": 2}, xp=xp, check_finite=check_finite)
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"`a` and `b` must have the same number of columns D; got "

@@ -113,7 +113,7 @@ def test_cosine_is_scale_invariant(qk, rng):
 
 def test_from_scores_equals_info_nce_on_its_logits(qk):
     q, k = qk
-    s = nce_ref.similarity(q, k, kind="dot") / 0.3
+    s = nce_ref.similarity(q, k, similarity="dot") / 0.3
     assert_close(nce_ref.info_nce_from_scores(s), nce_ref.info_nce(q, k, similarity="dot",
                                                                   temperature=0.3), rtol=1e-14)
 
@@ -369,7 +369,7 @@ def test_streamed_equals_the_dense_score_matrix(backend, kind, block, rng):
     tau = 0.3
 
     def dense(query, key, negatives, temperature):
-        s = nce_ref.similarity(query, np.concatenate([key, negatives]), kind=kind) / temperature
+        s = nce_ref.similarity(query, np.concatenate([key, negatives]), similarity=kind) / temperature
         return nce_ref.info_nce_from_scores(s)
 
     v, g = nce_ref.value_and_grad(nce_ref.info_nce)(Q, K, Nn, in_batch_negatives=True, similarity=kind,

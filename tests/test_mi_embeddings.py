@@ -53,11 +53,11 @@ def _options(bound, x, y, tau, kind, opts=None):
         extra, kw, dextra, dkw = _options(bound, x, y, tau, kind)
         return extra, {**kw, **opts}, dextra, {**dkw, **opts}
     if bound == "mine":
-        s = nce_ref.similarity(x, y, kind=kind) / tau
+        s = nce_ref.similarity(x, y, similarity=kind) / tau
         lma = float(mi.mine_update(s)) - 0.25  # not the batch mean: MINE's own gradient
         return (), {"log_moving_average": lma}, (lma,), {}
     if bound == "smile":
-        s = nce_ref.similarity(x, y, kind=kind) / tau
+        s = nce_ref.similarity(x, y, similarity=kind) / tau
         w = np.sort(np.abs(s[~np.eye(N, dtype=bool)]))
         c = float(0.5 * (w[len(w) // 2] + w[len(w) // 2 + 1]))  # between two |scores|: no kink
         return (), {"clip": c}, (), {"clip": c}
@@ -66,7 +66,7 @@ def _options(bound, x, y, tau, kind, opts=None):
 
 def _dense(bound, x, y, extra, kw, *, kind, tau, axis=1):
     """Value and gradients of the dense composition, by the registered VJPs (NumPy float64)."""
-    s, back_s = nce_ref.vjp(nce_ref.similarity, x, y, kind=kind)
+    s, back_s = nce_ref.vjp(nce_ref.similarity, x, y, similarity=kind)
     v, back = nce_ref.vjp(getattr(mi, bound), s / tau, *extra, axis=axis, **kw)
     g = back()
     ga = back_s(g["scores"] / tau)
@@ -143,7 +143,7 @@ def _fd_options(bound, x, y, tau, kind):
     if bound == "js":
         return (), {"report": "objective"}
     if bound == "mine":  # at the batch mean MINE's gradient is DV's, the derivative of the value
-        return (), {"log_moving_average": float(mi.mine_update(nce_ref.similarity(x, y, kind=kind) / tau))}
+        return (), {"log_moving_average": float(mi.mine_update(nce_ref.similarity(x, y, similarity=kind) / tau))}
     extra, kw, _, _ = _options(bound, x, y, tau, kind)
     return extra, kw
 
@@ -165,7 +165,7 @@ def test_extreme_temperatures_with_cosine(backend, dtype, bound, opts, tau, rng)
     xr, yr = x64.astype(dtype).astype(np.float64), y64.astype(dtype).astype(np.float64)
     extra, kw, dextra, dkw = _options(bound, xr, yr, tau, "cosine", opts)
     if bound == "mine":  # a moving average of the batch's order keeps the gradient finite
-        lma = float(mi.mine_update(nce_ref.similarity(xr, yr, kind="cosine") / tau))
+        lma = float(mi.mine_update(nce_ref.similarity(xr, yr, similarity="cosine") / tau))
         kw, dextra = {"log_moving_average": lma}, (lma,)
     call = nce_ref.value_and_grad(mi.bound_from_embeddings)
     x, y = backend.asarray(xr, dtype), backend.asarray(yr, dtype)
@@ -234,7 +234,7 @@ def test_interpolated_every_alpha_and_baseline(kind, alpha, form, rng):
 def test_interpolated_alpha_one_is_infonce_over_n_minus_one(rng):
     """At alpha = 1 the marginal term is exactly 1: I = mean_i (z_ii − mean_{k≠i} L_ik)."""
     x, y = rng.standard_normal((N, D)), rng.standard_normal((N, D))
-    s = nce_ref.similarity(x, y, kind="cosine") / 0.2
+    s = nce_ref.similarity(x, y, similarity="cosine") / 0.2
     v = mi.bound_from_embeddings(x, y, bound="interpolated", alpha=1.0, similarity="cosine",
                                  temperature=0.2, block_size=2)
     e = np.exp(s)

@@ -13,14 +13,14 @@ from ._helpers import assert_close
 
 def test_zero_distance_has_a_finite_zero_subgradient(rng):
     a = rng.standard_normal((3, 4))
-    v, g = nce_ref.value_and_grad(nce_ref.similarity)(a, a.copy(), kind="neg_euclidean",
+    v, g = nce_ref.value_and_grad(nce_ref.similarity)(a, a.copy(), similarity="neg_euclidean",
                                                       cotangent=np.eye(3))
     assert np.all(np.diag(v) == 0)
     assert np.all(g["a"] == 0) and np.all(g["b"] == 0)  # only the zero-distance entries weighted
     # away from the diagonal the gradient is the unit vector (a_i − b_j)/d_ij
     ct = np.zeros((3, 3))
     ct[0, 1] = 1.0
-    _, g = nce_ref.value_and_grad(nce_ref.similarity)(a, a.copy(), kind="neg_euclidean", cotangent=ct)
+    _, g = nce_ref.value_and_grad(nce_ref.similarity)(a, a.copy(), similarity="neg_euclidean", cotangent=ct)
     u = (a[0] - a[1]) / np.linalg.norm(a[0] - a[1])
     assert_close(g["a"][0], -u, rtol=1e-12, atol=1e-15)
 
@@ -30,12 +30,12 @@ def test_squared_distance_error_is_bounded_by_the_spread_not_the_offset(rng):
     # common mean; an offset of 1e6 shared by all points costs nothing.
     a = rng.standard_normal((3, 5)) + 1e6
     b = a + 1e-3 * rng.standard_normal((3, 5))
-    d2 = -nce_ref.similarity(a, b, kind="neg_sq_euclidean")
+    d2 = -nce_ref.similarity(a, b, similarity="neg_sq_euclidean")
     want = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
     c = np.vstack([a, b]).mean(0)
     spread = ((a - c) ** 2).sum(1)[:, None] + ((b - c) ** 2).sum(1)[None, :]
     assert np.all(np.abs(d2 - want) <= 64 * np.finfo(float).eps * spread + 1e-300)
-    check_grad(nce_ref.similarity, a - 1e6, b - 1e6, kind="neg_sq_euclidean")
+    check_grad(nce_ref.similarity, a - 1e6, b - 1e6, similarity="neg_sq_euclidean")
 
 
 def test_near_coincident_pairs_are_exact_in_the_positive_term(rng):
@@ -62,7 +62,7 @@ def test_zero_vector_under_cosine_follows_the_documented_eps(rng):
 def test_extreme_magnitudes_stay_finite(kind, rng):
     a = rng.standard_normal((3, 4)) * 1e150
     b = rng.standard_normal((2, 4)) * 1e-9  # above the cosine norm floor eps = 1e-12
-    s = nce_ref.similarity(a, b, kind=kind)
+    s = nce_ref.similarity(a, b, similarity=kind)
     assert np.all(np.isfinite(s))
     if kind == "cosine":
         ah = a / np.linalg.norm(a, axis=1, keepdims=True)

@@ -44,7 +44,7 @@ def qk(rng):
     (lambda q, k: nce_ref.nt_xent(q, k, temperature=0), ValueError, r"`temperature` must be > 0"),
     (lambda q, k: nce_ref.info_nce_from_scores(q), ValueError, r"at least as many columns as rows"),
     (lambda q, k: nce_ref.similarity(q, k[:, :2]), ValueError, r"same number of columns"),
-    (lambda q, k: nce_ref.similarity(q, k, kind="l2"), ValueError, r"`similarity` must be one of"),
+    (lambda q, k: nce_ref.similarity(q, k, similarity="l2"), ValueError, r"`similarity` must be one of"),
     (lambda q, k: nce_ref.info_nce(q, k, block_size=0), ValueError, r"`block_size` must be >= 1; got 0"),
     (lambda q, k: nce_ref.info_nce(q, k, block_size=2.5), TypeError, r"`block_size` must be an integer"),
     (lambda q, k: nce_ref.nt_xent(q, k, block_size=-3), ValueError, r"`block_size` must be >= 1"),

@@ -289,7 +289,7 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
                           check_finite: bool = True, xp=None, need_grad: bool = True):
     r"""An MI bound of :mod:`nce_ref.mi` on the critic ``sim(x_i, y_j)/τ``, streamed.
 
-    Equals ``getattr(nce_ref.mi, bound)(nce_ref.similarity(x, y, kind=similarity) /
+    Equals ``getattr(nce_ref.mi, bound)(nce_ref.similarity(x, y, similarity=similarity) /
     temperature, ...)``, value and gradient, to rounding, without holding the N x N
     score matrix: rows of :math:`z_{ij} = s(x_i, y_j)/\tau` are computed in blocks,
     and forward plus backward cost the three N x N x D GEMMs of the floor (one for
@@ -414,14 +414,14 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
     >>> x, y = rng.standard_normal((64, 8)), rng.standard_normal((64, 8))
     >>> v = mi.bound_from_embeddings(x, y, bound="dv", similarity="cosine", temperature=0.1,
     ...                              block_size=10)
-    >>> dense = mi.dv(nce_ref.similarity(x, y, kind="cosine") / 0.1)
+    >>> dense = mi.dv(nce_ref.similarity(x, y, similarity="cosine") / 0.1)
     >>> bool(np.isclose(v, dense, rtol=1e-12))
     True
     >>> v, g = nce_ref.value_and_grad(mi.bound_from_embeddings)(x, y, 0.5, bound="tuba")
     >>> sorted(g), g["x"].shape
     (['log_baseline', 'temperature', 'x', 'y'], (64, 8))
     >>> v = mi.bound_from_embeddings(x, y, 0.5, bound="interpolated", alpha=0.01, block_size=10)
-    >>> bool(np.isclose(v, mi.interpolated(nce_ref.similarity(x, y, kind="dot"), 0.5, alpha=0.01),
+    >>> bool(np.isclose(v, mi.interpolated(nce_ref.similarity(x, y, similarity="dot"), 0.5, alpha=0.01),
     ...                 rtol=1e-12))
     True
     """
@@ -430,7 +430,7 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
     if kind not in BILINEAR:
         raise ValueError(f"`similarity` must be one of {', '.join(map(repr, BILINEAR))} (a product "
                          f"of row features, which streams); got {kind!r}: compose "
-                         f"nce_ref.mi.{bound}(nce_ref.similarity(x, y, kind={kind!r}) / temperature)")
+                         f"nce_ref.mi.{bound}(nce_ref.similarity(x, y, similarity={kind!r}) / temperature)")
     _check_options(bound, log_baseline, clip, report, log_moving_average, alpha)
     a_opt = check_alpha(alpha) if bound == "interpolated" else None
     ax = check_axis(axis)

@@ -13,11 +13,11 @@ _ZERO_NOTE = ("inside the eps-ball the normalisation is x/eps, so the gradient i
 
 def _similarity(rng):
     a, b = rng.standard_normal((4, 3)), rng.standard_normal((5, 3))
-    out = [Case(f"random {k}", (a, b), {"kind": k}) for k in KINDS]
+    out = [Case(f"random {k}", (a, b), {"similarity": k}) for k in KINDS]
     z = np.zeros((2, 3))
-    out.append(Case("zero vectors under cosine", (np.vstack([z, a]), b), {"kind": "cosine"},
+    out.append(Case("zero vectors under cosine", (np.vstack([z, a]), b), {"similarity": "cosine"},
                     kind="edge", fd=False, note=_ZERO_NOTE))
-    out.append(Case("identical rows (zero distance)", (a, a.copy()), {"kind": "neg_euclidean"},
+    out.append(Case("identical rows (zero distance)", (a, a.copy()), {"similarity": "neg_euclidean"},
                     kind="edge", fd=False, note="zero distance is a kink; subgradient 0"))
     return out
 

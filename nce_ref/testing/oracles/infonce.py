@@ -7,9 +7,9 @@ import numpy as np
 from ._mp import lse, mp, reduce, sim, to_mp
 
 
-def similarity(a, b, *, kind="cosine", eps=1e-12, **_):
+def similarity(a, b, *, similarity="cosine", eps=1e-12, **_):
     A, B = to_mp(a), to_mp(b)
-    return np.array([[float(sim(x, y, kind, eps)) for y in B] for x in A], dtype=np.float64)
+    return np.array([[float(sim(x, y, similarity, eps)) for y in B] for x in A], dtype=np.float64)
 
 
 def info_nce(query, key, negatives=None, *, temperature=0.1, similarity="cosine",
