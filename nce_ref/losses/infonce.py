@@ -113,7 +113,7 @@ def _chain(ctx, lg: StreamLogits, grads, tau, *, assemble, rowwise: bool):
 
 
 def _streamed(ctx, lg: StreamLogits, pos, tau, tau0, *, reduction, segments, block, assemble,
-              inputs, need_grad: bool, symmetric=False, rowwise=False):
+              inputs, need_grad: bool, symmetric=False, rowwise=False, across=None):
     """Run the engine over row segments of the logits ``lg``; return ``(value, vjp)``.
 
     ``segments`` is a list of ``(r0, r1, bands)``: rows ``[r0, r1)`` with their
@@ -126,6 +126,11 @@ def _streamed(ctx, lg: StreamLogits, pos, tau, tau0, *, reduction, segments, blo
     N x N and the VJP sweeps again with the cotangent.  ``rowwise``:
     ``assemble(dfa[rows], dfb[rows], dpos[rows], rows=rows)`` is row ``rows`` of its
     result, so it runs on chunks of rows in cache.  ``need_grad=False``: the value only.
+
+    ``across``: these rows are one rank's share of a sharded batch
+    (:class:`nce_ref.sharded.Across`): the value is the sum over ranks of the weighted
+    terms (``across.n_total`` of them for the mean, ``across.scale`` times), and so is
+    the temperature's gradient; ``assemble`` sends the columns' gradients to their owners.
     """
     xp = ctx.xp
     r_total = lg.a.shape[0]
@@ -137,24 +142,35 @@ def _streamed(ctx, lg: StreamLogits, pos, tau, tau0, *, reduction, segments, blo
         per, grads = sweep(weights)
         g = _join(grads, xp)
         dtau = -(g[3] + xp.sum(g[2] * pos)) / tau
+        if across is not None:
+            dtau = across.total(dtau)
         return per, _chain(ctx, lg, g, tau, assemble=assemble, rowwise=rowwise), dtau
 
     def cast(out):
         return {k: ctx.like(v, inputs[k]) for k, v in out.items()}
 
+    def reduced(per):
+        if across is not None:
+            return across.reduce(per, reduction)
+        return reduce_fwd(per, reduction, xp=xp)[0]
+
     if not need_grad or reduction == "none":
         per, _ = sweep(None)
         if reduction != "none":
-            per = reduce_fwd(per, reduction, xp=xp)[0]
+            per = reduced(per)
 
         def vjp(g):
-            _, finish, dtau = grads_of(ctx.to_compute(g))
+            w = ctx.to_compute(g)
+            _, finish, dtau = grads_of(w if across is None else w * across.scale)
             return cast(finish(None)) | {"temperature": scalar_grad(ctx, dtau, tau0)}
 
         return ctx.to_out(ctx.result_finite(per, "loss")), (vjp if need_grad else None)
-    w = 1.0 / r_total if reduction == "mean" else 1.0
+    if across is None:
+        w = 1.0 / r_total if reduction == "mean" else 1.0
+    else:
+        w = across.weight(reduction)
     per, finish, dtau = grads_of(xp.full((r_total,), w, dtype=ctx.dtype, device=ctx.device))
-    value = ctx.result_finite(reduce_fwd(per, reduction, xp=xp)[0], "loss")
+    value = ctx.result_finite(reduced(per), "loss")
 
     def vjp_scalar(g):
         g = ctx.to_compute(g)
@@ -347,39 +363,55 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
 
 def _info_nce_streamed(ctx, inputs, tau, tau0, *, kind, eps, in_batch, symmetric, reduction,
                        block, need_grad):
-    """:func:`info_nce` by the engine: the features of queries and of every column
-    (keys, then unpaired negatives), the positives row-wise, then :func:`_streamed`."""
-    xp = ctx.xp
+    """:func:`info_nce` by the engine (:func:`info_nce_engine` on the whole batch)."""
     q, k = ctx.to_compute(inputs["query"]), ctx.to_compute(inputs["key"])
     neg = None if inputs["negatives"] is None else ctx.to_compute(inputs["negatives"])
-    n = q.shape[0]
-    cols = k if neg is None else xp.concat([k, neg], axis=0)
-    fa, fb_all, back_f = bilinear_features(q, cols, kind=feature_kind(kind), eps=eps, xp=xp)
-    fk = fb_all[:n, :]
-    s_pos, back_pos = pair_sim_from_features(q, k, fa, fk, kind=kind, eps=eps, xp=xp)
-    fb = fb_all if in_batch else fb_all[n:, :]
+    return info_nce_engine(ctx, q, k, neg, tau, tau0, inputs=inputs, kind=kind, eps=eps,
+                           in_batch=in_batch, symmetric=symmetric, reduction=reduction,
+                           block=block, need_grad=need_grad)
 
-    def assemble(dfa, dfb, dpos, rows=None):  # rows: only without explicit negatives
+
+def info_nce_engine(ctx, q, keys, neg, tau, tau0, *, inputs, kind, eps, in_batch, symmetric,
+                    reduction, block, need_grad, across=None):
+    """The engine's InfoNCE: rows ``q`` (n, D) against the columns ``[keys; neg]``, the
+    first n keys being the rows' positives (``keys`` may hold more rows: a sharded
+    batch's gathered keys, this rank's first).  The features of queries and columns,
+    the positives row-wise, then :func:`_streamed`.  Returns ``(value, vjp)`` whose
+    gradients are keyed ``query``, ``key``, ``negatives``, ``temperature``; with
+    ``across`` the columns' gradients are sent to their owners (``across.owners``)."""
+    xp = ctx.xp
+    n, n_keys = q.shape[0], keys.shape[0]
+    cols = keys if neg is None else xp.concat([keys, neg], axis=0)
+    fa, fb_all, back_f = bilinear_features(q, cols, kind=feature_kind(kind), eps=eps, xp=xp)
+    s_pos, back_pos = pair_sim_from_features(q, keys[:n, :], fa, fb_all[:n, :], kind=kind, eps=eps,
+                                             xp=xp)
+    fb = fb_all if in_batch else fb_all[n_keys:, :]
+
+    def assemble(dfa, dfb, dpos, rows=None):  # rows: only with n == n_keys and no negatives
         if not in_batch:
-            dfb = xp.concat([xp.zeros_like(fk), dfb], axis=0)
+            dfb = xp.concat([xp.zeros_like(fb_all[:n_keys, :]), dfb], axis=0)
         if rows is None:
             dfa, dfk, gq_p, gk_p = back_pos(dpos, dfa, dfb[:n, :])
-            dfb = dfk if neg is None else xp.concat([dfk, dfb[n:, :]], axis=0)
+            dfb = xp.concat([dfk, dfb[n:, :]], axis=0) if dfb.shape[0] > n else dfk
             ga, gc = back_f(dfa, dfb)
         else:
             dfa, dfb, gq_p, gk_p = back_pos(dpos, dfa, dfb, rows=rows)
             ga, gc = back_f(dfa, dfb, rows=rows)
-        out = {"query": plus(ga, gq_p), "key": plus(gc[:n, :], gk_p)}
+        gk = gc[:n_keys, :]
+        if gk_p is not None:
+            gk = xp.concat([gk[:n, :] + gk_p, gk[n:, :]], axis=0) if n_keys > n else gk + gk_p
+        out = {"query": plus(ga, gq_p), "key": gk}
         if neg is not None:
-            out["negatives"] = gc[n:, :]
-        return out
+            out["negatives"] = gc[n_keys:, :]
+        return out if across is None else across.owners(out)
 
     lg = prepare_logits(fa, fb, tau, concrete_float(tau0), kind=kind, n_entries=n * fb.shape[0],
                         dtype=ctx.dtype, xp=xp)
     return _streamed(ctx, lg, s_pos / tau, tau, tau0, reduction=reduction,
                      segments=[(0, n, (0,) if in_batch else ())], block=block,
                      assemble=assemble, inputs=inputs, need_grad=need_grad, symmetric=symmetric,
-                     rowwise=neg is None and kind in ("cosine", "dot"))
+                     rowwise=neg is None and n == n_keys and kind in ("cosine", "dot"),
+                     across=across)
 
 
 def _negative_blocks(ctx, q, neg, tau, *, kind, eps, negative_mode):
