@@ -47,6 +47,9 @@ class Entry:
     scalars : tuple of str
         The subset of ``wrt`` that are scalar parameters (float or 0-d array).
     signature : inspect.Signature
+    sharded : bool
+        A function of one rank's shard of a batch (it takes a ``comm``); listed by
+        ``registry(sharded=True)`` only.
     """
 
     name: str
@@ -55,6 +58,7 @@ class Entry:
     wrt: tuple[str, ...]
     scalars: tuple[str, ...]
     signature: inspect.Signature
+    sharded: bool = False
 
 
 _REGISTRY: dict[str, Entry] = {}
@@ -62,7 +66,8 @@ _REGISTRY: dict[str, Entry] = {}
 _NEED_GRAD = "need_grad"
 
 
-def differentiable(name: str, *, wrt: tuple[str, ...], scalars: tuple[str, ...] = ()):
+def differentiable(name: str, *, wrt: tuple[str, ...], scalars: tuple[str, ...] = (),
+                   sharded: bool = False):
     """Register ``impl`` (returning ``(value, vjp)``) and return the public function.
 
     Registering the same function again (a module reloaded) replaces its entry;
@@ -86,7 +91,7 @@ def differentiable(name: str, *, wrt: tuple[str, ...], scalars: tuple[str, ...] 
 
         public.__signature__ = sig
         entry = Entry(name=name, public=public, impl=with_grad, wrt=tuple(wrt),
-                      scalars=tuple(scalars), signature=sig)
+                      scalars=tuple(scalars), signature=sig, sharded=sharded)
         old = _REGISTRY.get(name)
         if old is not None and _qualified(old.public) != _qualified(public):
             raise RuntimeError(f"{name!r} registered twice: by {_qualified(old.public)} and "
@@ -102,19 +107,21 @@ def _qualified(f: Callable) -> str:
     return f"{f.__module__}.{f.__qualname__}"
 
 
-def registry() -> dict[str, Entry]:
-    """All registered functions, by public name.
+def registry(*, sharded: bool = False) -> dict[str, Entry]:
+    """The registered single-process functions (``sharded=True``: the sharded ones), by
+    public name.
 
     Importing :mod:`nce_ref` (which any import of this module does first) registers
-    every function of the library.
+    every function of the library; the sharded ones register when
+    :mod:`nce_ref.sharded` is imported.
     """
-    return dict(_REGISTRY)
+    return {k: e for k, e in _REGISTRY.items() if e.sharded == sharded}
 
 
 def lookup(f: Callable | str) -> Entry:
     """The :class:`Entry` of a registered function or public name."""
     if isinstance(f, str):
-        reg = registry()
+        reg = dict(_REGISTRY)
         key = f[len("nce_ref."):] if f.startswith("nce_ref.") else f
         if key not in reg:
             raise ValueError(f"unknown function {f!r}; registered: {', '.join(sorted(reg))}")

@@ -181,7 +181,7 @@ def _streamed(ctx, lg: StreamLogits, pos, tau, tau0, *, reduction, segments, blo
 
 # -- validation ---------------------------------------------------------------------
 
-def _in_batch(in_batch_negatives, negatives) -> bool:
+def in_batch_default(in_batch_negatives, negatives) -> bool:
     """Whether the other keys are negatives (the documented default when None)."""
     if in_batch_negatives is None:
         return negatives is None
@@ -190,7 +190,7 @@ def _in_batch(in_batch_negatives, negatives) -> bool:
     raise TypeError(f"`in_batch_negatives` must be True, False or None; got {in_batch_negatives!r}")
 
 
-def _check_info_nce_options(negatives, negative_mode, in_batch, symmetric, reduction) -> None:
+def check_info_nce_options(negatives, negative_mode, in_batch, symmetric, reduction) -> None:
     check_option(negative_mode, "negative_mode", NEGATIVE_MODES)
     check_reduction(reduction)
     if not isinstance(symmetric, bool):
@@ -335,8 +335,8 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
     >>> bool(abs(loss - np.log(4)) <= 4 * np.finfo(float).eps)
     True
     """
-    in_batch = _in_batch(in_batch_negatives, negatives)
-    _check_info_nce_options(negatives, negative_mode, in_batch, symmetric, reduction)
+    in_batch = in_batch_default(in_batch_negatives, negatives)
+    check_info_nce_options(negatives, negative_mode, in_batch, symmetric, reduction)
     kind, eps = check_similarity(similarity, eps)
     path = check_method(method, streamable=negatives is None or negative_mode == "unpaired",
                         why_not="paired negatives (negative_mode='paired')")
@@ -574,31 +574,52 @@ def nt_xent(z1: Array, z2: Array, /, *, temperature: float | Array = 0.5,
 
 
 def _nt_xent_streamed(ctx, z1, z2, tau, tau0, *, kind, eps, reduction, block, need_grad):
-    """:func:`nt_xent` by the engine: the 2N views' features, two row segments."""
-    xp = ctx.xp
+    """:func:`nt_xent` by the engine (:func:`nt_xent_engine` on the whole batch)."""
     a, b = ctx.to_compute(z1), ctx.to_compute(z2)
+    return nt_xent_engine(ctx, a, b, None, tau, tau0, inputs={"z1": z1, "z2": z2}, kind=kind,
+                          eps=eps, reduction=reduction, block=block, need_grad=need_grad)
+
+
+def nt_xent_engine(ctx, a, b, views, tau, tau0, *, inputs, kind, eps, reduction, block, need_grad,
+                   across=None):
+    """The engine's NT-Xent: anchors ``u = [a; b]`` (2n rows) against the columns
+    ``[A; B]`` = ``views`` (2N rows: a sharded batch's gathered views, this rank's
+    first in each half; None: ``u`` itself).  Anchor ``j`` of ``a`` excludes columns
+    ``j`` and ``N + j`` (its partner, held as the positive), anchor ``j`` of ``b``
+    columns ``N + j`` and ``j``.  Returns ``(value, vjp)`` keyed ``z1``, ``z2``,
+    ``temperature``; with ``across`` the columns' gradients go to their owners
+    (``across.owners({"z1": .., "z2": ..})`` of the two halves)."""
+    xp = ctx.xp
     n = a.shape[0]
     u = xp.concat([a, b], axis=0)
-    fa, fb, back_f = bilinear_features(u, u, kind=feature_kind(kind), eps=eps, xp=xp)
-    s_pos, back_pos = pair_sim_from_features(a, b, fa[:n, :], fb[n:, :], kind=kind, eps=eps, xp=xp)
+    cols = u if views is None else views
+    big_n = cols.shape[0] // 2
+    fa, fb, back_f = bilinear_features(u, cols, kind=feature_kind(kind), eps=eps, xp=xp)
+    s_pos, back_pos = pair_sim_from_features(a, b, fa[:n, :], fb[big_n:big_n + n, :], kind=kind,
+                                             eps=eps, xp=xp)
 
     def assemble(dfa, dfb, dpos):
-        d1, d2, ga, gb = back_pos(dpos[:n] + dpos[n:], dfa[:n, :], dfb[n:, :])
+        d1, d2, ga, gb = back_pos(dpos[:n] + dpos[n:], dfa[:n, :], dfb[big_n:big_n + n, :])
         dfa = xp.concat([d1, dfa[n:, :]], axis=0)
-        dfb = xp.concat([dfb[:n, :], d2], axis=0)
-        if kind in ("neg_sq_euclidean", "neg_euclidean"):
-            g1, g2 = back_f(dfa, dfb)
-            gu = g1 + g2
-        else:  # fa and fb are the same features of u: one VJP of their sum
-            gu = back_f(dfa + dfb, xp.zeros_like(dfb))[0]
+        dfb = xp.concat([dfb[:big_n, :], d2, dfb[big_n + n:, :]], axis=0)
+        if views is None and kind in ("cosine", "dot"):
+            # fa and fb are the same features of u: one VJP of their sum
+            g_rows, g_cols = back_f(dfa + dfb, xp.zeros_like(dfb))[0], None
+        else:
+            g_rows, g_cols = back_f(dfa, dfb)
+        if g_cols is not None and across is not None:
+            owned = across.owners({"z1": g_cols[:big_n, :], "z2": g_cols[big_n:, :]})
+            g_cols = xp.concat([owned["z1"], owned["z2"]], axis=0)
+        gu = g_rows if g_cols is None else g_rows + g_cols
         return {"z1": plus(gu[:n, :], ga), "z2": plus(gu[n:, :], gb)}
 
-    lg = prepare_logits(fa, fb, tau, concrete_float(tau0), kind=kind, n_entries=4 * n * n,
+    lg = prepare_logits(fa, fb, tau, concrete_float(tau0), kind=kind, n_entries=4 * n * big_n,
                         dtype=ctx.dtype, xp=xp)
-    # anchors of z1 exclude themselves and their partner N columns on; z2's, N back
+    # anchors of a exclude themselves and their partner N columns on; b's (at row offset n),
+    # the self column N + j and the partner j
     return _streamed(ctx, lg, xp.concat([s_pos, s_pos]) / tau, tau, tau0, reduction=reduction,
-                     segments=[(0, n, (0, n)), (n, 2 * n, (0, -n))], block=block,
-                     assemble=assemble, inputs={"z1": z1, "z2": z2}, need_grad=need_grad)
+                     segments=[(0, n, (0, big_n)), (n, 2 * n, (big_n - n, -n))], block=block,
+                     assemble=assemble, inputs=inputs, need_grad=need_grad, across=across)
 
 
 def nt_xent_dense(ctx, z1, z2, tau, tau0, *, kind, eps, reduction):

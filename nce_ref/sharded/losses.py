@@ -1,0 +1,307 @@
+r"""Sharded losses: one batch whose rows are split over the ranks of a group.
+
+Each function takes this rank's rows, the options of its single-process namesake
+and a communicator (:class:`nce_ref.sharded.Communicator`), and computes *exactly*
+the single-process function of the concatenated batch:
+
+- the value is the global loss, the same on every rank (``reduction="none"``: this
+  rank's rows of the per-row terms);
+- through :func:`nce_ref.value_and_grad` (or :func:`nce_ref.vjp`), the gradients are
+  this rank's rows of the global gradient, and the full gradient of the replicated
+  temperature (the same on every rank).  The cotangent of a reduced value must be
+  the same on every rank (it is the cotangent of the one global loss).
+
+The algorithm (``algorithm="gather"``): every rank gathers the columns (keys, views)
+of all ranks, O(N·D) memory and bytes per rank, in the *rolled order* (its own shard
+first), and runs the single-process engine (:mod:`nce_ref._stream`) on its own rows
+against them; the value and the temperature's gradient are summed over the ranks,
+and the columns' gradients are reduce-scattered back to their owners.  Symmetric
+(CLIP) losses gather the queries too and run the column direction on the rank's own
+keys, so every column's log-sum-exp is computed where its key lives, with no
+cross-rank log-sum-exp.  ``docs/sharded.md`` derives it and counts the bytes.
+
+Before any other collective the ranks agree on the metadata (``agree``): shapes,
+dtype, library, options and the temperature; a rank whose input fails validation
+(a NaN, a wrong shape, no rows) makes every rank raise the same
+:class:`nce_ref.sharded.ShardingError`, so none waits forever.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .._array import check_option, check_pair, concrete_float, resolve, scalar_param
+from .._reduce import check_reduction
+from .._stream import choose_block
+from .._stream._logits import buffers
+from ..autodiff import differentiable
+from ..losses.infonce import (
+    check_info_nce_options,
+    in_batch_default,
+    info_nce_engine,
+    nt_xent_engine,
+)
+from ..similarity import DEFAULT_EPS, check_similarity
+from ._comm import Communicator, agree
+
+Array = Any
+
+__all__ = ["info_nce", "nt_xent", "ALGORITHMS", "Across"]
+
+#: how the ranks share the columns: all-gather them, or pass them round a ring
+ALGORITHMS = ("gather",)
+
+
+@dataclass(frozen=True)
+class Across:
+    """The rows of one rank of a sharded batch, for the engine's drivers.
+
+    ``gathered`` maps an input's name to its shards' sizes (rank order) for the inputs
+    whose columns were gathered: their gradients are sent back to their owners.
+    ``n_total`` terms make the mean; ``scale`` weights this part of the loss (½ for
+    each direction of a symmetric loss).
+    """
+
+    comm: Communicator
+    gathered: dict
+    n_total: int
+    scale: float = 1.0
+
+    def total(self, x):
+        """The sum over ranks of ``x``."""
+        return self.comm.all_sum(x)
+
+    def weight(self, reduction: str) -> float:
+        """Each term's weight in the value."""
+        return self.scale / self.n_total if reduction == "mean" else self.scale
+
+    def reduce(self, per, reduction: str):
+        """The global value from this rank's terms ``per``."""
+        xp = _namespace(per)
+        return self.total(xp.sum(per)) * self.weight(reduction)
+
+    def owners(self, grads: dict) -> dict:
+        """``grads`` with the gathered inputs' gradients summed over ranks, this rank's rows."""
+        return {k: (self.comm.reduce_rows(v, self.gathered[k]) if k in self.gathered else v)
+                for k, v in grads.items()}
+
+
+def _namespace(x):
+    from array_api_compat import array_namespace
+
+    return array_namespace(x)
+
+
+def _meta(ctx, arrays: dict, options: dict, tau0) -> dict:
+    """What every rank must agree on; ``rows`` (and ``<name>_rows``) may differ."""
+    meta = {"library": ctx.xp.__name__, "dtype": str(ctx.out_dtype),
+            "temperature": concrete_float(tau0), **options}
+    for name, x in arrays.items():
+        if x is None:
+            meta[f"{name} given"] = False
+            continue
+        meta[f"{name} given"] = True
+        meta[f"{name} trailing shape"] = tuple(x.shape[1:])
+    return meta
+
+
+def _validated(comm, validate):
+    """Run ``validate()`` (local checks; returns ``(state, meta)``), then agree with the
+    other ranks; raise the same :class:`ShardingError` everywhere on any failure."""
+    if not isinstance(comm, Communicator):
+        raise TypeError(f"`comm` must be a nce_ref.sharded.Communicator (TorchCommunicator, "
+                        f"MPICommunicator, JaxCommunicator, ThreadGroup's); got {type(comm).__name__}")
+    state, meta, error = None, {}, None
+    try:
+        state, meta = validate()
+    except (ValueError, TypeError) as e:
+        error = e
+    metas = agree(comm, meta, error)
+    return state, metas
+
+
+def _check_algorithm(algorithm: str) -> str:
+    return check_option(algorithm, "algorithm", ALGORITHMS)
+
+
+@differentiable("sharded.info_nce", wrt=("query", "key", "negatives", "temperature"),
+                scalars=("temperature",), sharded=True)
+def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *, comm: Communicator,
+             temperature: float | Array = 0.1, similarity: str = "cosine",
+             in_batch_negatives: bool | None = None, symmetric: bool = False,
+             reduction: str = "mean", eps: float = DEFAULT_EPS, algorithm: str = "gather",
+             block_size: int | None = None, memory_budget: int | None = None,
+             check_finite: bool = True, xp=None, need_grad: bool = True):
+    r""":func:`nce_ref.info_nce` of a batch sharded over the ranks of ``comm``.
+
+    Rank r holds rows ``query_r``, ``key_r`` (the same number, its positive pairs) and
+    optionally ``negatives_r`` (M_r unpaired negatives, shared by every query of every
+    rank: the global negatives are all ranks' rows).  The result equals
+    ``nce_ref.info_nce(concat(query_r), concat(key_r), concat(negatives_r), ...)`` on
+    the concatenated batch, value and gradients, to rounding.
+
+    Parameters
+    ----------
+    query, key : array, shape (n_r, D)
+        This rank's rows (``n_r`` may differ between ranks; at least one).
+    negatives : array, shape (M_r, D), optional
+        This rank's share of the unpaired negatives (``negative_mode="unpaired"``;
+        paired negatives are row-wise and need no sharding: use
+        :func:`nce_ref.info_nce` on each rank).
+    comm : Communicator
+        The group (:class:`nce_ref.sharded.TorchCommunicator`, ``MPICommunicator``,
+        ``JaxCommunicator``, or a :class:`nce_ref.sharded.ThreadGroup`'s).
+    temperature, similarity, in_batch_negatives, symmetric, reduction, eps
+        As in :func:`nce_ref.info_nce`; the same on every rank (checked).
+    algorithm : {"gather"}, default "gather"
+        ``"gather"``: all-gather the columns (O(N·D) per rank).
+    block_size, memory_budget, check_finite, xp
+        As in :func:`nce_ref.info_nce`, for this rank's computation.
+
+    Returns
+    -------
+    loss : array
+        The global loss (0-d, the same on every rank), or this rank's per-row terms
+        for ``reduction="none"``.
+
+    Raises
+    ------
+    nce_ref.sharded.ShardingError
+        On every rank, when any rank's input is invalid or the ranks disagree on D,
+        dtype, library, options or temperature.
+
+    Examples
+    --------
+    Two ranks as two threads of this process (``ThreadGroup``; with
+    torch.distributed or MPI each rank is a process and ``comm`` its communicator):
+
+    >>> import numpy as np, nce_ref
+    >>> from nce_ref.sharded import ThreadGroup, info_nce
+    >>> rng = np.random.default_rng(0)
+    >>> q, k = rng.standard_normal((7, 4)), rng.standard_normal((7, 4))
+    >>> shards = [(q[:3], k[:3]), (q[3:], k[3:])]
+    >>> out = ThreadGroup(2).run(lambda comm, qr, kr: info_nce(qr, kr, comm=comm), shards)
+    >>> bool(np.isclose(out[0], nce_ref.info_nce(q, k))), float(out[0]) == float(out[1])
+    (True, True)
+    """
+    def validate():
+        in_batch = in_batch_default(in_batch_negatives, negatives)
+        check_info_nce_options(negatives, "unpaired", in_batch, symmetric, reduction)
+        kind, e = check_similarity(similarity, eps)
+        _check_algorithm(algorithm)
+        ctx = resolve({"query": query, "key": key, "negatives": negatives},
+                      ndims={"query": 2, "key": 2, "negatives": 2}, xp=xp, check_finite=check_finite)
+        n, d = check_pair(query, key, "query", "key")
+        if negatives is not None and negatives.shape[1] != d:
+            raise ValueError(f"`negatives` must have shape (M, {d}); got {tuple(negatives.shape)}")
+        tau, tau0 = scalar_param(ctx, temperature, "temperature", positive=True)
+        options = {"similarity": kind, "eps": e, "in_batch": in_batch, "symmetric": symmetric,
+                   "reduction": reduction, "algorithm": algorithm}
+        meta = _meta(ctx, {"query": query, "negatives": negatives}, options, tau0)
+        meta["rows"] = n
+        meta["negatives_rows"] = 0 if negatives is None else negatives.shape[0]
+        return (ctx, kind, e, in_batch, tau, tau0), meta
+
+    (ctx, kind, e, in_batch, tau, tau0), metas = _validated(comm, validate)
+    sizes = [m["rows"] for m in metas]
+    neg_sizes = [m["negatives_rows"] for m in metas]
+    inputs = {"query": query, "key": key, "negatives": negatives}
+    q, k = ctx.to_compute(query), ctx.to_compute(key)
+    keys = comm.gather_rows(k, sizes)
+    neg = None if negatives is None else comm.gather_rows(ctx.to_compute(negatives), neg_sizes)
+    n_cols = (sum(sizes) if in_batch else 0) + sum(neg_sizes)
+    block = choose_block(q.shape[0], n_cols, ctx.finfo().bits // 8, block_size=block_size,
+                         memory_budget=memory_budget, buffers=buffers(kind), like=query)
+    kw = dict(kind=kind, eps=e, in_batch=in_batch, reduction=reduction, block=block,
+              need_grad=need_grad, symmetric=False)
+    gathered = {"key": sizes, "negatives": neg_sizes}
+    if not symmetric:
+        across = Across(comm, gathered, n_total=sum(sizes))
+        return info_nce_engine(ctx, q, keys, neg, tau, tau0, inputs=inputs, across=across, **kw)
+    # CLIP: the rows' direction here, and the columns' (this rank's keys against every
+    # query) here too, each half the weight
+    queries = comm.gather_rows(q, sizes)
+    rows = info_nce_engine(ctx, q, keys, None, tau, tau0, inputs=inputs,
+                           across=Across(comm, gathered, n_total=sum(sizes), scale=0.5), **kw)
+    cols = info_nce_engine(ctx, k, queries, None, tau, tau0, inputs={"query": key, "key": query},
+                           across=Across(comm, gathered, n_total=sum(sizes), scale=0.5), **kw)
+    return _symmetric(ctx, rows, cols, reduction)
+
+
+def _symmetric(ctx, rows, cols, reduction):
+    """The two directions of a symmetric loss, added (each already half-weighted), with
+    the columns' gradients renamed back (its queries are the keys)."""
+    (v_r, back_r), (v_c, back_c) = rows, cols
+    value = 0.5 * (v_r + v_c) if reduction == "none" else v_r + v_c
+
+    def vjp(g):
+        gr, gc = back_r(g), back_c(g)
+        return {"query": gr["query"] + gc["key"], "key": gr["key"] + gc["query"],
+                "temperature": gr["temperature"] + gc["temperature"]}
+
+    return value, (None if back_r is None else vjp)
+
+
+@differentiable("sharded.nt_xent", wrt=("z1", "z2", "temperature"), scalars=("temperature",),
+                sharded=True)
+def nt_xent(z1: Array, z2: Array, /, *, comm: Communicator, temperature: float | Array = 0.5,
+            similarity: str = "cosine", reduction: str = "mean", eps: float = DEFAULT_EPS,
+            algorithm: str = "gather", block_size: int | None = None,
+            memory_budget: int | None = None, check_finite: bool = True, xp=None,
+            need_grad: bool = True):
+    r""":func:`nce_ref.nt_xent` of a batch sharded over the ranks of ``comm``.
+
+    Rank r holds the two views ``z1_r``, ``z2_r`` of its n_r samples; the result equals
+    ``nce_ref.nt_xent(concat(z1_r), concat(z2_r), ...)``: each anchor's negatives are
+    the 2N − 2 other views of *every* rank.  ``reduction="none"`` returns this rank's
+    2n_r terms (its ``z1`` anchors, then its ``z2`` anchors).
+
+    Parameters
+    ----------
+    z1, z2 : array, shape (n_r, D)
+    comm, algorithm, block_size, memory_budget, check_finite, xp
+        As in :func:`nce_ref.sharded.info_nce`.
+    temperature, similarity, reduction, eps
+        As in :func:`nce_ref.nt_xent`.
+
+    Returns
+    -------
+    loss : array, 0-d (the same on every rank) or (2 n_r,)
+
+    Examples
+    --------
+    >>> import numpy as np, nce_ref
+    >>> from nce_ref.sharded import ThreadGroup, nt_xent
+    >>> rng = np.random.default_rng(1)
+    >>> a, b = rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
+    >>> out = ThreadGroup(2).run(lambda comm, x, y: nt_xent(x, y, comm=comm),
+    ...                          [(a[:2], b[:2]), (a[2:], b[2:])])
+    >>> bool(np.isclose(out[1], nce_ref.nt_xent(a, b)))
+    True
+    """
+    def validate():
+        check_reduction(reduction)
+        kind, e = check_similarity(similarity, eps)
+        _check_algorithm(algorithm)
+        ctx = resolve({"z1": z1, "z2": z2}, ndims={"z1": 2, "z2": 2}, xp=xp,
+                      check_finite=check_finite)
+        n, d = check_pair(z1, z2, "z1", "z2")
+        tau, tau0 = scalar_param(ctx, temperature, "temperature", positive=True)
+        options = {"similarity": kind, "eps": e, "reduction": reduction, "algorithm": algorithm}
+        meta = _meta(ctx, {"z1": z1}, options, tau0)
+        meta["rows"] = n
+        return (ctx, kind, e, tau, tau0), meta
+
+    (ctx, kind, e, tau, tau0), metas = _validated(comm, validate)
+    sizes = [m["rows"] for m in metas]
+    xp = ctx.xp
+    a, b = ctx.to_compute(z1), ctx.to_compute(z2)
+    views = xp.concat([comm.gather_rows(a, sizes), comm.gather_rows(b, sizes)], axis=0)
+    block = choose_block(2 * a.shape[0], views.shape[0], ctx.finfo().bits // 8, block_size=block_size,
+                         memory_budget=memory_budget, buffers=buffers(kind), like=z1)
+    across = Across(comm, {"z1": sizes, "z2": sizes}, n_total=2 * sum(sizes))
+    return nt_xent_engine(ctx, a, b, views, tau, tau0, inputs={"z1": z1, "z2": z2}, kind=kind,
+                          eps=e, reduction=reduction, block=block, need_grad=need_grad,
+                          across=across)
+

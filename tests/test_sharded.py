@@ -1,0 +1,180 @@
+"""Sharded losses equal the single-process function of the concatenated batch.
+
+W ranks are W threads of this process (``ThreadGroup``): the algorithms and the
+contract (value the same on every rank, each rank's rows of the global gradient, the
+full temperature gradient, the same error on every rank) are tested here quickly; the
+real adapters (torch.distributed, MPI, JAX) in ``tests/test_sharded_comm.py`` and
+``tests/test_sharded_processes.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nce_ref
+from nce_ref.sharded import ShardingError, ThreadGroup
+from nce_ref.sharded import losses as sharded
+from nce_ref.testing import atol_for, rtol_for
+
+SIMILARITIES = ["cosine", "dot", "neg_sq_euclidean", "neg_euclidean"]
+
+
+def _splits(n: int, w: int, rng) -> list[int]:
+    """Unequal shard boundaries: w shards of n rows, each at least one."""
+    cuts = sorted(rng.choice(np.arange(1, n), w - 1, replace=False).tolist()) if w > 1 else []
+    return [0, *cuts, n]
+
+
+def _shard(arrays, bounds):
+    return [tuple(None if a is None else a[bounds[r]:bounds[r + 1]] for a in arrays)
+            for r in range(len(bounds) - 1)]
+
+
+def _run(fn, w, shards, *, cotangents=None, **kw):
+    """value_and_grad of ``fn`` on every rank; returns the per-rank results."""
+    def rank(comm, *xs):
+        extra = {} if cotangents is None else {"cotangent": cotangents[comm.rank]}
+        return nce_ref.value_and_grad(fn)(*[x for x in xs if x is not None], comm=comm, **kw, **extra)
+
+    return ThreadGroup(w).run(rank, shards)
+
+
+def _assert_matches(out, want, names, *, per_row=False, tau=None):
+    v0, g0 = want
+    rtol = rtol_for("float64", temperature=tau)
+    if per_row:
+        v = np.concatenate([np.atleast_1d(o[0]) for o in out])
+    else:
+        v = out[0][0]
+        assert all(float(o[0]) == float(v) for o in out), "the ranks' values differ"
+    np.testing.assert_allclose(v, v0, rtol=rtol, atol=atol_for("float64"))
+    for name in names:
+        got = np.concatenate([o[1][name] for o in out])
+        np.testing.assert_allclose(got, g0[name], rtol=rtol,
+                                   atol=atol_for("float64", float(np.max(np.abs(g0[name]), initial=1.0))),
+                                   err_msg=name)
+    taus = [float(o[1]["temperature"]) for o in out]
+    assert all(t == taus[0] for t in taus), "the ranks' temperature gradients differ"
+    np.testing.assert_allclose(taus[0], float(g0["temperature"]), rtol=rtol,
+                               atol=atol_for("float64", abs(float(g0["temperature"]))))
+
+
+@pytest.mark.parametrize("w", [1, 2, 3, 4])
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+@pytest.mark.parametrize("options", [{}, {"symmetric": True}, {"reduction": "sum"},
+                                     {"reduction": "none"}, {"symmetric": True, "reduction": "none"}],
+                         ids=["one-way", "symmetric", "sum", "none", "symmetric-none"])
+def test_info_nce_equals_the_single_process_loss(rng, w, similarity, options):
+    n, d = 13, 6
+    q, k = rng.standard_normal((n, d)), rng.standard_normal((n, d))
+    bounds = _splits(n, w, rng)
+    per_row = options.get("reduction") == "none"
+    ct = rng.standard_normal(n) if per_row else None
+    cts = None if ct is None else [ct[bounds[r]:bounds[r + 1]] for r in range(w)]
+    kw = dict(options, temperature=0.3, similarity=similarity)
+    out = _run(sharded.info_nce, w, _shard([q, k], bounds), cotangents=cts, **kw)
+    want = nce_ref.value_and_grad(nce_ref.info_nce)(q, k, **kw, **({} if ct is None else {"cotangent": ct}))
+    _assert_matches(out, want, ["query", "key"], per_row=per_row, tau=0.3)
+
+
+@pytest.mark.parametrize("in_batch", [False, True])
+def test_info_nce_with_each_ranks_negatives(rng, in_batch):
+    n, m, d, w = 10, 7, 4, 3
+    q, k, neg = (rng.standard_normal((x, d)) for x in (n, n, m))
+    bounds, nb = [0, 2, 3, 10], [0, 4, 4, 7]  # rank 1 holds no negative
+    shards = [s + t for s, t in zip(_shard([q, k], bounds), _shard([neg], nb))]
+    out = _run(sharded.info_nce, w, shards, in_batch_negatives=in_batch, temperature=0.2)
+    want = nce_ref.value_and_grad(nce_ref.info_nce)(q, k, neg, in_batch_negatives=in_batch,
+                                                      temperature=0.2)
+    _assert_matches(out, want, ["query", "key", "negatives"], tau=0.2)
+
+
+@pytest.mark.parametrize("w", [1, 2, 3])
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_nt_xent_equals_the_single_process_loss(rng, w, similarity, reduction):
+    n, d = 9, 5
+    z1, z2 = rng.standard_normal((n, d)), rng.standard_normal((n, d))
+    bounds = _splits(n, w, rng)
+    cts = ct = None
+    if reduction == "none":  # each rank's 2 n_r terms: its z1 anchors, then its z2 anchors
+        ct = rng.standard_normal(2 * n)
+        cts = [np.concatenate([ct[bounds[r]:bounds[r + 1]], ct[n + bounds[r]:n + bounds[r + 1]]])
+               for r in range(w)]
+    kw = dict(temperature=0.4, similarity=similarity, reduction=reduction)
+    out = _run(sharded.nt_xent, w, _shard([z1, z2], bounds), cotangents=cts, **kw)
+    v0, g0 = nce_ref.value_and_grad(nce_ref.nt_xent)(z1, z2, **kw,
+                                                      **({} if ct is None else {"cotangent": ct}))
+    if reduction == "none":  # the single-process order: all z1 anchors, then all z2 anchors
+        v0 = np.concatenate([np.concatenate([v0[bounds[r]:bounds[r + 1]], v0[n + bounds[r]:n + bounds[r + 1]]])
+                             for r in range(w)])
+    _assert_matches(out, (v0, g0), ["z1", "z2"], per_row=reduction == "none", tau=0.4)
+
+
+def test_an_array_temperature_gets_an_array_gradient_on_every_rank(rng):
+    q, k = rng.standard_normal((6, 3)), rng.standard_normal((6, 3))
+    out = _run(sharded.info_nce, 2, _shard([q, k], [0, 2, 6]), temperature=np.asarray(0.25))
+    assert all(isinstance(o[1]["temperature"], np.ndarray) and o[1]["temperature"].shape == ()
+               for o in out)
+
+
+# -- bad input: the same error on every rank, never a hang ------------------------------
+
+def _errors(w, shards, **kw):
+    """Each rank's error message (or None) from a plain call."""
+    def rank(comm, *xs):
+        try:
+            sharded.info_nce(*xs, comm=comm, **kw.get(f"rank{comm.rank}", kw.get("all", {})))
+        except ShardingError as e:
+            return str(e)
+        return None
+
+    return ThreadGroup(w, timeout=20).run(rank, shards)
+
+
+def _assert_same_error(msgs, match):
+    assert all(m is not None for m in msgs), msgs
+    assert len(set(msgs)) == 1, msgs
+    assert match in msgs[0], msgs[0]
+
+
+def test_a_nan_on_one_rank_raises_the_same_error_everywhere(rng):
+    q, k = rng.standard_normal((6, 3)), rng.standard_normal((6, 3))
+    q[4, 1] = np.nan
+    _assert_same_error(_errors(3, _shard([q, k], [0, 2, 3, 6])), "rank 2 of 3: ValueError: `query` must be finite")
+
+
+def test_ranks_that_disagree_raise_the_same_error_everywhere(rng):
+    q, k = rng.standard_normal((6, 3)), rng.standard_normal((6, 3))
+    shards = _shard([q, k], [0, 3, 6])
+    _assert_same_error(_errors(2, shards, rank1={"temperature": 0.2}), "disagree on temperature")
+    _assert_same_error(_errors(2, shards, rank0={"symmetric": True}), "disagree on symmetric")
+    _assert_same_error(_errors(2, shards, rank1={"similarity": "dot"}), "disagree on similarity")
+    wide = [shards[0], (rng.standard_normal((3, 4)), rng.standard_normal((3, 4)))]
+    _assert_same_error(_errors(2, wide), "disagree on query trailing shape")
+    f32 = [shards[0], tuple(x.astype(np.float32) for x in shards[1])]
+    _assert_same_error(_errors(2, f32), "disagree on dtype")
+
+
+def test_a_rank_without_rows_raises_the_same_error_everywhere(rng):
+    q, k = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
+    _assert_same_error(_errors(2, _shard([q, k], [0, 4, 4])), "rank 1 of 2: ValueError: `query` must have at least one row")
+
+
+def test_a_rank_that_never_calls_makes_the_others_time_out_not_hang(rng):
+    q, k = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
+
+    def rank(comm, a, b):
+        if comm.rank == 1:
+            return "skipped"
+        return sharded.info_nce(a, b, comm=comm)
+
+    with pytest.raises(TimeoutError, match="not reached by every rank"):
+        ThreadGroup(2, timeout=1.0).run(rank, _shard([q, k], [0, 2, 4]))
+
+
+def test_comm_must_be_a_communicator(rng):
+    q = rng.standard_normal((3, 2))
+    with pytest.raises(TypeError, match="`comm` must be a nce_ref.sharded.Communicator"):
+        sharded.info_nce(q, q, comm=object())
