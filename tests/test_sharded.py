@@ -178,3 +178,39 @@ def test_comm_must_be_a_communicator(rng):
     q = rng.standard_normal((3, 2))
     with pytest.raises(TypeError, match="`comm` must be a nce_ref.sharded.Communicator"):
         sharded.info_nce(q, q, comm=object())
+
+
+SUPCON_OPTIONS = [{}, {"positives": "in"}, {"positives": "per_pair"}, {"contrast_mode": "one"},
+                  {"no_positive": "zero"}, {"base_temperature": 0.07}, {"reduction": "sum"},
+                  {"similarity": "neg_euclidean"}, {"similarity": "dot", "temperature": 0.5},
+                  {"reduction": "none"}]
+
+
+@pytest.mark.parametrize("labels", ["single", "multi", "views"])
+@pytest.mark.parametrize("options", SUPCON_OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+def test_supcon_equals_the_single_process_loss_with_positives_across_ranks(rng, labels, options):
+    n, v, d, w = 11, 2, 5, 3
+    f = rng.standard_normal((n, v, d))
+    lab = {"single": rng.integers(0, 3, n), "multi": (rng.random((n, 4)) < 0.4).astype(float),
+           "views": None}[labels]
+    bounds = [0, 3, 4, 11]
+    kw = dict({"temperature": 0.2}, **options)
+    cts = ct = None
+    if options.get("reduction") == "none":  # anchors view-major: all samples' view 0, then view 1
+        ct = rng.standard_normal(n * v)
+        cts = [np.concatenate([ct[j * n + bounds[r]:j * n + bounds[r + 1]] for j in range(v)])
+               for r in range(w)]
+    shards = [(f[bounds[r]:bounds[r + 1]], None if lab is None else lab[bounds[r]:bounds[r + 1]])
+              for r in range(w)]
+    out = _run(sharded.supcon, w, shards, cotangents=cts, **kw)
+    v0, g0 = nce_ref.value_and_grad(nce_ref.supcon)(f, lab, **kw, **({} if ct is None else {"cotangent": ct}))
+    if ct is not None:
+        v0 = np.concatenate([np.concatenate([v0[j * n + bounds[r]:j * n + bounds[r + 1]] for j in range(v)])
+                             for r in range(w)])
+    _assert_matches(out, (v0, g0), ["features"], per_row=ct is not None, tau=kw["temperature"])
+
+
+def test_supcon_refuses_a_mask(rng):
+    f = rng.standard_normal((3, 2, 2))
+    with pytest.raises(TypeError, match="mask"):
+        ThreadGroup(1).run(lambda comm, x: sharded.supcon(x, comm=comm, mask=np.eye(3)), [(f,)])

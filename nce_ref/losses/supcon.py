@@ -224,7 +224,7 @@ def supcon(features: Array, labels: Array | None = None, /, *, mask: Array | Non
     True
     """
     path = check_method(method, streamable=True)
-    st = _setup(features, labels, mask=mask, temperature=temperature,
+    st = setup_supcon(features, labels, mask=mask, temperature=temperature,
                 base_temperature=base_temperature, positives=positives, no_positive=no_positive,
                 similarity=similarity, contrast_mode=contrast_mode, reduction=reduction, eps=eps,
                 check_finite=check_finite, xp=xp)
@@ -232,7 +232,7 @@ def supcon(features: Array, labels: Array | None = None, /, *, mask: Array | Non
                          memory_budget=memory_budget, buffers=buffers(st.kind), like=st.features)
     if path == "dense":
         return supcon_dense(st)
-    return _streamed(st, block, need_grad=need_grad)
+    return supcon_engine(st, block, need_grad=need_grad)
 
 
 def _dense_supcon(features: Array, labels: Array | None = None, /, **options):
@@ -240,7 +240,7 @@ def _dense_supcon(features: Array, labels: Array | None = None, /, **options):
     return supcon.__nce_ref__.impl(features, labels, **options, method="dense")
 
 
-def _setup(features, labels, *, mask, temperature, base_temperature, positives, no_positive,
+def setup_supcon(features, labels, *, mask, temperature, base_temperature, positives, no_positive,
            similarity, contrast_mode, reduction, eps, check_finite, xp) -> SimpleNamespace:
     """Validate everything (before any computation); return what both paths need."""
     kind, eps = check_similarity(similarity, eps)
@@ -292,26 +292,60 @@ def _setup(features, labels, *, mask, temperature, base_temperature, positives, 
         ctx=ctx, xp=xp, features=features, labels=labels, mask=mask, kind=kind, eps=eps,
         positives=positives, no_positive=no_positive, reduction=reduction,
         base_temperature=base_temperature, tau=tau, tau0=tau0, n=n, v=v, d=d, c=c,
-        n_anchor=n_anchor, u=u, anchors=u if n_anchor == c else u[:n, :])
+        n_anchor=n_anchor, u=u, anchors=u if n_anchor == c else u[:n, :],
+        col_labels=None if mask is not None else column_labels(ctx, labels, n, v))
 
 
-def _reduce(per, count, st):
-    """The reduction of the anchors' terms and its VJP (``no_positive``, ``per_pair``)."""
-    if st.reduction == "mean" and (st.positives == "per_pair" or st.no_positive == "exclude"):
-        return mean_over_fwd(per, count, xp=st.xp)
-    return reduce_fwd(per, st.reduction, xp=st.xp)
+def column_labels(ctx, labels, n: int, v: int, *, first_id=0):
+    """The label of each of the C = N·V columns of ``u`` (view-major): ``labels`` tiled
+    over the views (their rows, for multi-label 0/1 rows), or, without labels, each
+    sample's own id (``first_id + i``: the other views of a sample are its positives)."""
+    xp = ctx.xp
+    lab = xp.arange(n, device=ctx.device) + first_id if labels is None else labels
+    if v == 1:
+        return lab
+    return xp.tile(lab, (v,)) if lab.ndim == 1 else xp.tile(lab, (v, 1))
+
+
+def _reduce(per, count, st, across=None):
+    """The reduction of the anchors' terms and its VJP (``no_positive``, ``per_pair``);
+    with ``across``, of every rank's anchors (the sums and the count over ranks)."""
+    over_count = st.reduction == "mean" and (st.positives == "per_pair" or st.no_positive == "exclude")
+    if across is None:
+        if over_count:
+            return mean_over_fwd(per, count, xp=st.xp)
+        return reduce_fwd(per, st.reduction, xp=st.xp)
+    xp = st.xp
+    total = across.total(xp.sum(per))
+    if over_count:
+        n = across.total(xp.sum(count))
+        some = n > 0
+        safe = xp.where(some, n, xp.ones_like(n))
+        value = xp.where(some, total / safe, xp.zeros_like(total))
+        weight = xp.where(some, 1.0 / safe, xp.zeros_like(safe))
+    else:
+        w = across.weight(st.reduction)
+        value, weight = total * w, w
+
+    def back(g):
+        return xp.broadcast_to(g * weight, per.shape) * xp.ones_like(per)
+
+    return value, back
 
 
 def _features_grad(st, g_anchor, g_u):
-    """Gradients of the anchors and of ``u`` → the gradient of ``features``."""
+    """Gradients of the anchors and of ``u`` (the caller's own rows of it) → the gradient
+    of ``features``."""
     xp, ctx = st.xp, st.ctx
-    if st.n_anchor == st.c:
+    rows, n_anchor = g_u.shape[0], g_anchor.shape[0]
+    if n_anchor == rows:
         gu = g_u + g_anchor
     else:
-        gu = g_u + xp.concat([g_anchor, xp.zeros((st.c - st.n, st.d), dtype=ctx.dtype,
+        gu = g_u + xp.concat([g_anchor, xp.zeros((rows - n_anchor, st.d), dtype=ctx.dtype,
                                                  device=ctx.device)], axis=0)
     if st.features.ndim == 3:
-        gu = xp.permute_dims(xp.reshape(gu, (st.v, st.n, st.d)), (1, 0, 2))
+        n = st.features.shape[0]
+        gu = xp.permute_dims(xp.reshape(gu, (rows // n, n, st.d)), (1, 0, 2))
     return ctx.like(gu, st.features)
 
 
@@ -394,15 +428,12 @@ def _relation(st: SimpleNamespace):
     against every column (the anchor's own column is left to the kernel)."""
     ctx, xp = st.ctx, st.xp
     n, v = st.n, st.v
-    labels, mask = st.labels, st.mask
-    if mask is None and (labels is None or labels.ndim == 1):
-        lab = xp.arange(n, device=ctx.device) if labels is None else labels  # no labels: views
-        lab = lab if v == 1 else xp.tile(lab, (v,))
+    lab, mask = st.col_labels, st.mask
+    if mask is None and lab.ndim == 1:  # labels, or sample ids (no labels: the views)
         col = xp.expand_dims(lab, axis=0)
         return lambda r0, r1: xp.expand_dims(lab[r0:r1], axis=1) == col
     if mask is None:  # multi-label 0/1 rows: share a label <=> y_i · y_j >= 1
-        y = xp.astype(labels, ctx.dtype)
-        y = y if v == 1 else xp.tile(y, (v, 1))
+        y = xp.astype(lab, ctx.dtype)
         yt = xp.matrix_transpose(y)
         return lambda r0, r1: (y[r0:r1, :] @ yt) > 0.5
 
@@ -432,7 +463,7 @@ def _groups(st: SimpleNamespace, k: int):
             or is_lazy_array(st.labels):
         return None
     # group ids without a data-dependent shape: sort, count the changes, put back
-    labels = st.labels
+    labels = st.col_labels
     if xp.isdtype(labels.dtype, "bool"):  # argsort takes numbers
         labels = xp.astype(labels, xp.int8)
     order = xp.argsort(labels, stable=True)
@@ -442,8 +473,7 @@ def _groups(st: SimpleNamespace, k: int):
     g = int(ids[-1]) + 1
     if g > max(16, k // 4):
         return None
-    inverse = xp.take(ids, xp.argsort(order))
-    return (inverse if st.v == 1 else xp.tile(inverse, (st.v,))), g
+    return xp.take(ids, xp.argsort(order)), g
 
 
 def _group_kernel(st: SimpleNamespace, lg, block: int):
@@ -482,9 +512,14 @@ def _group_kernel(st: SimpleNamespace, lg, block: int):
     return sweep
 
 
-def _streamed(st: SimpleNamespace, block: int, *, need_grad: bool):
+def supcon_engine(st: SimpleNamespace, block: int, *, need_grad: bool, across=None):
     """Stream the anchors' rows of ``z = fa fbᵀ / τ`` (``_stream.supcon``): the mask-free
-    kernel where it applies (:func:`_group_kernel`), else the per-block relation's."""
+    kernel where it applies (:func:`_group_kernel`), else the per-block relation's.
+
+    The anchors ``st.anchors`` are the first rows of the columns ``st.u``.  ``across``:
+    they are one rank's share of a sharded batch (:class:`nce_ref.sharded.losses.Across`,
+    ``st.u`` the gathered columns): the value, its normaliser and the temperature's
+    gradient are summed over ranks, the columns' gradients sent to their owners."""
     ctx, xp = st.ctx, st.xp
     tau, tau0 = st.tau, st.tau0
     fa, fb, back_f = bilinear_features(st.anchors, st.u, kind=feature_kind(st.kind), eps=st.eps,
@@ -511,7 +546,11 @@ def _streamed(st: SimpleNamespace, block: int, *, need_grad: bool):
         dtau = -zdz / tau
         if kb is not None:
             dtau = dtau + per_dot / tau
+        if across is not None:
+            dtau = across.total(dtau)
         g_anchor, g_u = back_f(da / lg.fold, db)
+        if across is not None:
+            g_u = across.owners({"features": g_u})["features"]
         return {"features": _features_grad(st, g_anchor, g_u),
                 "temperature": scalar_grad(ctx, dtau, tau0)}
 
@@ -520,7 +559,7 @@ def _streamed(st: SimpleNamespace, block: int, *, need_grad: bool):
 
     if not need_grad:
         per, count, _ = sweep(None)
-        return finish(_reduce(per, count, st)[0]), None
+        return finish(_reduce(per, count, st, across)[0]), None
     if st.reduction == "none":
         per, _, _ = sweep(None)
 
@@ -533,12 +572,12 @@ def _streamed(st: SimpleNamespace, block: int, *, need_grad: bool):
     # a scalar reduction gives every anchor the same cotangent: sweep once with unit
     # weights (the gradient fused in), scale by the reduction's cotangent afterwards
     per, count, (da, db, zdz) = sweep(xp.ones((st.n_anchor,), dtype=ctx.dtype, device=ctx.device))
-    value, back_red = _reduce(per, count, st)
+    value, back_red = _reduce(per, count, st, across)
 
     def vjp_scalar(g):
         k = back_red(ctx.to_compute(g))[0]
         if kb is not None:
             k = k * kb
-        return grads_of((da * k, db * k, zdz * k), k * xp.sum(per))
+        return grads_of((da * k, db * k, zdz * k), k * xp.sum(per))  # k: the same for every anchor
 
     return finish(value), vjp_scalar

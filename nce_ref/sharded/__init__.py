@@ -7,9 +7,9 @@ framework only when first used.
 """
 
 from ._comm import Communicator, ShardingError, ThreadGroup, agree
-from .losses import ALGORITHMS, info_nce, nt_xent
+from .losses import ALGORITHMS, info_nce, nt_xent, supcon
 
-__all__ = ["Communicator", "ShardingError", "ThreadGroup", "agree", "info_nce", "nt_xent",
+__all__ = ["Communicator", "ShardingError", "ThreadGroup", "agree", "info_nce", "nt_xent", "supcon",
            "ALGORITHMS", "TorchCommunicator", "MPICommunicator", "JaxCommunicator"]
 
 _ADAPTERS = {"TorchCommunicator": "torch", "MPICommunicator": "mpi", "JaxCommunicator": "jax"}

@@ -42,12 +42,13 @@ from ..losses.infonce import (
     info_nce_engine,
     nt_xent_engine,
 )
+from ..losses.supcon import column_labels, setup_supcon, supcon_engine
 from ..similarity import DEFAULT_EPS, check_similarity
 from ._comm import Communicator, agree
 
 Array = Any
 
-__all__ = ["info_nce", "nt_xent", "ALGORITHMS", "Across"]
+__all__ = ["info_nce", "nt_xent", "supcon", "ALGORITHMS", "Across"]
 
 #: how the ranks share the columns: all-gather them, or pass them round a ring
 ALGORITHMS = ("gather",)
@@ -305,3 +306,78 @@ def nt_xent(z1: Array, z2: Array, /, *, comm: Communicator, temperature: float |
                           eps=e, reduction=reduction, block=block, need_grad=need_grad,
                           across=across)
 
+
+
+@differentiable("sharded.supcon", wrt=("features", "temperature"), scalars=("temperature",),
+                sharded=True)
+def supcon(features: Array, labels: Array | None = None, /, *, comm: Communicator,
+           temperature: float | Array = 0.07, base_temperature: float | None = None,
+           positives: str = "out", no_positive: str = "exclude", similarity: str = "cosine",
+           contrast_mode: str = "all", reduction: str = "mean", eps: float = DEFAULT_EPS,
+           algorithm: str = "gather", block_size: int | None = None,
+           memory_budget: int | None = None, check_finite: bool = True, xp=None,
+           need_grad: bool = True):
+    r""":func:`nce_ref.supcon` of a batch sharded over the ranks of ``comm``.
+
+    Rank r holds ``features_r`` (its n_r samples' V views) and their ``labels_r``; an
+    anchor's positives are the views of every rank's samples that share its label
+    (without labels: the other views of its own sample), its negatives every other
+    view of every rank.  The result equals ``nce_ref.supcon(concat(features_r),
+    concat(labels_r), ...)``; ``reduction="none"`` returns this rank's anchors' terms
+    (view-major, as the single-process function orders them per rank).  A positive
+    ``mask`` (N x N) has no sharded form: give labels.
+
+    Parameters
+    ----------
+    features : array, shape (n_r, V, D) or (n_r, D)
+    labels : array, shape (n_r,) or (n_r, L) of 0/1, optional
+    comm, algorithm, block_size, memory_budget, check_finite, xp
+        As in :func:`nce_ref.sharded.info_nce`.
+    temperature, base_temperature, positives, no_positive, similarity, contrast_mode, reduction, eps
+        As in :func:`nce_ref.supcon`; the same on every rank.
+
+    Returns
+    -------
+    loss : array, 0-d (the same on every rank) or (n_r·V,) (``contrast_mode="one"``: (n_r,))
+
+    Examples
+    --------
+    >>> import numpy as np, nce_ref
+    >>> from nce_ref.sharded import ThreadGroup, supcon
+    >>> rng = np.random.default_rng(2)
+    >>> f, y = rng.standard_normal((6, 2, 3)), np.array([0, 1, 0, 1, 1, 2])
+    >>> out = ThreadGroup(2).run(lambda comm, fr, yr: supcon(fr, yr, comm=comm),
+    ...                          [(f[:4], y[:4]), (f[4:], y[4:])])
+    >>> bool(np.isclose(out[0], nce_ref.supcon(f, y)))
+    True
+    """
+    def validate():
+        _check_algorithm(algorithm)
+        st = setup_supcon(features, labels, mask=None, temperature=temperature,
+                          base_temperature=base_temperature, positives=positives,
+                          no_positive=no_positive, similarity=similarity,
+                          contrast_mode=contrast_mode, reduction=reduction, eps=eps,
+                          check_finite=check_finite, xp=xp)
+        options = {"similarity": st.kind, "eps": st.eps, "positives": positives,
+                   "no_positive": no_positive, "contrast_mode": contrast_mode,
+                   "reduction": reduction, "base_temperature": st.base_temperature,
+                   "algorithm": algorithm, "views": st.v,
+                   "labels": None if labels is None else f"{labels.ndim}-d {labels.dtype}",
+                   "label columns": None if labels is None or labels.ndim == 1 else labels.shape[1]}
+        meta = _meta(st.ctx, {"features": features}, options, st.tau0)
+        meta["rows"] = st.n
+        return st, meta
+
+    st, metas = _validated(comm, validate)
+    sizes = [m["rows"] for m in metas]
+    views = [s * st.v for s in sizes]  # each rank's u: its samples' views, view-major
+    first = sum(sizes[:comm.rank]) if isinstance(comm.rank, int) else comm.rank * st.n
+    own = column_labels(st.ctx, st.labels, st.n, st.v, first_id=first)
+    st.col_labels = comm.gather_rows(own, views)
+    st.u = comm.gather_rows(st.u, views)
+    st.c = st.u.shape[0]
+    block = choose_block(st.n_anchor, st.c, st.ctx.finfo().bits // 8, block_size=block_size,
+                         memory_budget=memory_budget, buffers=buffers(st.kind), like=features)
+    n_anchor = sum(views) if contrast_mode == "all" else sum(sizes)
+    across = Across(comm, {"features": views}, n_total=n_anchor)
+    return supcon_engine(st, block, need_grad=need_grad, across=across)
