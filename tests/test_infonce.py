@@ -30,6 +30,7 @@ def qk(rng):
 
 # -- closed forms -------------------------------------------------------------------
 
+@pytest.mark.cover()
 @pytest.mark.parametrize("n", [1, 2, 9])
 def test_collinear_gives_log_n_and_log_2n_minus_1(backend, dtype, n, rng):
     base = np.abs(rng.standard_normal(4)) + 0.1
@@ -342,6 +343,7 @@ def test_value_and_grad_rejects_unregistered_functions():
 
 # -- streaming ------------------------------------------------------------------------
 
+@pytest.mark.cover()
 @pytest.mark.parametrize("kind", ["cosine", "dot", "neg_sq_euclidean", "neg_euclidean"])
 @pytest.mark.parametrize("block", [1, 2, 5, 7, 100])
 def test_streamed_blocks_equal_one_block(backend, kind, block, rng):
@@ -359,6 +361,7 @@ def test_streamed_blocks_equal_one_block(backend, kind, block, rng):
                          atol=1e-14, err_msg=name)
 
 
+@pytest.mark.cover()
 @pytest.mark.parametrize("kind", ["cosine", "dot", "neg_sq_euclidean", "neg_euclidean"])
 @pytest.mark.parametrize("block", [1, 3, 7])
 def test_streamed_equals_the_dense_score_matrix(backend, kind, block, rng):

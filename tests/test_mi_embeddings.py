@@ -94,6 +94,7 @@ VARIANTS = _variants()
 IDS = [b + ("-" + "-".join(map(str, kw.values())) if kw else "") for b, kw in VARIANTS]
 
 
+@pytest.mark.cover("backend", "dtype", "bound,opts", "kind", "blocks")
 @pytest.mark.parametrize("blocks", list(BLOCKS), ids=list(BLOCKS))
 @pytest.mark.parametrize("kind", SIMS)
 @pytest.mark.parametrize("bound,opts", VARIANTS, ids=IDS)
@@ -158,6 +159,7 @@ def test_gradient_matches_finite_differences(bound, kind, rng):
                temperature=tau, block_size=3, **kw)
 
 
+@pytest.mark.cover("backend", "dtype", "bound,opts", "tau")
 @pytest.mark.parametrize("tau", [1e-3, 1e3])
 @pytest.mark.parametrize("bound,opts", VARIANTS, ids=IDS)
 def test_extreme_temperatures_with_cosine(backend, dtype, bound, opts, tau, rng):

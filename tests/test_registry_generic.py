@@ -55,6 +55,7 @@ def test_gradient_matches_finite_differences(name, i):
     check_grad(entry.public, *case.args, **case.kwargs)
 
 
+@pytest.mark.cover("backend", "dtype", "name,i")
 @pytest.mark.parametrize("name,i", _PARAMS)
 def test_backends_match_oracle_and_keep_namespace(backend, dtype, name, i):
     entry, case = _call(name, i)
@@ -84,6 +85,7 @@ def test_backends_match_oracle_and_keep_namespace(backend, dtype, name, i):
                  err_msg=case.describe())
 
 
+@pytest.mark.cover("backend", "name,i")
 @pytest.mark.parametrize("name,i", _PARAMS)
 def test_backend_gradients_match_numpy(backend, name, i):
     entry, case = _call(name, i)

@@ -106,6 +106,7 @@ def _value_and_grads(fn, backend, dtype, args, kw, ct):
     return backend.to_numpy(value), {k: backend.to_numpy(v) for k, v in g.items()}
 
 
+@pytest.mark.cover("backend", "dtype", "source,opts")
 @pytest.mark.parametrize("source,opts", COMBOS, ids=[f"{s}-{'-'.join(f'{k}={v}' for k, v in o.items())}"
                                                        for s, o in COMBOS])
 def test_streamed_equals_dense(backend, dtype, data, source, opts, rng):

@@ -1,17 +1,64 @@
-"""mpmath helpers for the oracles (50 significant digits)."""
+"""mpmath helpers for the oracles (50 significant digits).
+
+Every oracle is wrapped by :func:`oracle`: it runs under ``mp.workdps(50)`` (the
+process-wide precision is left as it was) and is memoized by the content of its
+arguments, so that the backends compared on one case and dtype share one oracle
+evaluation.
+"""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
+
+from .._tolerances import ContentCache, content_key
 
 try:
     import mpmath as mp
 except ImportError as exc:  # pragma: no cover - mpmath is in the `test` extra
     raise ImportError("the oracles need mpmath: pip install 'nce-ref[test]'") from exc
 
-mp.mp.dps = 50
+#: significant digits of every oracle evaluation
+DPS = 50
 
-__all__ = ["mp", "to_mp", "to_f64", "lse", "sim", "reduce"]
+__all__ = ["DPS", "mp", "oracle", "to_mp", "to_f64", "lse", "sim", "reduce"]
+
+
+def _copy(out):
+    return out.copy() if isinstance(out, np.ndarray) else out
+
+
+def oracle(fn):
+    """Run ``fn`` with :data:`DPS` digits and memoize it by its arguments' content.
+
+    The key is :func:`~nce_ref.testing._tolerances.content_key` of the positional and
+    keyword arguments (arrays by dtype, shape and bytes): the oracles are fed the
+    inputs rounded to the tested dtype, so the key holds the case and the dtype and
+    never the backend.  Results are returned as copies; arguments without a content
+    key are evaluated without caching.  ``fn.cache`` exposes the cache (hits, misses,
+    ``clear()``).
+    """
+    cache = ContentCache()
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            key = (content_key(args), content_key(kwargs))
+        except TypeError:
+            key = None
+        if key is not None:
+            hit, out = cache.get(key)
+            if hit:
+                return _copy(out)
+        with mp.workdps(DPS):
+            out = fn(*args, **kwargs)
+        if key is not None:
+            cache.put(key, _copy(out))
+        return out
+
+    wrapper.cache = cache
+    return wrapper
 
 
 def to_mp(a):

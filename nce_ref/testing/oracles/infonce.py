@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._mp import lse, mp, reduce, sim, to_mp
+from ._mp import lse, mp, oracle, reduce, sim, to_mp
 
 
+@oracle
 def similarity(a, b, *, similarity="cosine", eps=1e-12, **_):
     A, B = to_mp(a), to_mp(b)
     return np.array([[float(sim(x, y, similarity, eps)) for y in B] for x in A], dtype=np.float64)
 
 
+@oracle
 def info_nce(query, key, negatives=None, *, temperature=0.1, similarity="cosine",
              negative_mode="unpaired", in_batch_negatives=None, symmetric=False,
              reduction="mean", eps=1e-12, **_):
@@ -37,6 +39,7 @@ def info_nce(query, key, negatives=None, *, temperature=0.1, similarity="cosine"
     return reduce(per, reduction)
 
 
+@oracle
 def nt_xent(z1, z2, *, temperature=0.5, similarity="cosine", reduction="mean", eps=1e-12, **_):
     U = to_mp(z1) + to_mp(z2)
     n = len(U) // 2
@@ -49,6 +52,7 @@ def nt_xent(z1, z2, *, temperature=0.5, similarity="cosine", reduction="mean", e
     return reduce(per, reduction)
 
 
+@oracle
 def info_nce_from_scores(scores, *, reduction="mean", **_):
     S = to_mp(scores)
     per = [lse(row) - row[i] for i, row in enumerate(S)]

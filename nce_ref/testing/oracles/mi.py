@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._mp import lse, mp, to_f64, to_mp
+from ._mp import lse, mp, oracle, to_f64, to_mp
 
 
 def _matrix(scores, axis):
@@ -35,6 +35,7 @@ def _off(n):
     return [(i, j) for i in range(n) for j in range(n) if i != j]
 
 
+@oracle
 def infonce(scores, *, axis=1, **_):
     s = _matrix(scores, axis)
     n = len(s)
@@ -42,6 +43,7 @@ def infonce(scores, *, axis=1, **_):
     return to_f64(mp.log(n) - loss)
 
 
+@oracle
 def tuba(scores, log_baseline=0.0, *, axis=1, **_):
     s = _matrix(scores, axis)
     n = len(s)
@@ -51,22 +53,26 @@ def tuba(scores, log_baseline=0.0, *, axis=1, **_):
     return to_f64(1 + joint - marg)
 
 
+@oracle
 def nwj(scores, *, axis=1, **_):
     s = _matrix(scores, axis)
     n = len(s)
     return to_f64(_mean(s[i][i] for i in range(n)) - _mean(mp.exp(s[i][j] - 1) for i, j in _off(n)))
 
 
+@oracle
 def dv(scores, *, axis=1, **_):
     s = _matrix(scores, axis)
     n = len(s)
     return to_f64(_mean(s[i][i] for i in range(n)) - mp.log(_mean(mp.exp(s[i][j]) for i, j in _off(n))))
 
 
+@oracle
 def mine(scores, log_moving_average=None, *, axis=1, **_):
     return dv(scores, axis=axis)  # the value is DV's; only the gradient differs
 
 
+@oracle
 def js(scores, *, report="mi", axis=1, **_):
     s = _matrix(scores, axis)
     n = len(s)
@@ -77,6 +83,7 @@ def js(scores, *, report="mi", axis=1, **_):
     return to_f64(joint - marg)
 
 
+@oracle
 def interpolated(scores, log_baseline=0.0, *, alpha, axis=1, **_):
     s = _matrix(scores, axis)
     n = len(s)
@@ -92,6 +99,7 @@ def interpolated(scores, log_baseline=0.0, *, alpha, axis=1, **_):
     return to_f64(1 + joint - marg)
 
 
+@oracle
 def smile(scores, *, clip, axis=1, **_):
     s = _matrix(scores, axis)
     n = len(s)
@@ -100,6 +108,7 @@ def smile(scores, *, clip, axis=1, **_):
     return to_f64(_mean(s[i][i] for i in range(n)) - mp.log(_mean(mp.exp(c) for c in clipped)))
 
 
+@oracle
 def loo_upper(scores, *, axis=1, **_):
     s = _matrix(scores, axis)
     n = len(s)

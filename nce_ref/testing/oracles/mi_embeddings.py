@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._mp import mp, sim, to_mp
+from ._mp import mp, oracle, sim, to_mp
 from .mi import ORACLES as _BOUND_ORACLES
 
 
+@oracle
 def bound_from_embeddings(x, y, log_baseline=None, *, bound="infonce", similarity="dot",
                           temperature=1.0, clip=None, report=None, log_moving_average=None,
                           alpha=None, axis=1, eps=1e-12, **_):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._mp import lse, mp, sim, to_f64, to_mp
+from ._mp import lse, mp, oracle, sim, to_f64, to_mp
 
 
 def _related(n, labels, mask):
@@ -20,6 +20,7 @@ def _related(n, labels, mask):
     return [[bool(np.any((lab[i] != 0) & (lab[j] != 0))) for j in range(n)] for i in range(n)]
 
 
+@oracle
 def supcon(features, labels=None, *, mask=None, temperature=0.07, base_temperature=None,
            positives="out", no_positive="exclude", similarity="cosine", contrast_mode="all",
            reduction="mean", eps=1e-12, **_):

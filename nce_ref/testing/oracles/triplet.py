@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._mp import mp, sim, to_f64, to_mp
+from ._mp import mp, oracle, sim, to_f64, to_mp
 
 
 def _dist(a, b, distance, p, eps):
@@ -36,6 +36,7 @@ def _reduce(per, count, count_pos, reduction):
     return to_f64(total / denom if denom else mp.mpf(0))
 
 
+@oracle
 def triplet(anchor, positive, negative, *, margin=1.0, distance="euclidean", p=2, swap=False,
             soft=False, reduction="mean", eps=1e-12, **_):
     A, P, N = to_mp(anchor), to_mp(positive), to_mp(negative)
@@ -51,6 +52,7 @@ def triplet(anchor, positive, negative, *, margin=1.0, distance="euclidean", p=2
     return _reduce(per, len(per), sum(1 for x in per if x > 0), reduction)
 
 
+@oracle
 def batch_triplet(embeddings, labels, *, mining="all", margin=1.0, distance="euclidean", p=2,
                   soft=False, reduction="mean", eps=1e-12, **_):
     X = to_mp(embeddings)
