@@ -98,13 +98,14 @@ def _dot(a, b, eps, xp):
     return s, back
 
 
-def _centered(a, b, xp):
+def _centered(a, b, xp, center=None):
     # Distances are translation invariant; centring both sets on their common mean
     # reduces the cancellation of ‖a‖² + ‖b‖² − 2 a·b.  The centre is treated as a
     # constant in the VJP: by invariance its total contribution is exactly zero.
-    n, m = a.shape[-2], b.shape[-2]
-    c = (xp.sum(a, axis=-2, keepdims=True) + xp.sum(b, axis=-2, keepdims=True)) / float(n + m)
-    return a - c, b - c
+    if center is None:
+        n, m = a.shape[-2], b.shape[-2]
+        center = (xp.sum(a, axis=-2, keepdims=True) + xp.sum(b, axis=-2, keepdims=True)) / float(n + m)
+    return a - center, b - center
 
 
 def _sq_dist(a, b, xp):
@@ -266,7 +267,7 @@ def similarity(a: Array, b: Array, /, *, similarity: str = "cosine", eps: float 
 BILINEAR = ("cosine", "dot", "neg_sq_euclidean")
 
 
-def bilinear_features(a: Array, b: Array, *, kind: str, eps: float, xp):
+def bilinear_features(a: Array, b: Array, *, kind: str, eps: float, xp, center: Array | None = None):
     """Features ``fa (N, K)``, ``fb (M, K)`` with ``sim(a_i, b_j) = fa_i · fb_j``, and their VJP.
 
     - cosine: ``fa = â``, ``fb = b̂`` (K = D);
@@ -274,6 +275,10 @@ def bilinear_features(a: Array, b: Array, *, kind: str, eps: float, xp):
     - neg_sq_euclidean, after centring both sets on their common mean ``c``:
       ``fa = [2a', −‖a'‖², −1]``, ``fb = [b', 1, ‖b'‖²]`` (K = D + 2), so that
       ``fa·fb = 2a'·b' − ‖a'‖² − ‖b'‖² = −‖a − b‖²``.
+
+    ``center`` (1, D), optional: the centre of the neg_sq_euclidean features instead of
+    the common mean of ``a`` and ``b`` (the same on every rank of a sharded batch whose
+    columns' features are computed where they live).
 
     Returns ``(fa, fb, back)`` with ``back(dfa, dfb) -> (da, db)``; for cosine and dot
     the VJP is row-wise, ``back(dfa[rows], dfb[rows], rows=rows)`` (``a`` and ``b`` with
@@ -287,7 +292,7 @@ def bilinear_features(a: Array, b: Array, *, kind: str, eps: float, xp):
         return a, b, lambda gfa, gfb, rows=None: (gfa, gfb)
     if kind != "neg_sq_euclidean":
         raise ValueError(f"{kind!r} is not bilinear")
-    ac, bc = _centered(a, b, xp)
+    ac, bc = _centered(a, b, xp, center)
     n, m, d = a.shape[0], b.shape[0], a.shape[1]
     na2 = xp.sum(ac * ac, axis=-1, keepdims=True)
     nb2 = xp.sum(bc * bc, axis=-1, keepdims=True)

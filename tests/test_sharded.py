@@ -60,12 +60,13 @@ def _assert_matches(out, want, names, *, per_row=False, tau=None):
                                atol=atol_for("float64", abs(float(g0["temperature"]))))
 
 
+@pytest.mark.parametrize("algorithm", ["gather", "ring"])
 @pytest.mark.parametrize("w", [1, 2, 3, 4])
 @pytest.mark.parametrize("similarity", SIMILARITIES)
 @pytest.mark.parametrize("options", [{}, {"symmetric": True}, {"reduction": "sum"},
                                      {"reduction": "none"}, {"symmetric": True, "reduction": "none"}],
                          ids=["one-way", "symmetric", "sum", "none", "symmetric-none"])
-def test_info_nce_equals_the_single_process_loss(rng, w, similarity, options):
+def test_info_nce_equals_the_single_process_loss(rng, algorithm, w, similarity, options):
     n, d = 13, 6
     q, k = rng.standard_normal((n, d)), rng.standard_normal((n, d))
     bounds = _splits(n, w, rng)
@@ -73,27 +74,31 @@ def test_info_nce_equals_the_single_process_loss(rng, w, similarity, options):
     ct = rng.standard_normal(n) if per_row else None
     cts = None if ct is None else [ct[bounds[r]:bounds[r + 1]] for r in range(w)]
     kw = dict(options, temperature=0.3, similarity=similarity)
-    out = _run(sharded.info_nce, w, _shard([q, k], bounds), cotangents=cts, **kw)
+    out = _run(sharded.info_nce, w, _shard([q, k], bounds), cotangents=cts, algorithm=algorithm,
+               block_size=4, **kw)
     want = nce_ref.value_and_grad(nce_ref.info_nce)(q, k, **kw, **({} if ct is None else {"cotangent": ct}))
     _assert_matches(out, want, ["query", "key"], per_row=per_row, tau=0.3)
 
 
+@pytest.mark.parametrize("algorithm", ["gather", "ring"])
 @pytest.mark.parametrize("in_batch", [False, True])
-def test_info_nce_with_each_ranks_negatives(rng, in_batch):
+def test_info_nce_with_each_ranks_negatives(rng, algorithm, in_batch):
     n, m, d, w = 10, 7, 4, 3
     q, k, neg = (rng.standard_normal((x, d)) for x in (n, n, m))
     bounds, nb = [0, 2, 3, 10], [0, 4, 4, 7]  # rank 1 holds no negative
     shards = [s + t for s, t in zip(_shard([q, k], bounds), _shard([neg], nb))]
-    out = _run(sharded.info_nce, w, shards, in_batch_negatives=in_batch, temperature=0.2)
+    out = _run(sharded.info_nce, w, shards, in_batch_negatives=in_batch, temperature=0.2,
+               algorithm=algorithm)
     want = nce_ref.value_and_grad(nce_ref.info_nce)(q, k, neg, in_batch_negatives=in_batch,
                                                       temperature=0.2)
     _assert_matches(out, want, ["query", "key", "negatives"], tau=0.2)
 
 
+@pytest.mark.parametrize("algorithm", ["gather", "ring"])
 @pytest.mark.parametrize("w", [1, 2, 3])
 @pytest.mark.parametrize("similarity", SIMILARITIES)
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_nt_xent_equals_the_single_process_loss(rng, w, similarity, reduction):
+def test_nt_xent_equals_the_single_process_loss(rng, algorithm, w, similarity, reduction):
     n, d = 9, 5
     z1, z2 = rng.standard_normal((n, d)), rng.standard_normal((n, d))
     bounds = _splits(n, w, rng)
@@ -103,7 +108,8 @@ def test_nt_xent_equals_the_single_process_loss(rng, w, similarity, reduction):
         cts = [np.concatenate([ct[bounds[r]:bounds[r + 1]], ct[n + bounds[r]:n + bounds[r + 1]]])
                for r in range(w)]
     kw = dict(temperature=0.4, similarity=similarity, reduction=reduction)
-    out = _run(sharded.nt_xent, w, _shard([z1, z2], bounds), cotangents=cts, **kw)
+    out = _run(sharded.nt_xent, w, _shard([z1, z2], bounds), cotangents=cts, algorithm=algorithm,
+               block_size=3, **kw)
     v0, g0 = nce_ref.value_and_grad(nce_ref.nt_xent)(z1, z2, **kw,
                                                       **({} if ct is None else {"cotangent": ct}))
     if reduction == "none":  # the single-process order: all z1 anchors, then all z2 anchors
@@ -208,6 +214,21 @@ def test_supcon_equals_the_single_process_loss_with_positives_across_ranks(rng, 
         v0 = np.concatenate([np.concatenate([v0[j * n + bounds[r]:j * n + bounds[r + 1]] for j in range(v)])
                              for r in range(w)])
     _assert_matches(out, (v0, g0), ["features"], per_row=ct is not None, tau=kw["temperature"])
+
+
+def test_supcon_has_no_ring_yet_and_says_so(rng):
+    f = rng.standard_normal((3, 2, 2))
+    msgs = ThreadGroup(2).run(lambda comm, x: _message(lambda: sharded.supcon(x, comm=comm, algorithm="ring")),
+                              [(f,), (f,)])
+    _assert_same_error(msgs, "algorithm='ring'")
+
+
+def _message(call):
+    try:
+        call()
+    except ShardingError as e:
+        return str(e)
+    return None
 
 
 def test_supcon_refuses_a_mask(rng):

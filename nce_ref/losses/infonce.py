@@ -130,12 +130,17 @@ def _streamed(ctx, lg: StreamLogits, pos, tau, tau0, *, reduction, segments, blo
     ``across``: these rows are one rank's share of a sharded batch
     (:class:`nce_ref.sharded.Across`): the value is the sum over ranks of the weighted
     terms (``across.n_total`` of them for the mean, ``across.scale`` times), and so is
-    the temperature's gradient; ``assemble`` sends the columns' gradients to their owners.
+    the temperature's gradient; ``assemble`` sends the columns' gradients to their owners;
+    ``across.sweep`` may replace the one-pass sweep (the ring algorithm).
     """
     xp = ctx.xp
     r_total = lg.a.shape[0]
 
+    ring = None if across is None else across.sweep(lg, pos, segments, block=block, xp=xp)
+
     def sweep(weights):
+        if ring is not None:
+            return ring(weights)
         return _sweep(lg, pos, segments, weights, block=block, symmetric=symmetric, xp=xp)
 
     def grads_of(weights):
@@ -382,7 +387,8 @@ def info_nce_engine(ctx, q, keys, neg, tau, tau0, *, inputs, kind, eps, in_batch
     xp = ctx.xp
     n, n_keys = q.shape[0], keys.shape[0]
     cols = keys if neg is None else xp.concat([keys, neg], axis=0)
-    fa, fb_all, back_f = bilinear_features(q, cols, kind=feature_kind(kind), eps=eps, xp=xp)
+    fa, fb_all, back_f = bilinear_features(q, cols, kind=feature_kind(kind), eps=eps, xp=xp,
+                                           center=None if across is None else across.center(q, cols))
     s_pos, back_pos = pair_sim_from_features(q, keys[:n, :], fa, fb_all[:n, :], kind=kind, eps=eps,
                                              xp=xp)
     fb = fb_all if in_batch else fb_all[n_keys:, :]
@@ -594,7 +600,8 @@ def nt_xent_engine(ctx, a, b, views, tau, tau0, *, inputs, kind, eps, reduction,
     u = xp.concat([a, b], axis=0)
     cols = u if views is None else views
     big_n = cols.shape[0] // 2
-    fa, fb, back_f = bilinear_features(u, cols, kind=feature_kind(kind), eps=eps, xp=xp)
+    fa, fb, back_f = bilinear_features(u, cols, kind=feature_kind(kind), eps=eps, xp=xp,
+                                       center=None if across is None else across.center(u, cols))
     s_pos, back_pos = pair_sim_from_features(a, b, fa[:n, :], fb[big_n:big_n + n, :], kind=kind,
                                              eps=eps, xp=xp)
 

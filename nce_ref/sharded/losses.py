@@ -45,13 +45,14 @@ from ..losses.infonce import (
 from ..losses.supcon import column_labels, setup_supcon, supcon_engine
 from ..similarity import DEFAULT_EPS, check_similarity
 from ._comm import Communicator, agree
+from ._ring import ring_sweep
 
 Array = Any
 
 __all__ = ["info_nce", "nt_xent", "supcon", "ALGORITHMS", "Across"]
 
 #: how the ranks share the columns: all-gather them, or pass them round a ring
-ALGORITHMS = ("gather",)
+ALGORITHMS = ("gather", "ring")
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,26 @@ class Across:
     gathered: dict
     n_total: int
     scale: float = 1.0
+    ring: tuple | None = None
+
+    def center(self, rows, cols):
+        """The centre of the euclidean features: None (the rows' and columns' own mean)
+        when every column is here; the global mean when the columns' features travel."""
+        if self.ring is None:
+            return None
+        xp = _namespace(rows)
+        total = self.total(xp.concat([xp.sum(rows, axis=0) + xp.sum(cols, axis=0),
+                                      xp.asarray([float(rows.shape[0] + cols.shape[0])],
+                                                 dtype=rows.dtype, device=_device(rows))]))
+        return xp.expand_dims(total[:-1] / total[-1], axis=0)
+
+    def sweep(self, lg, pos, segments, *, block: int, xp):
+        """The ring's sweep over every rank's columns (``ring`` holds their sizes), or None:
+        the engine's one-pass sweep over the gathered columns."""
+        if self.ring is None:
+            return None
+        return ring_sweep(self.comm, lg, pos, col_sizes=self.ring, segments=segments, block=block,
+                          xp=xp)
 
     def total(self, x):
         """The sum over ranks of ``x``."""
@@ -86,6 +107,12 @@ class Across:
         """``grads`` with the gathered inputs' gradients summed over ranks, this rank's rows."""
         return {k: (self.comm.reduce_rows(v, self.gathered[k]) if k in self.gathered else v)
                 for k, v in grads.items()}
+
+
+def _device(x):
+    from array_api_compat import device
+
+    return device(x)
 
 
 def _namespace(x):
@@ -155,8 +182,11 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *, com
         ``JaxCommunicator``, or a :class:`nce_ref.sharded.ThreadGroup`'s).
     temperature, similarity, in_batch_negatives, symmetric, reduction, eps
         As in :func:`nce_ref.info_nce`; the same on every rank (checked).
-    algorithm : {"gather"}, default "gather"
-        ``"gather"``: all-gather the columns (O(N·D) per rank).
+    algorithm : {"gather", "ring"}, default "gather"
+        ``"gather"``: all-gather the columns (O(N·D) memory and bytes per rank), one
+        pass of the engine.  ``"ring"``: each rank keeps its own columns and they pass
+        round the ranks, W − 1 steps forward and W back (O((N/W)·D) memory per rank),
+        with an online log-sum-exp (``nce_ref.sharded._ring``).
     block_size, memory_budget, check_finite, xp
         As in :func:`nce_ref.info_nce`, for this rank's computation.
 
@@ -209,24 +239,40 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *, com
     neg_sizes = [m["negatives_rows"] for m in metas]
     inputs = {"query": query, "key": key, "negatives": negatives}
     q, k = ctx.to_compute(query), ctx.to_compute(key)
-    keys = comm.gather_rows(k, sizes)
-    neg = None if negatives is None else comm.gather_rows(ctx.to_compute(negatives), neg_sizes)
-    n_cols = (sum(sizes) if in_batch else 0) + sum(neg_sizes)
+    neg = None if negatives is None else ctx.to_compute(negatives)
+    n_total = sum(sizes)
+    if algorithm == "ring":  # every rank keeps its own columns; they travel
+        shard = [(s if in_batch else 0) + m for s, m in zip(sizes, neg_sizes)]
+        n_cols = max(shard)
+
+        def across(scale):
+            return Across(comm, {}, n_total=n_total, scale=scale, ring=tuple(shard))
+
+        def columns(x):
+            return x
+    else:
+        n_cols = (n_total if in_batch else 0) + sum(neg_sizes)
+
+        def across(scale):
+            return Across(comm, {"key": sizes, "negatives": neg_sizes}, n_total=n_total, scale=scale)
+
+        def columns(x):
+            return comm.gather_rows(x, sizes)
+
+        neg = None if neg is None else comm.gather_rows(neg, neg_sizes)
     block = choose_block(q.shape[0], n_cols, ctx.finfo().bits // 8, block_size=block_size,
                          memory_budget=memory_budget, buffers=buffers(kind), like=query)
     kw = dict(kind=kind, eps=e, in_batch=in_batch, reduction=reduction, block=block,
               need_grad=need_grad, symmetric=False)
-    gathered = {"key": sizes, "negatives": neg_sizes}
     if not symmetric:
-        across = Across(comm, gathered, n_total=sum(sizes))
-        return info_nce_engine(ctx, q, keys, neg, tau, tau0, inputs=inputs, across=across, **kw)
-    # CLIP: the rows' direction here, and the columns' (this rank's keys against every
-    # query) here too, each half the weight
-    queries = comm.gather_rows(q, sizes)
-    rows = info_nce_engine(ctx, q, keys, None, tau, tau0, inputs=inputs,
-                           across=Across(comm, gathered, n_total=sum(sizes), scale=0.5), **kw)
-    cols = info_nce_engine(ctx, k, queries, None, tau, tau0, inputs={"query": key, "key": query},
-                           across=Across(comm, gathered, n_total=sum(sizes), scale=0.5), **kw)
+        return info_nce_engine(ctx, q, columns(k), neg, tau, tau0, inputs=inputs, across=across(1.0),
+                               **kw)
+    # CLIP: the rows' direction (this rank's queries against every key) and the columns'
+    # (this rank's keys against every query), each half the weight
+    rows = info_nce_engine(ctx, q, columns(k), None, tau, tau0, inputs=inputs, across=across(0.5),
+                           **kw)
+    cols = info_nce_engine(ctx, k, columns(q), None, tau, tau0, inputs={"query": key, "key": query},
+                           across=across(0.5), **kw)
     return _symmetric(ctx, rows, cols, reduction)
 
 
@@ -298,10 +344,15 @@ def nt_xent(z1: Array, z2: Array, /, *, comm: Communicator, temperature: float |
     sizes = [m["rows"] for m in metas]
     xp = ctx.xp
     a, b = ctx.to_compute(z1), ctx.to_compute(z2)
-    views = xp.concat([comm.gather_rows(a, sizes), comm.gather_rows(b, sizes)], axis=0)
-    block = choose_block(2 * a.shape[0], views.shape[0], ctx.finfo().bits // 8, block_size=block_size,
+    if algorithm == "ring":  # every rank keeps its own views; they travel
+        views, n_cols = None, 2 * max(sizes)
+        across = Across(comm, {}, n_total=2 * sum(sizes), ring=tuple(2 * s for s in sizes))
+    else:
+        views = xp.concat([comm.gather_rows(a, sizes), comm.gather_rows(b, sizes)], axis=0)
+        n_cols = views.shape[0]
+        across = Across(comm, {"z1": sizes, "z2": sizes}, n_total=2 * sum(sizes))
+    block = choose_block(2 * a.shape[0], n_cols, ctx.finfo().bits // 8, block_size=block_size,
                          memory_budget=memory_budget, buffers=buffers(kind), like=z1)
-    across = Across(comm, {"z1": sizes, "z2": sizes}, n_total=2 * sum(sizes))
     return nt_xent_engine(ctx, a, b, views, tau, tau0, inputs={"z1": z1, "z2": z2}, kind=kind,
                           eps=e, reduction=reduction, block=block, need_grad=need_grad,
                           across=across)
@@ -331,8 +382,10 @@ def supcon(features: Array, labels: Array | None = None, /, *, comm: Communicato
     ----------
     features : array, shape (n_r, V, D) or (n_r, D)
     labels : array, shape (n_r,) or (n_r, L) of 0/1, optional
-    comm, algorithm, block_size, memory_budget, check_finite, xp
+    comm, block_size, memory_budget, check_finite, xp
         As in :func:`nce_ref.sharded.info_nce`.
+    algorithm : {"gather"}, default "gather"
+        Gather every rank's views and labels (``"ring"`` is not available for SupCon yet).
     temperature, base_temperature, positives, no_positive, similarity, contrast_mode, reduction, eps
         As in :func:`nce_ref.supcon`; the same on every rank.
 
@@ -352,7 +405,9 @@ def supcon(features: Array, labels: Array | None = None, /, *, comm: Communicato
     True
     """
     def validate():
-        _check_algorithm(algorithm)
+        if _check_algorithm(algorithm) == "ring":
+            raise ValueError("supcon has no algorithm='ring' yet (each anchor's positive and "
+                             "negative sums would travel with the labels' shards); use 'gather'")
         st = setup_supcon(features, labels, mask=None, temperature=temperature,
                           base_temperature=base_temperature, positives=positives,
                           no_positive=no_positive, similarity=similarity,
