@@ -6,6 +6,7 @@ has a hand-derived gradient available through :func:`value_and_grad`.
 """
 
 from . import mi
+from ._stream import Tuning, get_tuning, tuning
 from .autodiff import value_and_grad, vjp
 from .losses import batch_triplet, info_nce, info_nce_from_scores, nt_xent, supcon, triplet
 from .similarity import similarity
@@ -13,7 +14,9 @@ from .similarity import similarity
 __version__ = "0.1.0"
 
 __all__ = [
+    "Tuning",
     "batch_triplet",
+    "get_tuning",
     "info_nce",
     "info_nce_from_scores",
     "mi",
@@ -21,6 +24,7 @@ __all__ = [
     "similarity",
     "supcon",
     "triplet",
+    "tuning",
     "value_and_grad",
     "vjp",
 ]

@@ -109,13 +109,6 @@ def _sigmoid_from(x: Array, e: Array, *, xp) -> Array:
     return xp.where(x >= 0, xp.ones_like(e), e) / (1.0 + e)
 
 
-def _own_numpy(x: Array, xp) -> bool:
-    """Whether ``x`` is a writable NumPy array (the ``out=`` fast paths)."""
-    from array_api_compat import is_numpy_namespace, is_writeable_array
-
-    return is_numpy_namespace(xp) and is_writeable_array(x)
-
-
 def softplus(x: Array, *, xp) -> Array:
     r"""``log(1 + e^x) = max(x, 0) + log1p(e^{−|x|})``, exact for every finite ``x``."""
     return _softplus_from(x, _exp_neg_abs(x, xp=xp), xp=xp)
@@ -132,7 +125,8 @@ def softplus_and_sigmoid(x: Array, *, overwrite: bool = False, xp) -> tuple[Arra
     The formulas of :func:`softplus` and :func:`sigmoid`, bit for bit, for one ``exp``
     instead of two.  ``overwrite=True`` declares ``x`` a buffer of the caller's: on a
     writable NumPy array the softplus is written into ``x`` and the sigmoid into the
-    one new buffer (``out=``, one scratch buffer); elsewhere it is ignored.
+    one new buffer (``out=``, one scratch buffer; ``nce_ref._stream._numpy``); elsewhere
+    it is ignored.
 
     Examples
     --------
@@ -141,22 +135,13 @@ def softplus_and_sigmoid(x: Array, *, overwrite: bool = False, xp) -> tuple[Arra
     >>> sp.tolist(), sg.tolist()
     ([0.0, 0.6931471805599453, 800.0], [0.0, 0.5, 1.0])
     """
-    if not (overwrite and _own_numpy(x, xp)):
-        e = _exp_neg_abs(x, xp=xp)
-        return _softplus_from(x, e, xp=xp), _sigmoid_from(x, e, xp=xp)
-    import numpy as np
+    if overwrite:
+        from ._stream._numpy import np_owns, np_softplus_and_sigmoid  # (the engine imports this module)
 
-    pos = x >= 0
-    e = np.abs(x)
-    np.negative(e, out=e)
-    np.exp(e, out=e)                  # e^{−|x|}
-    t = np.log1p(e)
-    np.maximum(x, 0.0, out=x)
-    x += t                            # softplus = max(x, 0) + log1p(e), in x
-    np.add(e, 1.0, out=t)
-    np.copyto(e, 1.0, where=pos)
-    np.divide(e, t, out=e)            # σ = where(x >= 0, 1, e) / (1 + e), in e
-    return x, e
+        if np_owns(x, xp):
+            return np_softplus_and_sigmoid(x)
+    e = _exp_neg_abs(x, xp=xp)
+    return _softplus_from(x, e, xp=xp), _sigmoid_from(x, e, xp=xp)
 
 
 def softplus_and_sigmoid_of_exp(ex: Array, *, softplus: bool = True, sigmoid: bool = True,
@@ -173,12 +158,12 @@ def softplus_and_sigmoid_of_exp(ex: Array, *, softplus: bool = True, sigmoid: bo
     sp = xp.log1p(ex) if softplus else None
     if not sigmoid:
         return sp, None
-    if not (overwrite and _own_numpy(ex, xp)):
-        return sp, ex / (1.0 + ex)
-    import numpy as np
+    if overwrite:
+        from ._stream._numpy import np_owns, np_sigmoid_of_exp  # (the engine imports this module)
 
-    den = np.add(ex, 1.0)
-    return sp, np.divide(ex, den, out=ex)
+        if np_owns(ex, xp):
+            return sp, np_sigmoid_of_exp(ex)
+    return sp, ex / (1.0 + ex)
 
 
 def flush_subnormals(p: Array, *, xp) -> Array:

@@ -390,22 +390,25 @@ def test_streamed_equals_the_dense_score_matrix(backend, kind, block, rng):
 
 
 def test_memory_budget_picks_the_block():
-    from nce_ref.blocked import choose_block
+    from nce_ref._stream import choose_block, on_accelerator
 
     assert choose_block(1000, 1000, 4, memory_budget=2 * 1000 * 4 * 10) == 10
     assert choose_block(5, 1000, 8) == 5
     assert choose_block(5, 1000, 8, block_size=3) == 3
     # defaults: NumPy keeps each buffer under the heap cap (except where one block saves a
     # GEMM); other CPU arrays and no array at all get the plain budget
-    from nce_ref.blocked import _HEAP_BUFFER, DEFAULT_MEMORY_BUDGET, on_accelerator
-
+    t = nce_ref.get_tuning()
     per_row = 2 * 10**4 * 4
-    assert choose_block(10**5, 10**4, 4, like=np.zeros(1)) == 2 * _HEAP_BUFFER // per_row
-    # ... unless that leaves fewer than _HEAP_MIN_ROWS rows: then the plain budget
-    assert choose_block(10**5, 10**5, 4, like=np.zeros(1)) == DEFAULT_MEMORY_BUDGET // (2 * 10**5 * 4)
+    assert choose_block(10**5, 10**4, 4, like=np.zeros(1)) == 2 * t.heap_buffer_bytes // per_row
+    # ... unless that leaves fewer than heap_min_rows rows: then the plain budget
+    assert choose_block(10**5, 10**5, 4, like=np.zeros(1)) == t.memory_budget // (2 * 10**5 * 4)
     assert choose_block(10**5, 10**4, 4, like=np.zeros(1), heap_cap=False) == \
-        DEFAULT_MEMORY_BUDGET // per_row
-    assert choose_block(10**5, 10**4, 4) == DEFAULT_MEMORY_BUDGET // per_row
+        t.memory_budget // per_row
+    assert choose_block(10**5, 10**4, 4) == t.memory_budget // per_row
+    # the tuning in effect sets the defaults
+    with nce_ref.tuning(memory_budget=per_row * 7, heap_buffer_bytes=per_row, heap_min_rows=1):
+        assert choose_block(10**5, 10**4, 4) == 7
+        assert choose_block(10**5, 10**4, 4, like=np.zeros(1)) == 2
     assert not on_accelerator(np.zeros(1))
     rng = np.random.default_rng(0)
     q, k = rng.standard_normal((50, 8)), rng.standard_normal((50, 8))
@@ -443,17 +446,18 @@ def test_runs_under_jax_jit(opts, rng):
 
 @pytest.mark.parametrize("kw", [{}, {"symmetric": True}, {"similarity": "dot"},
                                 {"temperature": 0.01}, {"similarity": "dot", "temperature": 5.0}])
-def test_numpy_fast_paths_equal_the_generic_path(monkeypatch, kw, rng):
+def test_numpy_fast_paths_equal_the_generic_path(kw, rng):
     # NumPy's fast paths (exp on two threads, row sums from the gradient GEMM, the O(N·D)
     # chain in chunks of rows) against the generic Array API path that array-api-strict
     # runs: the same arithmetic; thresholds lowered so that every fast path runs at N = 40
     import array_api_strict as xs
 
-    from nce_ref import blocked
+    with nce_ref.tuning(thread_min_rows=4, thread_min_size=16, threads=2,
+                        chunk_bytes=3 * 4 * 6 * 8):  # chunks of 3 rows (+ a remainder)
+        _fast_paths_equal_the_generic_path(kw, rng, xs)
 
-    monkeypatch.setattr(blocked, "_THREAD_ROWS", 4)
-    monkeypatch.setattr(blocked, "_THREAD_SIZE", 16)
-    monkeypatch.setattr(blocked, "_CHUNK", 3 * 4 * 6 * 8)  # chunks of 3 rows (+ a remainder)
+
+def _fast_paths_equal_the_generic_path(kw, rng, xs):
     q, k = rng.standard_normal((40, 6)), rng.standard_normal((40, 6))
     kw = {"temperature": 0.2} | kw
     vg = nce_ref.value_and_grad(nce_ref.info_nce)

@@ -340,17 +340,18 @@ def test_bad_arrays_raise_naming_the_argument():
     ("smile", (), {"clip": math.inf}), ("js", (), {}), ("js", (), {"report": "objective"}),
     ("interpolated", (0.25,), {"alpha": 0.5}),
 ])
-def test_numpy_fast_paths_equal_the_generic_path(monkeypatch, rng, bound, extra, kw):
+def test_numpy_fast_paths_equal_the_generic_path(rng, bound, extra, kw):
     # NumPy's unshifted blocks run in chunks of rows in cache on two threads
-    # (embeddings._np_row_lse, blocked.by_chunks); array-api-strict runs the generic code.
+    # (_stream._numpy.np_row_lse, _stream.by_chunks); array-api-strict runs the generic code.
     # Thresholds lowered so that chunks and threads occur at N = 40
     import array_api_strict as xs
 
-    from nce_ref import blocked
+    with nce_ref.tuning(thread_min_rows=4, thread_min_size=16, threads=2,
+                        chunk_bytes=3 * 40 * 8):  # chunks of 3 rows
+        _fast_paths_equal_the_generic_path(rng, bound, extra, kw, xs)
 
-    monkeypatch.setattr(blocked, "_THREAD_ROWS", 4)
-    monkeypatch.setattr(blocked, "_THREAD_SIZE", 16)
-    monkeypatch.setattr(blocked, "_CHUNK", 3 * 40 * 8)  # chunks of 3 rows
+
+def _fast_paths_equal_the_generic_path(rng, bound, extra, kw, xs):
     x, y = rng.standard_normal((40, 5)), rng.standard_normal((40, 5))
     vg = nce_ref.value_and_grad(mi.bound_from_embeddings)
     opts = {"bound": bound, "similarity": "cosine", "temperature": 0.3, **kw}

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 import nce_ref
-from nce_ref import blocked
 from nce_ref.losses.supcon import _dense_supcon, supcon
 from nce_ref.testing import check_grad
 
@@ -219,17 +218,21 @@ def test_streaming_never_holds_the_score_matrix(rng):
 # -- numerics of the streamed kernel ---------------------------------------------------------
 
 @pytest.mark.parametrize("source", ["labels", "mask", "labels-one"])
-def test_numpy_fast_path_equals_the_generic_kernel(rng, monkeypatch, source):
+def test_numpy_fast_path_equals_the_generic_kernel(rng, source):
     # NumPy runs the in-place, threaded, chunked paths; array-api-strict the generic ones.
-    # Single labels take the group kernel (blocked.supcon_stream_groups: sums from the GEMMs,
+    # Single labels take the group kernel (_stream.supcon_stream_groups: sums from the GEMMs,
     # P's diagonal blocks, or with contrast_mode="one" the chunked mask); a mask the
-    # per-entry kernel (blocked._np_supcon_block)
+    # per-entry kernel (_stream._numpy.np_supcon_block)
     from backends import get
 
     strict = get("array_api_strict")
     if strict.unavailable():
         pytest.skip(strict.unavailable())
-    monkeypatch.setattr(blocked, "_CHUNK", 24 * 300 * 8)  # chunks of 24 rows: several per thread
+    with nce_ref.tuning(chunk_bytes=24 * 300 * 8, threads=2):  # chunks of 24 rows: several per thread
+        _fast_path_equals_the_generic_kernel(rng, source, strict)
+
+
+def _fast_path_equals_the_generic_kernel(rng, source, strict):
     f = rng.standard_normal((150, 2, 8))  # 300 anchors x 300 columns: two threads
     y = rng.integers(0, 6, 150)
     args, extra = (f, y), {}

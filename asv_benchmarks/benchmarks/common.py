@@ -106,11 +106,11 @@ def three_gemms(xp, a, b, rows: int | None = None):
     """The floor of forward + backward for ``z = a bᵀ``: ``S = A Bᵀ``, ``dA = S B``,
     ``dB = Sᵀ A`` (N x N x D multiply-adds each), done as well as we know how, so that a
     ratio to it counts everything but the GEMMs: row blocks as the streamed kernels take
-    them by default (``blocked.choose_block``: on NumPy, buffers that the allocator reuses
+    them by default (``_stream.choose_block``: on NumPy, buffers that the allocator reuses
     without page faults), and ``dBᵀ = Aᵀ S`` accumulated transposed (S read in its own
     order, 10-20% faster in OpenBLAS than ``Sᵀ A``).  Returns the results (for the caller
     to synchronize)."""
-    from nce_ref.blocked import choose_block
+    from nce_ref._stream import choose_block
 
     n = a.shape[0]
     if rows is None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from array_api_compat import is_lazy_array, is_numpy_namespace, is_torch_namespace, is_writeable_array
+from array_api_compat import device
 
 from .._array import (
     check_option,
@@ -43,7 +43,6 @@ from .._array import (
     scalar_param,
 )
 from .._ops import (
-    _own_numpy,
     flush_below,
     logsumexp,
     sigmoid,
@@ -51,18 +50,13 @@ from .._ops import (
     softplus_and_sigmoid,
     softplus_and_sigmoid_of_exp,
 )
+from .._stream import by_chunks, choose_block, clamp_below, exp_floor
+from .._stream._blocks import exp_inplace, mask_band, set_band, untranspose
+from .._stream._logits import needs_flush, norm_bound
+from .._stream._logits import shift_free as logits_shift_free
+from .._stream._numpy import np_clip, np_multiply, np_namespace, np_negate_into, np_owns, np_row_lse
 from ..autodiff import differentiable
 from ..autodiff import vjp as vjp_of
-from ..blocked import (
-    _mask_band,
-    _shift_free,
-    _untranspose,
-    by_chunks,
-    choose_block,
-    clamp_below,
-    exp_floor,
-    needs_flush,
-)
 from ..losses.infonce import info_nce
 from ..similarity import (
     BILINEAR,
@@ -70,7 +64,6 @@ from ..similarity import (
     bilinear_features,
     check_similarity,
     pair_sim_from_features,
-    row_norm,
 )
 from .bounds import (
     JS_REPORTS,
@@ -78,8 +71,8 @@ from .bounds import (
     check_alpha,
     check_axis,
     exp_quiet,
-    log_moving_average_param,
     interpolated_rows,
+    log_moving_average_param,
 )
 
 Array = Any
@@ -93,19 +86,6 @@ STREAMED_BOUNDS = ("infonce", "nwj", "tuba", "dv", "mine", "js", "interpolated",
 #: tracemalloc: ~19.4 in interpolated_rows); the budget counts 2, so its blocks have 1/10 the rows
 _INTERPOLATED_BUFFERS = 20
 
-_np_own = _own_numpy  # a writable NumPy buffer of ours: the in-place fast paths
-
-
-def _exp_inplace(z: Array, *, xp) -> Array:
-    """``e^z``, overwriting ``z`` (our own buffer) where the library allows it."""
-    if is_writeable_array(z):
-        if is_numpy_namespace(xp):
-            return xp.exp(z, out=z)
-        if is_torch_namespace(xp):
-            return z.exp_()
-    return xp.exp(z)
-
-
 def _row_lse(z: Array, r0: int, r1: int, *, clip: float | None, shift_free: bool, want: bool,
              flush: bool, xp):
     """Row statistics of a block over its off-diagonal entries; ``z`` is consumed.
@@ -113,104 +93,33 @@ def _row_lse(z: Array, r0: int, r1: int, *, clip: float | None, shift_free: bool
     Returns ``(m, r, e)``: ``m_i = max_{j≠i} w_ij`` (0 when shift-free), ``r_i =
     Σ_{j≠i} e^{w_ij − m_i}`` and, with ``want``, ``e_ij = e^{w_ij − m_i}`` (0 on the
     diagonal, and where SMILE's clip is active), flushed below ``smallest_normal``.
+    Unshifted on a NumPy buffer of ours: :func:`nce_ref._stream._numpy.np_row_lse`.
     """
-    if shift_free and _np_own(z, xp):  # NumPy: every pass of a chunk of rows in cache
-        return _np_row_lse(z, r0, clip=clip, want=want, xp=xp)
+    own = np_owns(z, xp)
+    if shift_free and own:  # NumPy: every pass of a chunk of rows in cache
+        return np_row_lse(z, r0, clip=clip, want=want)
     inside = None
     if clip is not None:
         if want and math.isfinite(clip):
             inside = xp.abs(z) <= clip  # torch.clamp's gradient at the ends
-        if _np_own(z, xp):
-            z.clip(-clip, clip, out=z)
-        else:
-            z = xp.clip(z, min=-clip, max=clip)
-    z = _mask_band(z, r0, r1, 0, xp)  # after the clip: the diagonal must stay -inf
+        z = np_clip(z, clip) if own else xp.clip(z, min=-clip, max=clip)
+    z = mask_band(z, r0, r1, 0, xp)  # after the clip: the diagonal must stay -inf
     if shift_free:
-        m = xp.zeros((z.shape[0],), dtype=z.dtype, device=_dev(z))
+        m = xp.zeros((z.shape[0],), dtype=z.dtype, device=device(z))
     else:
         m = xp.max(z, axis=1)
         z -= xp.expand_dims(m, axis=1)
-        if flush:  # no subnormal exp (blocked.exp_floor); the masked diagonal stays 0
+        if flush:  # no subnormal exp (_stream.exp_floor); the masked diagonal stays 0
             z = clamp_below(z, exp_floor(z.dtype, xp), xp)
-    e = _exp_inplace(z, xp=xp)
+    e = exp_inplace(z, xp)
     r = xp.sum(e, axis=1)
     if not want:
         return m, r, None
     if inside is not None:
-        if _np_own(e, xp):
-            e *= inside
-        else:
-            e = xp.where(inside, e, xp.zeros_like(e))
+        e = np_multiply(e, inside) if np_owns(e, xp) else xp.where(inside, e, xp.zeros_like(e))
     if flush:  # entries of a row are <= 1 = its maximum: below tiny, below the rounding
         e = flush_below(e, xp.finfo(e.dtype).smallest_normal, xp=xp)
     return m, r, e
-
-
-def _np_row_lse(z, r0: int, *, clip: float | None, want: bool, xp):
-    """:func:`_row_lse` unshifted, NumPy, in place: the clip, the band, ``exp``, the row
-    sum and the clip's gradient mask of each chunk of rows while it is in cache
-    (``blocked.by_chunks``)."""
-    def part(c0, c1):
-        zc = z[c0:c1]
-        inside = None
-        if clip is not None:
-            if want and math.isfinite(clip):
-                inside = xp.abs(zc) <= clip
-            zc.clip(-clip, clip, out=zc)
-        _mask_band(zc, r0 + c0, r0 + c1, 0, xp)  # after the clip: the diagonal stays -inf
-        xp.exp(zc, out=zc)
-        r = xp.sum(zc, axis=1)
-        if inside is not None:
-            zc *= inside
-        return (r,)
-
-    (r,) = by_chunks(part, z.shape[0], z.shape[1] * z.itemsize)
-    return xp.zeros(z.shape[0], dtype=z.dtype), r, (z if want else None)
-
-
-def _dev(x):
-    from array_api_compat import device
-
-    return device(x)
-
-
-def _swap_band(z: Array, r0: int, r1: int, fill, xp):
-    """``(z', d)``: ``d_i = z[i − r0, i]`` for the rows ``i`` in ``[r0, r1)`` (the block's
-    diagonal, at column offset ``r0``), and ``z`` with those entries set to ``fill`` (a
-    float or an (R,) array).  Writable buffers are edited in place on diagonal squares
-    (O(rows · chunk) work, as ``blocked._mask_band``); immutable ones get one ``where``.
-    """
-    def col(f, i0, i1, like):
-        if isinstance(f, float):
-            return xp.full_like(like, f)
-        return xp.expand_dims(f[i0:i1], axis=1)
-
-    n = r1 - r0
-    if is_writeable_array(z):
-        parts, chunk = [], 256
-        for i0 in range(0, n, chunk):
-            i1 = min(n, i0 + chunk)
-            c0 = r0 + i0
-            sq = z[i0:i1, c0:c0 + (i1 - i0)]
-            eye = xp.eye(i1 - i0, dtype=xp.bool, device=_dev(z))
-            parts.append(xp.sum(xp.where(eye, sq, xp.zeros_like(sq)), axis=1))
-            z[i0:i1, c0:c0 + (i1 - i0)] = xp.where(eye, col(fill, i0, i1, sq), sq)
-        return z, parts[0] if len(parts) == 1 else xp.concat(parts)
-    band = xp.eye(n, z.shape[1], k=r0, dtype=xp.bool, device=_dev(z))
-    d = xp.sum(xp.where(band, z, xp.zeros_like(z)), axis=1)
-    return xp.where(band, col(fill, 0, n, z), z), d
-
-
-def _score_bound(a: Array, fb: Array, xp) -> float | None:
-    """``max_i ‖a_i‖ · max_j ‖fb_j‖ >= max |z_ij|`` (Cauchy–Schwarz), O(N·D), before any GEMM.
-
-    ``None`` for lazy arrays (their values are not inspected).  The factor ``1 + 2⁻²⁰``
-    covers the rounding of the norms and of the GEMM's dot products.
-    """
-    if is_lazy_array(a) or is_lazy_array(fb):
-        return None
-    bound = float(xp.max(row_norm(a, xp=xp))) * float(xp.max(row_norm(fb, xp=xp)))
-    return bound * (1.0 + 2.0 ** -20) if math.isfinite(bound) else None
 
 
 def _sweep(a: Array, fb: Array, rows, *, block: int, grad: bool, fixed: Array | float | None, xp):
@@ -258,7 +167,7 @@ def _sweep(a: Array, fb: Array, rows, *, block: int, grad: bool, fixed: Array | 
         return stats, None
     u = us[0] if len(us) == 1 else xp.concat(us, axis=0)
     lam = lams[0] if len(lams) == 1 else xp.concat(lams)
-    return stats, (u, lam, _untranspose(db, xp), m_run)
+    return stats, (u, lam, untranspose(db, xp), m_run)
 
 
 def _check_options(bound, log_baseline, clip, report, log_moving_average, alpha):
@@ -446,7 +355,7 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
     tau, tau0 = scalar_param(ctx, temperature, "temperature", positive=True)
     block = choose_block(n, n, ctx.finfo().bits // 8, block_size=block_size,
                          memory_budget=memory_budget, like=x)
-    if bound == "interpolated" and block_size is None and not is_numpy_namespace(xp):
+    if bound == "interpolated" and block_size is None and not np_namespace(xp):
         block = max(1, block // (_INTERPOLATED_BUFFERS // 2))  # NumPy: in chunks of rows
     if ax == 0:  # rows are y: the similarities are symmetric, so exchange the operands
         rows_in, cols_in, names = y, x, ("y", "x")
@@ -464,7 +373,8 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
         b = lb[:, 0] if lb.ndim == 2 else lb
     else:
         b = {"nwj": 1.0, "js": 0.0}.get(bound, 0.0)
-    log_mu = log_moving_average_param(ctx, log_moving_average, "log_moving_average") if bound == "mine" else None
+    log_mu = (log_moving_average_param(ctx, log_moving_average, "log_moving_average")
+              if bound == "mine" else None)
 
     a_in, b_in = ctx.to_compute(rows_in), ctx.to_compute(cols_in)
     fa, fb, back_f = bilinear_features(a_in, b_in, kind=kind, eps=eps, xp=xp)
@@ -474,10 +384,10 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
     # a bound on |w| known before any GEMM: cosine scores lie in [-1, 1]; otherwise
     # Cauchy–Schwarz on the features (one host read, O(N·D)); SMILE clips
     tau_value = concrete_float(tau0)
-    wbound = 1.0 / tau_value if kind == "cosine" and tau_value is not None else _score_bound(a, fb, xp)
+    wbound = 1.0 / tau_value if kind == "cosine" and tau_value is not None else norm_bound(a, fb, xp)
     if clip_c is not None and math.isfinite(clip_c):
         wbound = clip_c if wbound is None else min(wbound, clip_c)
-    shift_free = _shift_free(wbound, n, ctx.dtype, xp)
+    shift_free = logits_shift_free(wbound, n, ctx.dtype, xp)
     grad = need_grad
     flush = grad and not shift_free and needs_flush(
         ctx.dtype, None if wbound is None else 2.0 * wbound, n * n, xp)
@@ -489,7 +399,7 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
         def js_bounded(zs):
             # |z| is bounded: E = e^z is a normal number, one exp serves the value and the
             # gradient: softplus(z) = log1p(E), σ(z) = E/(1 + E) (in place), e^{z − 0} = E
-            ez = _exp_inplace(zs, xp=xp)
+            ez = exp_inplace(zs, xp)
             if not objective:  # the row sums of E, before σ may overwrite it
                 st = (xp.zeros((ez.shape[0],), dtype=ez.dtype, device=ctx.device), xp.sum(ez, axis=1))
             sp, sg = softplus_and_sigmoid_of_exp(ez, softplus=objective, sigmoid=grad, overwrite=True,
@@ -497,10 +407,10 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
             return ((xp.sum(sp, axis=1),) if objective else st), sg
 
         def rows(z, r0, r1):
-            z = _mask_band(z, r0, r1, 0, xp)  # softplus(-inf) = sigmoid(-inf) = 0
+            z = mask_band(z, r0, r1, 0, xp)  # softplus(-inf) = sigmoid(-inf) = 0
             lam = xp.zeros((r1 - r0,), dtype=z.dtype, device=ctx.device) if grad else None
             if shift_free:
-                if _np_own(z, xp):  # σ lands in z itself, by chunks of rows in cache
+                if np_owns(z, xp):  # σ lands in z itself, by chunks of rows in cache
                     st = by_chunks(lambda c0, c1: js_bounded(z[c0:c1])[0], z.shape[0],
                                    z.shape[1] * z.itemsize)
                     return st, (z if grad else None), lam
@@ -527,28 +437,28 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array | None
         def interpolated_part(z, r0, r1):
             """``(terms, dpos, dlb), dz`` of rows ``[r0, r1)`` (``z`` their scores)."""
             # the joint scores: the accurate row-wise pos (as every bound's value uses)
-            z, _ = _swap_band(z, r0, r1, pos[r0:r1], xp)
+            z, _ = set_band(z, r0, r1, 0, pos[r0:r1], xp, read=True)
             terms, back = interpolated_rows(z, b if getattr(b, "ndim", 0) == 0 else
                                             xp.expand_dims(b[r0:r1], axis=1), r0, alpha=a_opt, xp=xp)
             if not grad:
                 return (terms, None, None), None
             dz, dlb_rows = back(1.0 / n)
             # the diagonal's share goes through pos (dpos), the rest through the two GEMMs
-            dz, dpos_rows = _swap_band(dz, r0, r1, 0.0, xp)
+            dz, dpos_rows = set_band(dz, r0, r1, 0, 0.0, xp, read=True)
             return (terms, dpos_rows, dlb_rows), dz
 
         def rows(z, r0, r1):
             lam = xp.zeros((r1 - r0,), dtype=z.dtype, device=ctx.device)
-            if _np_own(z, xp):
+            if np_owns(z, xp):
                 # NumPy: the kernel's many passes on a few rows at a time, in cache, on two
                 # threads; −dz overwrites the block's scores
                 def part(c0, c1):
                     st, dz = interpolated_part(z[c0:c1], r0 + c0, r0 + c1)
                     if dz is not None:
-                        xp.negative(dz, out=z[c0:c1])
+                        np_negate_into(dz, z[c0:c1])
                     return st
 
-                # chunks of ~_CHUNK / (2 N itemsize) rows (32 in float32 at N = 4096): its
+                # chunks of ~Tuning.chunk_bytes / (2 N itemsize) rows (32 in float32 at N = 4096): its
                 # ~20 temporaries then sit in L3; fewer rows cost more in Python than in memory
                 st = by_chunks(part, r1 - r0, 2 * z.shape[1] * z.itemsize)
                 return (st[:1] if not grad else st), (z if grad else None), (lam if grad else None)

@@ -1,0 +1,146 @@
+"""The streamed engine's execution and tuning (``nce_ref._stream``).
+
+- the thread pool survives a ``fork``: a forked worker computes what its parent
+  computed after the parent used the pool (it used to hang there);
+- several Python threads computing at once get the single-thread results;
+- ``nce_ref.tuning`` overrides per context (threads do not see each other's), and
+  refuses unknown fields and bad values by name;
+- the machine-derived defaults are what ``Tuning`` documents.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pathlib
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import nce_ref
+from nce_ref._stream import by_halves
+
+# thresholds low enough that a 512 x 512 problem splits its passes over two threads
+SMALL = {"thread_min_rows": 4, "thread_min_size": 16, "threads": 2, "chunk_bytes": 1 << 14}
+
+
+def _problem(n: int = 512, d: int = 32):
+    rng = np.random.default_rng(7)
+    return rng.standard_normal((n, d)), rng.standard_normal((n, d))
+
+
+def _value_and_grad(q, k):
+    v, g = nce_ref.value_and_grad(nce_ref.info_nce)(q, k, temperature=0.3)
+    return float(v), np.asarray(g["query"]), np.asarray(g["key"])
+
+
+def _in_child(q, k):
+    with nce_ref.tuning(**SMALL):
+        return _value_and_grad(q, k)
+
+
+def test_the_pool_runs_in_a_forked_child_after_the_parent_used_it():
+    if not hasattr(os, "fork") or "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    q, k = _problem()
+    with nce_ref.tuning(**SMALL):
+        parent = _value_and_grad(q, k)
+    # the engine's pool exists and has run work in this process (its threads are named)
+    assert any(t.name.startswith("nce_ref") for t in threading.enumerate()), \
+        "the parent's call did not use the thread pool"
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        child = pool.apply_async(_in_child, (q, k)).get(timeout=60)
+    assert child[0] == parent[0]
+    np.testing.assert_array_equal(child[1], parent[1])
+    np.testing.assert_array_equal(child[2], parent[2])
+
+
+def test_threads_computing_at_once_get_the_single_thread_results():
+    q, k = _problem()
+    with nce_ref.tuning(**(SMALL | {"threads": 1})):
+        want = _value_and_grad(q, k)
+
+    def run(_):
+        with nce_ref.tuning(**SMALL):
+            return _value_and_grad(q, k)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(run, range(8)))
+    for v, gq, gk in results:
+        assert v == pytest.approx(want[0], rel=1e-14)
+        np.testing.assert_allclose(gq, want[1], rtol=1e-13, atol=1e-16)
+        np.testing.assert_allclose(gk, want[2], rtol=1e-13, atol=1e-16)
+
+
+def test_an_override_is_seen_by_its_own_thread_only():
+    default = nce_ref.get_tuning()
+    seen, entered, release = {}, threading.Event(), threading.Event()
+
+    def other():
+        entered.wait(10)
+        seen["other"] = nce_ref.get_tuning().chunk_bytes
+        release.set()
+
+    t = threading.Thread(target=other)
+    t.start()
+    with nce_ref.tuning(chunk_bytes=4096) as inside:
+        entered.set()
+        release.wait(10)
+        seen["own"] = nce_ref.get_tuning().chunk_bytes
+        with nce_ref.tuning(threads=1):  # nested blocks compose
+            assert nce_ref.get_tuning().chunk_bytes == 4096
+            assert nce_ref.get_tuning().threads == 1
+    t.join()
+    assert inside.chunk_bytes == 4096
+    assert seen == {"own": 4096, "other": default.chunk_bytes}
+    assert nce_ref.get_tuning() == default
+
+
+def test_the_pool_threads_run_with_the_callers_tuning():
+    seen = []
+
+    def part(r0, r1):
+        seen.append(nce_ref.get_tuning().chunk_bytes)
+        return (np.arange(r0, r1),)
+
+    with nce_ref.tuning(chunk_bytes=12345, thread_min_rows=2, thread_min_size=1, threads=2):
+        (rows,) = by_halves(part, 10, 10**6)
+    np.testing.assert_array_equal(rows, np.arange(10))
+    assert seen == [12345, 12345]
+
+
+@pytest.mark.parametrize("kw,exc,match", [
+    ({"chunk": 1}, TypeError, "unknown field 'chunk'"),
+    ({"chunk_bytes": 1.5}, TypeError, "`chunk_bytes` must be an integer"),
+    ({"threads": True}, TypeError, "`threads` must be an integer"),
+    ({"memory_budget": 0}, ValueError, "`memory_budget` must be >= 1; got 0"),
+    ({"threads": 3}, ValueError, "`threads` must be 1 or 2; got 3"),
+])
+def test_bad_tuning_is_refused_by_name(kw, exc, match):
+    with pytest.raises(exc, match=match):
+        nce_ref.tuning(**kw)
+
+
+def test_the_defaults_come_from_the_machine():
+    t = nce_ref.Tuning()
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    assert t.threads == max(1, min(2, cpus))
+    l2 = None
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    if sys.platform.startswith("linux") and os.path.isdir(base):
+        for name in sorted(os.listdir(base)):
+            if not name.startswith("index"):
+                continue
+            level, size = (pathlib.Path(base, name, f).read_text().strip() for f in ("level", "size"))
+            if level == "2":
+                l2 = int(size[:-1]) * {"K": 1024, "M": 2**20}[size[-1]]
+                break
+    assert t.chunk_bytes == (l2 or 1 << 20)
+    assert t.memory_budget == 128 * 2**20 and t.accelerator_memory_budget == 2**30
