@@ -479,7 +479,7 @@ def _fast_paths_equal_the_generic_path(kw, rng, xs):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_logits_far_below_their_row_max_give_the_dense_result(rng, dtype):
     # dot scores spread over thousands of nats: most e^{z − m} are far below the smallest
-    # normal, where the exp is clamped (blocked.exp_floor) instead of taking libm's slow
+    # normal, where the exp is clamped (_stream.exp_floor) instead of taking libm's slow
     # subnormal path; value and gradient equal the dense score matrix's to rounding
     q = (8.0 * rng.standard_normal((60, 6))).astype(dtype)
     k = (8.0 * rng.standard_normal((60, 6))).astype(dtype)

@@ -235,3 +235,58 @@ def test_supcon_refuses_a_mask(rng):
     f = rng.standard_normal((3, 2, 2))
     with pytest.raises(TypeError, match="mask"):
         ThreadGroup(1).run(lambda comm, x: sharded.supcon(x, comm=comm, mask=np.eye(3)), [(f,)])
+
+
+# -- value="share": each rank's share of the loss, per-rank cotangents ------------------
+
+def _share_case(name, rng):
+    n, d = 10, 4
+    if name == "supcon":
+        f, y = rng.standard_normal((n, 2, d)), rng.integers(0, 3, n)
+        return sharded.supcon, nce_ref.supcon, (f, y), ["features"], {"temperature": 0.3}, n
+    a, b = rng.standard_normal((n, d)), rng.standard_normal((n, d))
+    if name == "nt_xent":
+        return sharded.nt_xent, nce_ref.nt_xent, (a, b), ["z1", "z2"], {"temperature": 0.3}, n
+    return sharded.info_nce, nce_ref.info_nce, (a, b), ["query", "key"], \
+        {"temperature": 0.3, "symmetric": name == "clip"}, n
+
+
+def _rows_of_rank(name, bounds, r, n):
+    """The indices of rank r's terms in the single-process reduction='none' output."""
+    own = np.arange(bounds[r], bounds[r + 1])
+    if name in ("nt_xent", "supcon"):  # two blocks of n: z1/view 0 anchors, z2/view 1 anchors
+        return np.concatenate([own, n + own])
+    return own
+
+
+@pytest.mark.parametrize("name,algorithm", [(f, a) for f in ("info_nce", "clip", "nt_xent", "supcon")
+                                            for a in ("gather", "ring") if (f, a) != ("supcon", "ring")])
+def test_share_gives_the_gradient_of_the_weighted_sum_of_the_ranks_shares(rng, name, algorithm):
+    """S_r = W·L_r; with per-rank upstream weights g_r the inputs get the gradient of
+    Σ_r g_r S_r and each rank's temperature its own g_r ∂S_r/∂τ: the ranks' mean of
+    everything is then (1/W)·∇Σ_r g_r S_r, the single-device gradient when g_r = 1."""
+    f_sh, f_1, arrays, names, kw, n = _share_case(name, rng)
+    w, bounds = 3, [0, 2, 3, 10]
+    g = np.array([1.0, -0.5, 2.0])
+    shards = [tuple(x[bounds[r]:bounds[r + 1]] for x in arrays) for r in range(w)]
+    extra = {} if name == "supcon" else {"algorithm": algorithm}
+    out = _run(f_sh, w, shards, cotangents=list(g), value="share", **kw, **extra)
+    # the single-process per-term loss: S_r = W * (rank r's terms' share of the mean)
+    per, back = nce_ref.vjp(f_1, *arrays, reduction="none", **kw)
+    n_terms = per.shape[0]
+    owner = np.empty(n_terms, dtype=int)
+    for r in range(w):
+        owner[_rows_of_rank(name, bounds, r, n)] = r
+    # (supcon: every anchor has a positive in this batch, so the mean is over all n_terms)
+    shares = [w * float(np.sum(per[owner == r])) / n_terms for r in range(w)]
+    for r in range(w):
+        np.testing.assert_allclose(float(out[r][0]), shares[r], rtol=1e-12)
+    np.testing.assert_allclose(np.mean([float(o[0]) for o in out]), float(f_1(*arrays, **kw)), rtol=1e-12)
+    want = back(w * g[owner] / n_terms)
+    for key in names:
+        got = np.concatenate([o[1][key] for o in out])
+        np.testing.assert_allclose(got, want[key], rtol=1e-10, atol=1e-13, err_msg=key)
+    for r in range(w):
+        mine = np.where(owner == r, w * g[owner] / n_terms, 0.0)
+        np.testing.assert_allclose(float(out[r][1]["temperature"]), float(back(mine)["temperature"]),
+                                   rtol=1e-10, atol=1e-13)

@@ -2,7 +2,7 @@
 
 The reference is ``nce_ref.losses.supcon._dense_supcon``: the original computation with
 the full (A, C) score matrix and masks (``sim_fwd``, the masked ``logsumexp``, ``ce_rows``),
-which shares nothing with ``blocked.supcon_stream`` but the validation.  The generic
+which shares nothing with ``nce_ref._stream.supcon_stream`` but the validation.  The generic
 oracle, finite-difference and backend checks of the streamed cases in
 ``nce_ref/testing/cases/supcon.py`` run in ``test_registry_generic.py``.
 """

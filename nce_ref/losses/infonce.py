@@ -36,9 +36,9 @@ from .._array import (
     scalar_param,
 )
 from .._reduce import check_reduction, reduce_fwd
+from .._stream import by_row_chunks, ce_stream, ce_stream_symmetric, choose_block
 from .._stream._logits import StreamLogits, buffers, feature_kind, prepare_logits
 from ..autodiff import differentiable
-from ..blocked import by_row_chunks, ce_stream, ce_stream_symmetric, choose_block
 from ..similarity import (
     DEFAULT_EPS,
     bilinear_features,
@@ -128,10 +128,12 @@ def _streamed(ctx, lg: StreamLogits, pos, tau, tau0, *, reduction, segments, blo
     result, so it runs on chunks of rows in cache.  ``need_grad=False``: the value only.
 
     ``across``: these rows are one rank's share of a sharded batch
-    (:class:`nce_ref.sharded.Across`): the value is the sum over ranks of the weighted
-    terms (``across.n_total`` of them for the mean, ``across.scale`` times), and so is
-    the temperature's gradient; ``assemble`` sends the columns' gradients to their owners;
-    ``across.sweep`` may replace the one-pass sweep (the ring algorithm).
+    (:class:`nce_ref.sharded.losses.Across`): the value is ``across.reduce`` of the
+    terms (the global loss, or this rank's share of it), the temperature's gradient
+    ``across.temperature`` of this rank's part; ``assemble`` sends the columns'
+    gradients to their owners; ``across.sweep`` may replace the one-pass sweep (the ring),
+    whose gradient is then swept in the VJP with the cotangent (``across.fusable`` False:
+    the columns' gradients leave the rank during the sweep, so they must carry it).
     """
     xp = ctx.xp
     r_total = lg.a.shape[0]
@@ -148,7 +150,7 @@ def _streamed(ctx, lg: StreamLogits, pos, tau, tau0, *, reduction, segments, blo
         g = _join(grads, xp)
         dtau = -(g[3] + xp.sum(g[2] * pos)) / tau
         if across is not None:
-            dtau = across.total(dtau)
+            dtau = across.temperature(dtau)
         return per, _chain(ctx, lg, g, tau, assemble=assemble, rowwise=rowwise), dtau
 
     def cast(out):
@@ -159,17 +161,22 @@ def _streamed(ctx, lg: StreamLogits, pos, tau, tau0, *, reduction, segments, blo
             return across.reduce(per, reduction)
         return reduce_fwd(per, reduction, xp=xp)[0]
 
-    if not need_grad or reduction == "none":
+    if not need_grad or reduction == "none" or (across is not None and not across.fusable):
         per, _ = sweep(None)
-        if reduction != "none":
-            per = reduced(per)
+        value = per if reduction == "none" else reduced(per)
 
         def vjp(g):
             w = ctx.to_compute(g)
-            _, finish, dtau = grads_of(w if across is None else w * across.scale)
+            if reduction != "none":  # the terms' weights times the (this rank's) cotangent
+                w = xp.full((r_total,), 1.0, dtype=ctx.dtype, device=ctx.device) * (
+                    w * (across.weight(reduction) if across is not None else
+                         (1.0 / r_total if reduction == "mean" else 1.0)))
+            elif across is not None:
+                w = w * across.scale
+            _, finish, dtau = grads_of(w)
             return cast(finish(None)) | {"temperature": scalar_grad(ctx, dtau, tau0)}
 
-        return ctx.to_out(ctx.result_finite(per, "loss")), (vjp if need_grad else None)
+        return ctx.to_out(ctx.result_finite(value, "loss")), (vjp if need_grad else None)
     if across is None:
         w = 1.0 / r_total if reduction == "mean" else 1.0
     else:

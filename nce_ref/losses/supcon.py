@@ -38,9 +38,9 @@ from .._array import (
 )
 from .._ops import logsumexp, sigmoid, softmax_from_lse, softplus
 from .._reduce import check_reduction, mean_over_fwd, reduce_fwd
+from .._stream import choose_block, supcon_stream, supcon_stream_groups
 from .._stream._logits import buffers, feature_kind, prepare_logits
 from ..autodiff import differentiable
-from ..blocked import choose_block, supcon_stream, supcon_stream_groups
 from ..similarity import DEFAULT_EPS, bilinear_features, check_similarity, sim_fwd
 from ._objective import ce_rows, temperature_grad
 
@@ -192,7 +192,7 @@ def supcon(features: Array, labels: Array | None = None, /, *, mask: Array | Non
     the similarity VJP carries :math:`\bar z/\tau` to the features.  See
     ``docs/supcon_triplet.md``.
 
-    The streamed path (``nce_ref.blocked.supcon_stream``) computes the same terms
+    The streamed path (``nce_ref._stream.supcon_stream``) computes the same terms
     from each block's sums :math:`s_P = \sum_{P_a} e^{z - h_P}` and
     :math:`s_N = \sum_{N_a} e^{z - h_N}`, each shifted by its own set's maximum (or
     unshifted when the cosine bound :math:`|z| \le 1/\tau` allows), and fuses the
@@ -309,23 +309,22 @@ def column_labels(ctx, labels, n: int, v: int, *, first_id=0):
 
 def _reduce(per, count, st, across=None):
     """The reduction of the anchors' terms and its VJP (``no_positive``, ``per_pair``);
-    with ``across``, of every rank's anchors (the sums and the count over ranks)."""
+    with ``across``, of every rank's anchors (the count over ranks; the value the global
+    one or this rank's share, ``across.combine``)."""
     over_count = st.reduction == "mean" and (st.positives == "per_pair" or st.no_positive == "exclude")
     if across is None:
         if over_count:
             return mean_over_fwd(per, count, xp=st.xp)
         return reduce_fwd(per, st.reduction, xp=st.xp)
     xp = st.xp
-    total = across.total(xp.sum(per))
-    if over_count:
+    if over_count:  # the count is every rank's, whatever the value
         n = across.total(xp.sum(count))
         some = n > 0
         safe = xp.where(some, n, xp.ones_like(n))
-        value = xp.where(some, total / safe, xp.zeros_like(total))
-        weight = xp.where(some, 1.0 / safe, xp.zeros_like(safe))
+        weight = xp.where(some, across.factor / safe, xp.zeros_like(safe))
+        value = across.combine(xp.sum(per)) / across.factor * weight
     else:
-        w = across.weight(st.reduction)
-        value, weight = total * w, w
+        value, weight = across.reduce(per, st.reduction), across.weight(st.reduction)
 
     def back(g):
         return xp.broadcast_to(g * weight, per.shape) * xp.ones_like(per)
@@ -547,7 +546,7 @@ def supcon_engine(st: SimpleNamespace, block: int, *, need_grad: bool, across=No
         if kb is not None:
             dtau = dtau + per_dot / tau
         if across is not None:
-            dtau = across.total(dtau)
+            dtau = across.temperature(dtau)
         g_anchor, g_u = back_f(da / lg.fold, db)
         if across is not None:
             g_u = across.owners({"features": g_u})["features"]

@@ -49,7 +49,7 @@ from ._ring import ring_sweep
 
 Array = Any
 
-__all__ = ["info_nce", "nt_xent", "supcon", "ALGORITHMS", "Across"]
+__all__ = ["info_nce", "nt_xent", "supcon", "ALGORITHMS", "VALUES", "Across"]
 
 #: how the ranks share the columns: all-gather them, or pass them round a ring
 ALGORITHMS = ("gather", "ring")
@@ -62,7 +62,8 @@ class Across:
     ``gathered`` maps an input's name to its shards' sizes (rank order) for the inputs
     whose columns were gathered: their gradients are sent back to their owners.
     ``n_total`` terms make the mean; ``scale`` weights this part of the loss (½ for
-    each direction of a symmetric loss).
+    each direction of a symmetric loss); ``ring`` holds the ranks' column counts when
+    the columns travel instead; ``share``: the value is this rank's share of the loss.
     """
 
     comm: Communicator
@@ -70,6 +71,29 @@ class Across:
     n_total: int
     scale: float = 1.0
     ring: tuple | None = None
+    share: bool = False
+
+    @property
+    def fusable(self) -> bool:
+        """Whether the gradient may be swept with unit weights and scaled by the cotangent
+        afterwards: not when the columns' gradients travel during the sweep (the ring),
+        since another rank's cotangent must weigh them before they leave."""
+        return self.ring is None
+
+    @property
+    def factor(self) -> int:
+        """W for a rank's share (the ranks' shares average to the loss), else 1."""
+        return self.comm.size if self.share else 1
+
+    def combine(self, x):
+        """The global sum of ``x`` (each rank's part), or this rank's share ``W x``."""
+        return self.factor * x if self.share else self.total(x)
+
+    def temperature(self, d):
+        """The temperature's gradient from this rank's part ``d``: the total, or, for a
+        share, this rank's own (a replicated temperature: the ranks' mean is the total's
+        share)."""
+        return d if self.share else self.total(d)
 
     def center(self, rows, cols):
         """The centre of the euclidean features: None (the rows' and columns' own mean)
@@ -95,13 +119,15 @@ class Across:
         return self.comm.all_sum(x)
 
     def weight(self, reduction: str) -> float:
-        """Each term's weight in the value."""
-        return self.scale / self.n_total if reduction == "mean" else self.scale
+        """Each term's weight in the value (in this rank's share: W times it)."""
+        w = self.scale / self.n_total if reduction == "mean" else self.scale
+        return self.factor * w
 
     def reduce(self, per, reduction: str):
-        """The global value from this rank's terms ``per``."""
+        """The value from this rank's terms ``per``: the global loss, or this rank's share."""
         xp = _namespace(per)
-        return self.total(xp.sum(per)) * self.weight(reduction)
+        s = xp.sum(per)
+        return (s if self.share else self.total(s)) * self.weight(reduction)
 
     def owners(self, grads: dict) -> dict:
         """``grads`` with the gathered inputs' gradients summed over ranks, this rank's rows."""
@@ -149,7 +175,12 @@ def _validated(comm, validate):
     return state, metas
 
 
-def _check_algorithm(algorithm: str) -> str:
+#: what a sharded function returns: the global loss on every rank, or each rank's share
+VALUES = ("global", "share")
+
+
+def _check_algorithm(algorithm: str, value: str = "global") -> str:
+    check_option(value, "value", VALUES)
     return check_option(algorithm, "algorithm", ALGORITHMS)
 
 
@@ -158,9 +189,10 @@ def _check_algorithm(algorithm: str) -> str:
 def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *, comm: Communicator,
              temperature: float | Array = 0.1, similarity: str = "cosine",
              in_batch_negatives: bool | None = None, symmetric: bool = False,
-             reduction: str = "mean", eps: float = DEFAULT_EPS, algorithm: str = "gather",
-             block_size: int | None = None, memory_budget: int | None = None,
-             check_finite: bool = True, xp=None, need_grad: bool = True):
+             reduction: str = "mean", eps: float = DEFAULT_EPS, value: str = "global",
+             algorithm: str = "gather", block_size: int | None = None,
+             memory_budget: int | None = None, check_finite: bool = True, xp=None,
+             need_grad: bool = True):
     r""":func:`nce_ref.info_nce` of a batch sharded over the ranks of ``comm``.
 
     Rank r holds rows ``query_r``, ``key_r`` (the same number, its positive pairs) and
@@ -182,6 +214,16 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *, com
         ``JaxCommunicator``, or a :class:`nce_ref.sharded.ThreadGroup`'s).
     temperature, similarity, in_batch_negatives, symmetric, reduction, eps
         As in :func:`nce_ref.info_nce`; the same on every rank (checked).
+    value : {"global", "share"}, default "global"
+        ``"global"``: the global loss on every rank, and through ``value_and_grad`` (a
+        cotangent the same on every rank) this rank's rows of its gradient and the full
+        temperature gradient.  ``"share"``: this rank's share ``W·L_r`` (``L_r`` the part
+        of the global loss that its rows' terms make; the ranks' shares average to the
+        loss, open_clip's ``local_loss`` convention), and with per-rank cotangents
+        ``g_r`` the gradient of ``Σ_r g_r·W·L_r`` for the inputs and, for the replicated
+        temperature, this rank's own ``g_r·W·∂L_r/∂τ`` (the ranks' mean is the total
+        gradient's share): what a training step under DDP's gradient mean needs
+        (:mod:`nce_ref.interop` wraps it).
     algorithm : {"gather", "ring"}, default "gather"
         ``"gather"``: all-gather the columns (O(N·D) memory and bytes per rank), one
         pass of the engine.  ``"ring"``: each rank keeps its own columns and they pass
@@ -220,7 +262,7 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *, com
         in_batch = in_batch_default(in_batch_negatives, negatives)
         check_info_nce_options(negatives, "unpaired", in_batch, symmetric, reduction)
         kind, e = check_similarity(similarity, eps)
-        _check_algorithm(algorithm)
+        _check_algorithm(algorithm, value)
         ctx = resolve({"query": query, "key": key, "negatives": negatives},
                       ndims={"query": 2, "key": 2, "negatives": 2}, xp=xp, check_finite=check_finite)
         n, d = check_pair(query, key, "query", "key")
@@ -228,7 +270,7 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *, com
             raise ValueError(f"`negatives` must have shape (M, {d}); got {tuple(negatives.shape)}")
         tau, tau0 = scalar_param(ctx, temperature, "temperature", positive=True)
         options = {"similarity": kind, "eps": e, "in_batch": in_batch, "symmetric": symmetric,
-                   "reduction": reduction, "algorithm": algorithm}
+                   "reduction": reduction, "algorithm": algorithm, "value": value}
         meta = _meta(ctx, {"query": query, "negatives": negatives}, options, tau0)
         meta["rows"] = n
         meta["negatives_rows"] = 0 if negatives is None else negatives.shape[0]
@@ -240,13 +282,13 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *, com
     inputs = {"query": query, "key": key, "negatives": negatives}
     q, k = ctx.to_compute(query), ctx.to_compute(key)
     neg = None if negatives is None else ctx.to_compute(negatives)
-    n_total = sum(sizes)
+    n_total, share = sum(sizes), value == "share"
     if algorithm == "ring":  # every rank keeps its own columns; they travel
         shard = [(s if in_batch else 0) + m for s, m in zip(sizes, neg_sizes)]
         n_cols = max(shard)
 
         def across(scale):
-            return Across(comm, {}, n_total=n_total, scale=scale, ring=tuple(shard))
+            return Across(comm, {}, n_total=n_total, scale=scale, ring=tuple(shard), share=share)
 
         def columns(x):
             return x
@@ -254,7 +296,8 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *, com
         n_cols = (n_total if in_batch else 0) + sum(neg_sizes)
 
         def across(scale):
-            return Across(comm, {"key": sizes, "negatives": neg_sizes}, n_total=n_total, scale=scale)
+            return Across(comm, {"key": sizes, "negatives": neg_sizes}, n_total=n_total, scale=scale,
+                          share=share)
 
         def columns(x):
             return comm.gather_rows(x, sizes)
@@ -294,7 +337,7 @@ def _symmetric(ctx, rows, cols, reduction):
                 sharded=True)
 def nt_xent(z1: Array, z2: Array, /, *, comm: Communicator, temperature: float | Array = 0.5,
             similarity: str = "cosine", reduction: str = "mean", eps: float = DEFAULT_EPS,
-            algorithm: str = "gather", block_size: int | None = None,
+            value: str = "global", algorithm: str = "gather", block_size: int | None = None,
             memory_budget: int | None = None, check_finite: bool = True, xp=None,
             need_grad: bool = True):
     r""":func:`nce_ref.nt_xent` of a batch sharded over the ranks of ``comm``.
@@ -307,7 +350,7 @@ def nt_xent(z1: Array, z2: Array, /, *, comm: Communicator, temperature: float |
     Parameters
     ----------
     z1, z2 : array, shape (n_r, D)
-    comm, algorithm, block_size, memory_budget, check_finite, xp
+    comm, value, algorithm, block_size, memory_budget, check_finite, xp
         As in :func:`nce_ref.sharded.info_nce`.
     temperature, similarity, reduction, eps
         As in :func:`nce_ref.nt_xent`.
@@ -330,12 +373,13 @@ def nt_xent(z1: Array, z2: Array, /, *, comm: Communicator, temperature: float |
     def validate():
         check_reduction(reduction)
         kind, e = check_similarity(similarity, eps)
-        _check_algorithm(algorithm)
+        _check_algorithm(algorithm, value)
         ctx = resolve({"z1": z1, "z2": z2}, ndims={"z1": 2, "z2": 2}, xp=xp,
                       check_finite=check_finite)
         n, d = check_pair(z1, z2, "z1", "z2")
         tau, tau0 = scalar_param(ctx, temperature, "temperature", positive=True)
-        options = {"similarity": kind, "eps": e, "reduction": reduction, "algorithm": algorithm}
+        options = {"similarity": kind, "eps": e, "reduction": reduction, "algorithm": algorithm,
+                   "value": value}
         meta = _meta(ctx, {"z1": z1}, options, tau0)
         meta["rows"] = n
         return (ctx, kind, e, tau, tau0), meta
@@ -346,11 +390,13 @@ def nt_xent(z1: Array, z2: Array, /, *, comm: Communicator, temperature: float |
     a, b = ctx.to_compute(z1), ctx.to_compute(z2)
     if algorithm == "ring":  # every rank keeps its own views; they travel
         views, n_cols = None, 2 * max(sizes)
-        across = Across(comm, {}, n_total=2 * sum(sizes), ring=tuple(2 * s for s in sizes))
+        across = Across(comm, {}, n_total=2 * sum(sizes), ring=tuple(2 * s for s in sizes),
+                        share=value == "share")
     else:
         views = xp.concat([comm.gather_rows(a, sizes), comm.gather_rows(b, sizes)], axis=0)
         n_cols = views.shape[0]
-        across = Across(comm, {"z1": sizes, "z2": sizes}, n_total=2 * sum(sizes))
+        across = Across(comm, {"z1": sizes, "z2": sizes}, n_total=2 * sum(sizes),
+                        share=value == "share")
     block = choose_block(2 * a.shape[0], n_cols, ctx.finfo().bits // 8, block_size=block_size,
                          memory_budget=memory_budget, buffers=buffers(kind), like=z1)
     return nt_xent_engine(ctx, a, b, views, tau, tau0, inputs={"z1": z1, "z2": z2}, kind=kind,
@@ -365,7 +411,7 @@ def supcon(features: Array, labels: Array | None = None, /, *, comm: Communicato
            temperature: float | Array = 0.07, base_temperature: float | None = None,
            positives: str = "out", no_positive: str = "exclude", similarity: str = "cosine",
            contrast_mode: str = "all", reduction: str = "mean", eps: float = DEFAULT_EPS,
-           algorithm: str = "gather", block_size: int | None = None,
+           value: str = "global", algorithm: str = "gather", block_size: int | None = None,
            memory_budget: int | None = None, check_finite: bool = True, xp=None,
            need_grad: bool = True):
     r""":func:`nce_ref.supcon` of a batch sharded over the ranks of ``comm``.
@@ -382,7 +428,7 @@ def supcon(features: Array, labels: Array | None = None, /, *, comm: Communicato
     ----------
     features : array, shape (n_r, V, D) or (n_r, D)
     labels : array, shape (n_r,) or (n_r, L) of 0/1, optional
-    comm, block_size, memory_budget, check_finite, xp
+    comm, value, block_size, memory_budget, check_finite, xp
         As in :func:`nce_ref.sharded.info_nce`.
     algorithm : {"gather"}, default "gather"
         Gather every rank's views and labels (``"ring"`` is not available for SupCon yet).
@@ -405,7 +451,7 @@ def supcon(features: Array, labels: Array | None = None, /, *, comm: Communicato
     True
     """
     def validate():
-        if _check_algorithm(algorithm) == "ring":
+        if _check_algorithm(algorithm, value) == "ring":
             raise ValueError("supcon has no algorithm='ring' yet (each anchor's positive and "
                              "negative sums would travel with the labels' shards); use 'gather'")
         st = setup_supcon(features, labels, mask=None, temperature=temperature,
@@ -416,7 +462,7 @@ def supcon(features: Array, labels: Array | None = None, /, *, comm: Communicato
         options = {"similarity": st.kind, "eps": st.eps, "positives": positives,
                    "no_positive": no_positive, "contrast_mode": contrast_mode,
                    "reduction": reduction, "base_temperature": st.base_temperature,
-                   "algorithm": algorithm, "views": st.v,
+                   "algorithm": algorithm, "value": value, "views": st.v,
                    "labels": None if labels is None else f"{labels.ndim}-d {labels.dtype}",
                    "label columns": None if labels is None or labels.ndim == 1 else labels.shape[1]}
         meta = _meta(st.ctx, {"features": features}, options, st.tau0)
@@ -434,5 +480,5 @@ def supcon(features: Array, labels: Array | None = None, /, *, comm: Communicato
     block = choose_block(st.n_anchor, st.c, st.ctx.finfo().bits // 8, block_size=block_size,
                          memory_budget=memory_budget, buffers=buffers(st.kind), like=features)
     n_anchor = sum(views) if contrast_mode == "all" else sum(sizes)
-    across = Across(comm, {"features": views}, n_total=n_anchor)
+    across = Across(comm, {"features": views}, n_total=n_anchor, share=value == "share")
     return supcon_engine(st, block, need_grad=need_grad, across=across)
