@@ -51,6 +51,14 @@ def function(f: Callable | str) -> Callable:
 
     Notes
     -----
+    Sharded functions (:mod:`nce_ref.sharded`, inside ``jax.shard_map`` with a
+    :class:`nce_ref.sharded.JaxCommunicator`): as in :func:`nce_ref.interop.torch.function`,
+    each device returns its share of the loss (``value="share"``, the default) or the
+    global loss (``value="global"``), and the backward rule gives each device the
+    gradient of the sum of every device's returned loss; the backward rule then
+    evaluates the VJP with the incoming cotangent (another device's cotangent weighs
+    the columns' gradients before they leave it).
+
     Reverse mode only: ``jax.custom_vjp`` functions support ``grad``/``vjp`` and
     ``jit``, not ``jvp``/``jacfwd``; check with
     ``jax.test_util.check_grads(..., modes=("rev",), order=1)``.  The forward rule
@@ -86,12 +94,22 @@ def function(f: Callable | str) -> Callable:
 
     @functools.wraps(entry.public, updated=())
     def wrapped(*args, **kwargs):
+        if entry.sharded:
+            kwargs.setdefault("value", "share")
         bound = entry.signature.bind(*args, **kwargs)
         names = tuple(n for n, v in bound.arguments.items()
                       if _is_jax_value(v) or is_array_api_obj(v))
         prims = tuple(v if _is_jax_value(v) else jnp.asarray(v)
                       for v in (bound.arguments[n] for n in names))
         static = {n: v for n, v in bound.arguments.items() if n not in names}
+        # a sharded function's global value: every rank's share, averaged over the ranks;
+        # the ranks' cotangents likewise in the backward rule (see function's Notes)
+        comm = static.get("comm") if entry.sharded and static.get("value") == "global" else None
+        if comm is not None:
+            static["value"] = "share"
+
+        def averaged(v):
+            return v if comm is None or v.ndim else comm.all_sum(v) / comm.size
 
         def grads_out(grads, primals):
             out = []
@@ -106,14 +124,14 @@ def function(f: Callable | str) -> Callable:
         @jax.custom_vjp
         def core(*prims):
             a, k = call(static, names, prims)
-            return entry.public(*a, **k)
+            return averaged(entry.public(*a, **k))
 
         def fwd(*prims):
             a, k = call(static, names, prims)
             value, back = vjp(entry.public, *a, **k)
-            if value.ndim == 0:
+            if value.ndim == 0 and not entry.sharded:
                 return value, (True, grads_out(back(None), prims), prims)
-            return value, (False, None, prims)
+            return averaged(value), (False, None, prims)
 
         def bwd(res, g):
             scalar, unit, prims = res
@@ -121,8 +139,8 @@ def function(f: Callable | str) -> Callable:
             if scalar:
                 return tuple(None if u is None else u * g.astype(u.dtype) for u in unit)
             a, k = call(static, names, prims)
-            _, back = vjp(entry.public, *a, **k)
-            return grads_out(back(g), prims)
+            value, back = vjp(entry.public, *a, **k)
+            return grads_out(back(g if comm is None or value.ndim else averaged(g)), prims)
 
         core.defvjp(fwd, bwd)
         return core(*prims)

@@ -32,8 +32,19 @@ class _Bridge(torch.autograd.Function):
         entry, bound, names = spec
         args = dict(bound.arguments)
         args.update({n: t.detach() for n, t in zip(names, tensors)})
+        ctx.comm = None
+        if entry.sharded and args.get("value", "share") == "global":
+            # the global loss on every rank: each rank's share, averaged over the ranks
+            # (and in backward the ranks' cotangents, so that the gradient is that of
+            # the sum of every rank's returned loss)
+            args["value"] = "share"
+            ctx.comm = args["comm"]
         call = inspect.BoundArguments(entry.signature, args)
         value, back = vjp(entry.public, *call.args, **call.kwargs)
+        if ctx.comm is not None and value.ndim == 0:
+            value = ctx.comm.all_sum(value) / ctx.comm.size
+        else:
+            ctx.comm = None
         ctx.back = back
         ctx.names = names
         ctx.scalar_out = value.ndim == 0
@@ -46,6 +57,8 @@ class _Bridge(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
         ctx.saved_tensors  # noqa: B018  (raises if an input was modified in place)
+        if ctx.comm is not None:
+            grad_output = ctx.comm.all_sum(grad_output) / ctx.comm.size
         grads = ctx.back(grad_output)
         out = []
         for name, needed in zip(ctx.names, ctx.needs_input_grad[1:]):
@@ -73,6 +86,16 @@ def function(f: Callable | str) -> Callable:
 
     Notes
     -----
+    **Sharded functions** (:mod:`nce_ref.sharded`): each rank calls the wrapped
+    function on its own rows.  By default (``value="share"``) it returns this rank's
+    share of the loss (W/N times the sum of its rows' terms for the mean: the ranks'
+    mean is the global loss, open_clip's local-loss convention); ``value="global"``
+    returns the global loss on every rank.  Either way ``backward`` gives each rank the
+    gradient of the sum of every rank's returned loss (each weighted by that rank's
+    upstream gradient) with respect to its own inputs, and each replica of a
+    replicated temperature its own part, so that DDP's mean of the parameters'
+    gradients over the ranks is the single-device gradient of the global batch.
+
     The backward pass is first-order only (``once_differentiable``): a second
     derivative raises.  Inputs are saved for backward, so modifying one in place
     between forward and backward raises as it would for a native op.  With
@@ -97,6 +120,8 @@ def function(f: Callable | str) -> Callable:
 
     @functools.wraps(entry.public, updated=())
     def wrapped(*args, **kwargs):
+        if entry.sharded:
+            kwargs.setdefault("value", "share")
         bound = entry.signature.bind(*args, **kwargs)
         names = tuple(n for n, v in bound.arguments.items() if isinstance(v, torch.Tensor))
         tensors = [bound.arguments[n] for n in names]
