@@ -73,7 +73,7 @@ def test_the_ranks_mean_gradient_is_the_single_device_gradient(kind, value):
     values = [o[0] for o in ones]
     if value == "global":
         assert values == [values[0]] * w
-        np.testing.assert_allclose(values[0], float(single), rtol=1e-13)
+        np.testing.assert_allclose(values[0], float(single.detach()), rtol=1e-13)
     else:  # the shares average to the loss
         np.testing.assert_allclose(np.mean(values), float(single.detach()), rtol=1e-13)
     for i, g in enumerate(want):  # DDP's mean over the ranks, the temperature's replicas too
