@@ -25,6 +25,7 @@ SUBCOMMANDS = {
 
 
 def _present(module: str) -> bool:
+    """Whether ``module`` can be found (a subcommand's module may be absent)."""
     try:
         return importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:
@@ -32,6 +33,7 @@ def _present(module: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``nce-ref`` parser with one subparser per present subcommand."""
     parser = argparse.ArgumentParser(
         prog="nce-ref",
         description="nce_ref: the reference for contrastive losses and MI estimators.")
@@ -50,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the subcommand; the help and 2 without one."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:

@@ -31,6 +31,7 @@ class _BadTarget(Exception):
 
 
 def configure(parser) -> None:
+    """Add ``nce-ref verify``'s arguments to ``parser``."""
     parser.add_argument("target", metavar="module.path:function",
                         help="the implementation to verify (a function, a callable object or a "
                              "class instantiated without arguments)")
@@ -86,6 +87,7 @@ def load_target(spec: str):
 
 
 def _fail(args, message: str) -> int:
+    """Report ``message`` in one line (and as JSON with ``--json``); return exit status 2."""
     line = f"{PROG}: error: {message}"
     if args.json:
         print(json.dumps({"error": message, "exit_code": 2}))
@@ -94,8 +96,9 @@ def _fail(args, message: str) -> int:
 
 
 def run(args) -> int:
+    """Run ``nce-ref verify``: 0 when every case agrees, 1 when some disagree, 2 otherwise."""
     from ..autodiff import lookup
-    from ..testing._verify import VerifyError, verify
+    from ..testing import VerifyError, verify
 
     try:
         lookup(args.reference)
