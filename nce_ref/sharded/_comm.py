@@ -85,7 +85,7 @@ def agree(comm: Communicator, meta: dict, error: BaseException | None = None) ->
         more = f" (and {len(failed) - 1} other rank(s))" if len(failed) > 1 else ""
         raise ShardingError(f"rank {r} of {comm.size}: {m}{more}")
     metas = [e["meta"] for e in everyone]
-    for key in metas[0]:
+    for key in dict.fromkeys(k for m in metas for k in m):  # every rank's keys, not rank 0's only
         if key == "rows" or key.endswith("_rows"):
             continue
         values = [m.get(key) for m in metas]
