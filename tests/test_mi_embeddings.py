@@ -289,7 +289,6 @@ def _xy(n=4, d=3):
     ({"bound": "dv", "alpha": 0.5}, ValueError, "`alpha`"),
     ({"bound": "interpolated", "alpha": 0.5, "clip": 1.0}, ValueError, "`clip`"),
     ({"bound": 3}, ValueError, "`bound`"),
-    ({"similarity": "neg_euclidean"}, ValueError, "`similarity`"),
     ({"similarity": "manhattan"}, ValueError, "`similarity`"),
     ({"block_size": 0}, ValueError, "`block_size`"),
     ({"block_size": 1.5}, TypeError, "`block_size`"),
@@ -301,7 +300,7 @@ def _xy(n=4, d=3):
     ({"bound": "smile", "clip": -1.0}, ValueError, "`clip`"),
     ({"bound": "mine"}, ValueError, "`log_moving_average`"),
     ({"bound": "js", "report": "value"}, ValueError, "`report`"),
-    ({"bound": "nwj", "report": "mi"}, ValueError, "`report`"),
+    ({"bound": "nwj", "report": "objective"}, ValueError, "`report`"),
     ({"axis": 2}, ValueError, "`axis`"),
 ])
 def test_bad_options_raise_naming_the_argument(kwargs, exc, name):
@@ -363,3 +362,106 @@ def _fast_paths_equal_the_generic_path(rng, bound, extra, kw, xs):
             want = np.asarray(gs[name])
             assert_close(g[name], want, rtol=1e-12, atol=1e-14 * float(np.max(np.abs(want))),
                          err_msg=name)
+
+
+# -- the reference (method="dense") and the engine (method="streamed") ------------------------
+
+ALL_SIMS = ["dot", "cosine", "neg_sq_euclidean", "neg_euclidean"]
+
+
+@pytest.mark.parametrize("blocks", list(BLOCKS), ids=list(BLOCKS))
+@pytest.mark.parametrize("kind", ALL_SIMS)
+@pytest.mark.parametrize("bound,opts", VARIANTS, ids=IDS)
+def test_dense_method_equals_streamed_method(bound, opts, kind, blocks, rng):
+    """The reference and the engine, value and every gradient, in float64, every bound,
+    similarity (the euclidean root included) and block layout, both axes."""
+    x, y = rng.standard_normal((N, D)), rng.standard_normal((N, D))
+    tau = TAU.get(kind, 2.0)
+    extra, kw, _, _ = _options(bound, x, y, tau, kind, opts)
+    block = BLOCKS[blocks]
+    if block == "tiny":
+        block = {"memory_budget": 4 * N * 8}  # one row of the four buffers of the root
+    vg = nce_ref.value_and_grad(mi.bound_from_embeddings)
+    for axis in (1, 0):
+        common = dict(bound=bound, similarity=kind, temperature=tau, axis=axis, **kw)
+        v0, g0 = vg(x, y, *extra, method="dense", **common)
+        v1, g1 = vg(x, y, *extra, method="streamed", **block, **common)
+        assert_close(v1, v0, dtype="float64", temperature=tau, err_msg=f"{bound} {kind} axis={axis}")
+        assert sorted(g1) == sorted(g0)
+        for name in g0:
+            assert_close(g1[name], g0[name], dtype="float64", temperature=tau,
+                         scale=float(np.max(np.abs(g0[name]), initial=1e-300)),
+                         err_msg=f"{bound} {kind} axis={axis}: gradient of {name}")
+
+
+def test_auto_runs_the_engine_and_dense_runs_the_composition(rng):
+    x, y = rng.standard_normal((N, D)), rng.standard_normal((N, D))
+    for kind in ALL_SIMS:
+        auto = mi.bound_from_embeddings(x, y, bound="dv", similarity=kind, block_size=2)
+        streamed = mi.bound_from_embeddings(x, y, bound="dv", similarity=kind, block_size=2,
+                                            method="streamed")
+        assert float(auto) == float(streamed)  # the same code: bit for bit
+        dense = mi.bound_from_embeddings(x, y, bound="dv", similarity=kind, method="dense")
+        assert float(dense) == float(mi.dv(nce_ref.similarity(x, y, similarity=kind)))
+    with pytest.raises(ValueError, match="`method`"):
+        mi.bound_from_embeddings(x, y, method="fast")
+
+
+def test_neg_euclidean_streams_without_the_matrix(rng):
+    """neg_euclidean is the root of the squared distance's bilinear form, per block: the
+    engine equals the dense composition, gradients included, with rows at distance 0."""
+    x, y = rng.standard_normal((N, D)), rng.standard_normal((N, D))
+    y[2] = x[2]  # a joint pair at distance 0: the subgradient 0 of the root
+    y[4] = x[1]  # and an off-diagonal one
+    for bound, opts in VARIANTS:
+        extra, kw, _, _ = _options(bound, x, y, 2.0, "neg_euclidean", opts)
+        v0, g0 = nce_ref.value_and_grad(mi.bound_from_embeddings)(
+            x, y, *extra, bound=bound, similarity="neg_euclidean", temperature=2.0, method="dense", **kw)
+        v1, g1 = nce_ref.value_and_grad(mi.bound_from_embeddings)(
+            x, y, *extra, bound=bound, similarity="neg_euclidean", temperature=2.0, block_size=3, **kw)
+        assert_close(v1, v0, dtype="float64", err_msg=bound)
+        for name in g0:
+            assert_close(g1[name], g0[name], dtype="float64", scale=float(np.max(np.abs(g0[name]))),
+                         err_msg=f"{bound} {opts}: gradient of {name}")
+
+
+# -- the bound's own options, with the defaults of nce_ref.mi.<bound> -------------------------
+
+def test_option_defaults_are_the_bounds_own():
+    import inspect
+
+    sig = inspect.signature(mi.bound_from_embeddings).parameters
+    assert sig["log_baseline"].default == inspect.signature(mi.tuba).parameters["log_baseline"].default == 0.0
+    assert (sig["log_baseline"].default
+            == inspect.signature(mi.interpolated).parameters["log_baseline"].default)
+    assert sig["report"].default == inspect.signature(mi.js).parameters["report"].default == "mi"
+    assert sig["similarity"].default == "dot"
+    assert sig["method"].default == "auto"
+
+
+def test_default_baseline_and_report_equal_their_explicit_values(rng):
+    x, y = rng.standard_normal((N, D)), rng.standard_normal((N, D))
+    vg = nce_ref.value_and_grad(mi.bound_from_embeddings)
+    for bound, kw in (("tuba", {}), ("interpolated", {"alpha": 0.5})):
+        v0, g0 = vg(x, y, bound=bound, **kw)
+        v1, g1 = vg(x, y, 0.0, bound=bound, **kw)
+        v2, _ = vg(x, y, None, bound=bound, **kw)  # None, the former default, still means 0.0
+        assert float(v0) == float(v1) == float(v2)
+        assert np.shape(g0["log_baseline"]) == ()
+        np.testing.assert_array_equal(g0["x"], g1["x"])
+    assert float(mi.bound_from_embeddings(x, y, bound="js")) == float(
+        mi.bound_from_embeddings(x, y, bound="js", report="mi"))
+    # the defaults pass for every bound; only another value is refused
+    for bound in ("dv", "nwj", "loo_upper"):
+        mi.bound_from_embeddings(x, y, 0.0, bound=bound, report="mi")
+    with pytest.raises(ValueError, match="`log_baseline`"):
+        mi.bound_from_embeddings(x, y, 0.5, bound="nwj")
+
+
+@pytest.mark.parametrize("bound,name", [("smile", "clip"), ("interpolated", "alpha"),
+                                        ("mine", "log_moving_average")])
+@pytest.mark.parametrize("method", ["auto", "dense", "streamed"])
+def test_required_options_are_required(bound, name, method):
+    x, y = _xy()
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        mi.bound_from_embeddings(x, y, bound=bound, method=method)

@@ -7,10 +7,11 @@ framework only when first used.
 """
 
 from ._comm import Communicator, ShardingError, ThreadGroup, agree
+from .embeddings import bound_from_embeddings
 from .losses import ALGORITHMS, info_nce, nt_xent, supcon
 
 __all__ = ["Communicator", "ShardingError", "ThreadGroup", "agree", "info_nce", "nt_xent", "supcon",
-           "ALGORITHMS", "TorchCommunicator", "MPICommunicator", "JaxCommunicator"]
+           "ALGORITHMS", "bound_from_embeddings", "TorchCommunicator", "MPICommunicator", "JaxCommunicator"]
 
 _ADAPTERS = {"TorchCommunicator": "torch", "MPICommunicator": "mpi", "JaxCommunicator": "jax"}
 
