@@ -8,7 +8,18 @@ has a hand-derived gradient available through :func:`value_and_grad`.
 from . import mi
 from ._stream import Tuning, get_tuning, tuning
 from .autodiff import value_and_grad, vjp
-from .losses import batch_triplet, info_nce, info_nce_from_scores, nt_xent, supcon, triplet
+from .losses import (
+    batch_triplet,
+    dcl,
+    info_nce,
+    info_nce_from_scores,
+    multi_similarity,
+    nt_xent,
+    pairwise_contrastive,
+    siglip,
+    supcon,
+    triplet,
+)
 from .similarity import similarity
 
 __version__ = "0.1.0"
@@ -16,11 +27,15 @@ __version__ = "0.1.0"
 __all__ = [
     "Tuning",
     "batch_triplet",
+    "dcl",
     "get_tuning",
     "info_nce",
     "info_nce_from_scores",
     "mi",
+    "multi_similarity",
     "nt_xent",
+    "pairwise_contrastive",
+    "siglip",
     "similarity",
     "supcon",
     "triplet",

@@ -1,0 +1,340 @@
+"""Pair losses on a labelled batch: the multi-similarity loss and the pairwise contrastive
+loss, with pytorch-metric-learning's conventions as named options.
+
+Both are dense references over the (N, N) score or distance matrix of the batch with
+itself: positive pairs ``i ≠ j`` with equal labels (a row is never its own positive,
+excluded by index), negative pairs with different labels.  The selections (mining, the
+hinges) are piecewise constant and the gradient flows through the selected entries.
+Derivations: ``docs/derivations.md``, sections "Multi-similarity loss" and "Pairwise
+contrastive loss".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .._array import check_labels, check_option, check_real, resolve
+from .._ops import logsumexp, softmax_from_lse
+from .._reduce import REDUCTIONS_NONZERO, check_reduction, mean_over_fwd, reduce_fwd
+from ..autodiff import differentiable
+from ..similarity import DEFAULT_EPS, check_similarity, sim_fwd, unit_rows
+from .triplet import DISTANCES, dist_fwd
+
+Array = Any
+
+__all__ = ["multi_similarity", "pairwise_contrastive"]
+
+
+def _check_embeddings(ctx, embeddings, labels):
+    n, d = embeddings.shape
+    if n < 1:
+        raise ValueError("`embeddings` must have at least one row (N >= 1); got N = 0")
+    if d < 1:
+        raise ValueError("`embeddings` must have at least one column (D >= 1); got D = 0")
+    check_labels(ctx, labels, n)
+    return n
+
+
+def _relations(ctx, labels):
+    """``(pos, neg)``: the boolean (N, N) positive pairs (self excluded) and negative pairs."""
+    xp = ctx.xp
+    n = labels.shape[0]
+    same = xp.expand_dims(labels, axis=1) == xp.expand_dims(labels, axis=0)
+    return same & xp.logical_not(ctx.eye(n, dtype=xp.bool)), xp.logical_not(same)
+
+
+# -- multi-similarity -----------------------------------------------------------------------
+
+def _soft_count(x, mask, scale, ctx):
+    """``(1/scale) log(1 + Σ_{mask} e^{x})`` per row and its VJP ``back(g) -> dx``
+    (``softmax`` over ``{0} ∪ mask``, divided by ``scale``); 0 for an empty row."""
+    xp = ctx.xp
+    n = x.shape[0]
+    zero = xp.zeros((n, 1), dtype=x.dtype, device=ctx.device)
+    xa = xp.concat([zero, x], axis=1)
+    ma = xp.concat([xp.ones((n, 1), dtype=xp.bool, device=ctx.device), mask], axis=1)
+    lse = logsumexp(xa, ma, axis=1, xp=xp)
+
+    def back(g):
+        p = softmax_from_lse(xa, xp.expand_dims(lse, axis=1), ma, xp=xp)[:, 1:]
+        return p * xp.expand_dims(g / scale, axis=1)
+
+    return lse / scale, back
+
+
+@differentiable("multi_similarity", wrt=("embeddings",))
+def multi_similarity(embeddings: Array, labels: Array, /, *, alpha: float = 2.0, beta: float = 50.0,
+                     base: float = 0.5, mining_margin: float | None = None,
+                     similarity: str = "cosine", reduction: str = "mean", eps: float = DEFAULT_EPS,
+                     check_finite: bool = True, xp=None):
+    r"""Multi-similarity loss (Wang et al. 2019), as pytorch-metric-learning computes it.
+
+    With :math:`S_{ij} = s(x_i, x_j)`, :math:`P_i` the positives of anchor :math:`i` (same
+    label, :math:`j \ne i`) and :math:`N_i` its negatives,
+
+    .. math::
+
+        \ell_i = \frac1\alpha \log\Big(1 + \sum_{j\in P_i} e^{-\alpha (S_{ij} - \lambda)}\Big)
+               + \frac1\beta \log\Big(1 + \sum_{k\in N_i} e^{\beta (S_{ik} - \lambda)}\Big),
+
+    with :math:`\lambda` the ``base``; an empty set adds 0.  This is PML's
+    ``MultiSimilarityLoss(alpha, beta, base)`` on ``(embeddings, labels)``: its
+    ``lmu.logsumexp(..., add_one=True)`` over the masked pairs of the cosine matrix,
+    reduced by the mean over all N anchors (``MeanReducer``).
+
+    Parameters
+    ----------
+    embeddings : array, shape (N, D)
+    labels : array, shape (N,)
+        Any bool, integer or real floating values; only equality matters.
+    alpha, beta : float, default 2.0, 50.0
+        :math:`\alpha, \beta > 0` (PML's defaults); not differentiated.
+    base : float, default 0.5
+        :math:`\lambda` (PML's default); not differentiated.
+    mining_margin : float, optional
+        ``None``: every pair (PML's loss called without a miner).  A float
+        :math:`\epsilon \ge 0`: only the pairs that PML's ``MultiSimilarityMiner(epsilon)``
+        selects, the paper's pair mining: a positive :math:`j` is kept when
+        :math:`S_{ij} - \epsilon < \max_{k\in N_i} S_{ik}` and a negative :math:`k` when
+        :math:`S_{ik} + \epsilon > \min_{j\in P_i} S_{ij}` (an anchor without negatives
+        keeps no positive, one without positives no negative).  The selection is
+        piecewise constant: the gradient flows through the kept pairs.  PML's
+        ``loss(emb, labels, miner(emb, labels))`` then returns 0 when at most one
+        positive and one negative pair are mined in the whole batch (its
+        ``GenericPairLoss`` shortcut); nce_ref returns those pairs' loss.
+    similarity : {"cosine", "dot", "neg_sq_euclidean", "neg_euclidean"}, default "cosine"
+        PML's default distance is ``CosineSimilarity()``; ``"dot"`` is its
+        ``DotProductSimilarity()``.
+    reduction : {"mean", "sum", "none", "mean_nonzero"}, default "mean"
+        ``"mean"``: over all N anchors (PML); ``"mean_nonzero"``: over the anchors with a
+        positive loss (PML's ``AvgNonZeroReducer``).
+    eps, check_finite, xp
+        As in :func:`nce_ref.info_nce`.
+
+    Returns
+    -------
+    loss : array, 0-d or (N,)
+
+    Raises
+    ------
+    ValueError, TypeError
+        On a wrong shape, N = 0, D = 0, non-positive ``alpha``/``beta``, a negative
+        ``mining_margin``, non-finite options, unknown options; the message names the
+        argument.
+
+    Notes
+    -----
+    With :math:`p_{ij}` the softmax of :math:`-\alpha(S_{ij}-\lambda)` over
+    :math:`\{0\}\cup P_i` (the 0 for the "1 +") and :math:`q_{ik}` that of
+    :math:`\beta(S_{ik}-\lambda)` over :math:`\{0\}\cup N_i`:
+    :math:`\partial\ell_i/\partial S_{ij} = -p_{ij}` and
+    :math:`\partial\ell_i/\partial S_{ik} = q_{ik}`; the similarity's VJP takes the sum of
+    both operands' gradients.
+
+    References
+    ----------
+    Wang, Han, Huang, Dong and Scott, "Multi-Similarity Loss with General Pair Weighting
+    for Deep Metric Learning" (CVPR 2019).
+
+    Examples
+    --------
+    >>> import numpy as np, nce_ref
+    >>> x = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    >>> y = np.array([0, 0, 1])
+    >>> loss = nce_ref.multi_similarity(x, y, reduction="none")
+    >>> # anchor 0: S = 1 with its positive, 0 with its negative
+    >>> want = np.log1p(np.exp(-2 * 0.5)) / 2 + np.log1p(np.exp(50 * -0.5)) / 50
+    >>> bool(np.isclose(loss[0], want))
+    True
+    """
+    kind, eps = check_similarity(similarity, eps)
+    check_reduction(reduction, REDUCTIONS_NONZERO)
+    alpha = check_real(alpha, "alpha", positive=True)
+    beta = check_real(beta, "beta", positive=True)
+    base = check_real(base, "base")
+    if mining_margin is not None:
+        mining_margin = check_real(mining_margin, "mining_margin", nonnegative=True)
+    ctx = resolve({"embeddings": embeddings, "labels": labels},
+                  ndims={"embeddings": 2, "labels": 1}, floating=("embeddings",), xp=xp,
+                  check_finite=check_finite)
+    xp = ctx.xp
+    _check_embeddings(ctx, embeddings, labels)
+    x = ctx.to_compute(embeddings)
+    s, back_s = sim_fwd(x, x, kind=kind, eps=eps, xp=xp)
+    pos, neg = _relations(ctx, labels)
+    if mining_margin is not None:
+        inf = xp.full_like(s, math.inf)
+        max_neg = xp.max(xp.where(neg, s, -inf), axis=1, keepdims=True)
+        min_pos = xp.min(xp.where(pos, s, inf), axis=1, keepdims=True)
+        pos = pos & (s - mining_margin < max_neg)
+        neg = neg & (s + mining_margin > min_pos)
+    l_p, back_p = _soft_count(-alpha * (s - base), pos, alpha, ctx)
+    l_n, back_n = _soft_count(beta * (s - base), neg, beta, ctx)
+    value, back_red = reduce_fwd(l_p + l_n, reduction, xp=xp)
+    value = ctx.result_finite(value, "multi_similarity")
+
+    def vjp(g):
+        gl = back_red(ctx.to_compute(g))
+        ds = beta * back_n(gl) - alpha * back_p(gl)
+        ga, gb = back_s(ds)
+        return {"embeddings": ctx.like(ga + gb, embeddings)}
+
+    return ctx.to_out(value), vjp
+
+
+# -- pairwise contrastive ---------------------------------------------------------------------
+
+@differentiable("pairwise_contrastive", wrt=("embeddings",))
+def pairwise_contrastive(embeddings: Array, labels: Array, /, *, pos_margin: float = 0.0,
+                         neg_margin: float = 1.0, distance: str = "euclidean", p: float = 2,
+                         squared: bool = False, normalize: bool = False,
+                         split_pos_neg: bool = False, reduction: str = "mean",
+                         eps: float = DEFAULT_EPS, check_finite: bool = True, xp=None):
+    r"""The pairwise contrastive loss (Hadsell, Chopra and LeCun 2006) over all pairs of a
+    labelled batch.
+
+    With :math:`d_{ij}` the distance between rows :math:`i \ne j`, :math:`h(v) = \max(v, 0)`
+    (``squared=True``: :math:`\tfrac12\max(v, 0)^2`, the paper's form), positives pulled
+    within ``pos_margin`` and negatives pushed past ``neg_margin``:
+
+    .. math::
+
+        t_{ij} = \begin{cases} h(d_{ij} - m_+) & y_i = y_j \\
+                               h(m_- - d_{ij}) & y_i \ne y_j \end{cases},
+        \qquad \ell_i = \sum_{j \ne i} t_{ij}.
+
+    Every ordered pair counts (both :math:`(i, j)` and :math:`(j, i)`, as in PML).
+    The paper's loss is ``squared=True, pos_margin=0`` (:math:`\tfrac12 d^2` for the
+    positives, :math:`\tfrac12\max(m - d, 0)^2` for the negatives).
+    pytorch-metric-learning's ``ContrastiveLoss(pos_margin=0, neg_margin=1)`` with its
+    defaults is ``distance="euclidean", normalize=True, reduction="mean_nonzero",
+    split_pos_neg=True``.
+
+    Parameters
+    ----------
+    embeddings : array, shape (N, D)
+    labels : array, shape (N,)
+        Any bool, integer or real floating values; only equality matters.
+    pos_margin, neg_margin : float, default 0.0, 1.0
+        :math:`m_+, m_- \ge 0` (PML's names and defaults); not differentiated.
+    distance : {"euclidean", "sq_euclidean", "cosine", "lp"}, default "euclidean"
+        As in :func:`nce_ref.triplet`: PML's default ``LpDistance()`` is
+        ``"euclidean"`` (with ``normalize=True``).  PML's ``CosineSimilarity()`` flips
+        the margins' roles (a similarity above ``pos_margin``, below ``neg_margin``):
+        it is ``distance="cosine"`` with margins ``1 - pos_margin`` and ``1 - neg_margin``.
+    p : float, default 2
+        The norm degree of ``distance="lp"``.
+    squared : bool, default False
+        :math:`\tfrac12\max(\cdot, 0)^2` instead of the hinge (the paper's form).
+    normalize : bool, default False
+        Scale each row to unit norm first (norm floor ``eps``, as
+        ``torch.nn.functional.normalize``): PML's distances' default
+        ``normalize_embeddings=True``.
+    split_pos_neg : bool, default False
+        Reduce the positive pairs' and the negative pairs' terms separately and add the
+        two means (PML's ``MultipleReducers`` over its ``pos_loss`` and ``neg_loss``
+        sub-losses); an empty side adds 0.  ``"sum"`` and ``"none"`` do not depend on it.
+    reduction : {"mean", "sum", "none", "mean_nonzero"}, default "mean"
+        ``"mean"``: over the N(N − 1) ordered pairs (or, split, each side over its own
+        pairs); ``"mean_nonzero"``: over the pairs with a positive term (PML's
+        ``AvgNonZeroReducer``, its default); 0 when there is none.  ``"none"``: shape
+        (N,), each anchor's sum :math:`\ell_i`.
+    eps, check_finite, xp
+        As in :func:`nce_ref.triplet`.
+
+    Returns
+    -------
+    loss : array, 0-d or (N,)
+
+    Raises
+    ------
+    ValueError, TypeError
+        On a wrong shape, N = 0, D = 0, negative or non-finite margins, ``p < 1``,
+        unknown options; the message names the argument.
+
+    Notes
+    -----
+    With the cotangent :math:`\bar t_{ij}` of each term (from the reduction) and
+    :math:`h'(v) = [v > 0]` (0 at the kink) or :math:`\max(v, 0)`:
+    :math:`\bar d_{ij} = \bar t_{ij} h'(d_{ij} - m_+)` for a positive pair and
+    :math:`-\bar t_{ij} h'(m_- - d_{ij})` for a negative one; the distance's VJP (both
+    operands are the embeddings), then the normalisation's.
+
+    References
+    ----------
+    Hadsell, Chopra and LeCun, "Dimensionality Reduction by Learning an Invariant
+    Mapping" (CVPR 2006).
+
+    Examples
+    --------
+    >>> import numpy as np, nce_ref
+    >>> x = np.array([[0.0], [0.5], [3.0]])
+    >>> y = np.array([0, 0, 1])
+    >>> # positives (0, 1) at 0.5; negatives at 3.0 and 2.5 are past the margin 1
+    >>> nce_ref.pairwise_contrastive(x, y, reduction="none")
+    array([0.5, 0.5, 0. ])
+    """
+    check_option(distance, "distance", DISTANCES)
+    check_reduction(reduction, REDUCTIONS_NONZERO)
+    pos_margin = check_real(pos_margin, "pos_margin", nonnegative=True)
+    neg_margin = check_real(neg_margin, "neg_margin", nonnegative=True)
+    eps = check_real(eps, "eps", positive=True)
+    p = check_real(p, "p")
+    if p < 1:
+        raise ValueError(f"`p` must be >= 1 (a p-norm); got {p}")
+    if distance != "lp" and p != 2:
+        raise ValueError(f"`p` applies to distance='lp' only; got p={p} with distance={distance!r}")
+    for name, v in (("squared", squared), ("normalize", normalize), ("split_pos_neg", split_pos_neg)):
+        if not isinstance(v, bool):
+            raise TypeError(f"`{name}` must be a bool; got {v!r}")
+    ctx = resolve({"embeddings": embeddings, "labels": labels},
+                  ndims={"embeddings": 2, "labels": 1}, floating=("embeddings",), xp=xp,
+                  check_finite=check_finite)
+    xp = ctx.xp
+    _check_embeddings(ctx, embeddings, labels)
+    x = ctx.to_compute(embeddings)
+    back_unit = None
+    if normalize:
+        x, back_unit = unit_rows(x, eps=eps, xp=xp)
+    dist, back_d = dist_fwd(x, x, distance=distance, p=p, eps=eps, xp=xp)
+    pos, neg = _relations(ctx, labels)
+    zero = xp.zeros_like(dist)
+    vp, vn = dist - pos_margin, neg_margin - dist
+    act_p, act_n = pos & (vp > 0), neg & (vn > 0)
+    hp, hn = xp.where(act_p, vp, zero), xp.where(act_n, vn, zero)
+    if squared:
+        dhp, dhn = hp, hn
+        hp, hn = 0.5 * hp * hp, 0.5 * hn * hn
+    else:
+        dhp, dhn = xp.astype(act_p, dist.dtype), xp.astype(act_n, dist.dtype)
+    tp, tn = xp.sum(hp, axis=1), xp.sum(hn, axis=1)
+    if reduction in ("mean", "mean_nonzero"):
+        if reduction == "mean":
+            cp, cn = xp.astype(pos, dist.dtype), xp.astype(neg, dist.dtype)
+        else:
+            cp, cn = xp.astype(hp > 0, dist.dtype), xp.astype(hn > 0, dist.dtype)
+        cp, cn = xp.sum(cp, axis=1), xp.sum(cn, axis=1)
+        if split_pos_neg:
+            vp_, bp = mean_over_fwd(tp, cp, xp=xp)
+            vn_, bn = mean_over_fwd(tn, cn, xp=xp)
+            value = vp_ + vn_
+        else:
+            value, b_all = mean_over_fwd(tp + tn, cp + cn, xp=xp)
+            bp = bn = b_all
+    else:
+        value, b_all = reduce_fwd(tp + tn, reduction, xp=xp)
+        bp = bn = b_all
+    value = ctx.result_finite(value, "pairwise_contrastive")
+
+    def vjp(g):
+        g = ctx.to_compute(g)
+        wp, wn = xp.expand_dims(bp(g), axis=1), xp.expand_dims(bn(g), axis=1)
+        dd = wp * dhp - wn * dhn
+        ga, gb = back_d(dd)
+        gx = ga + gb
+        if back_unit is not None:
+            gx = back_unit(gx)
+        return {"embeddings": ctx.like(gx, embeddings)}
+
+    return ctx.to_out(value), vjp

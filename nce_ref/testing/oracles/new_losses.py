@@ -1,0 +1,140 @@
+"""Oracles for siglip, dcl, multi_similarity and pairwise_contrastive: the formulas of the
+docstrings written out pair by pair in mpmath (50 digits)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._mp import lse, mp, oracle, reduce, sim, to_f64, to_mp
+
+
+def _softplus(v):
+    return mp.log1p(mp.exp(v)) if v < 0 else v + mp.log1p(mp.exp(-v))
+
+
+def _f(v):
+    return mp.mpf(float(np.asarray(v)))
+
+
+@oracle
+def siglip(x, y, *, scale=10.0, bias=-10.0, similarity="cosine", reduction="mean", eps=1e-12, **_):
+    X, Y = to_mp(x), to_mp(y)
+    t, b = _f(scale), _f(bias)
+    per = []
+    for i, xi in enumerate(X):
+        terms = []
+        for j, yj in enumerate(Y):
+            u = t * sim(xi, yj, similarity, eps) + b
+            terms.append(_softplus(-u if i == j else u))
+        per.append(mp.fsum(terms))
+    return reduce(per, reduction)
+
+
+@oracle
+def dcl(z1, z2, *, temperature=0.1, weight="none", sigma=0.5, similarity="cosine",
+        reduction="mean", eps=1e-12, **_):
+    A, B = to_mp(z1), to_mp(z2)
+    n = len(A)
+    tau = _f(temperature)
+    U = A + B
+    s_pos = [sim(A[i], B[i], similarity, eps) for i in range(n)]
+    if weight == "von_mises":
+        e = [mp.exp(s / mp.mpf(float(sigma))) for s in s_pos]
+        tot = mp.fsum(e)
+        w = [2 - n * v / tot for v in e]
+    else:
+        w = [mp.mpf(1)] * n
+    per = []
+    for a in range(2 * n):
+        i = a % n
+        partner = a + n if a < n else a - n
+        negs = [sim(U[a], U[c], similarity, eps) / tau for c in range(2 * n) if c not in (a, partner)]
+        per.append(lse(negs) - w[i] * s_pos[i] / tau)
+    return reduce(per, reduction)
+
+
+def _reduce_nonzero(per, terms, reduction):
+    if reduction in ("none", "sum", "mean"):
+        return reduce(per, reduction)
+    nz = sum(1 for t in terms if t > 0)
+    return to_f64(mp.fsum(per) / nz if nz else mp.mpf(0))
+
+
+@oracle
+def multi_similarity(embeddings, labels, *, alpha=2.0, beta=50.0, base=0.5, mining_margin=None,
+                     similarity="cosine", reduction="mean", eps=1e-12, **_):
+    X = to_mp(embeddings)
+    lab = np.asarray(labels)
+    n = len(X)
+    al, be, lam = mp.mpf(float(alpha)), mp.mpf(float(beta)), mp.mpf(float(base))
+    S = [[sim(X[i], X[j], similarity, eps) for j in range(n)] for i in range(n)]
+    per = []
+    for i in range(n):
+        P = [j for j in range(n) if j != i and lab[j] == lab[i]]
+        N = [k for k in range(n) if lab[k] != lab[i]]
+        if mining_margin is not None:
+            m = mp.mpf(float(mining_margin))
+            max_n = max((S[i][k] for k in N), default=mp.mpf("-inf"))
+            min_p = min((S[i][j] for j in P), default=mp.mpf("inf"))
+            P, N = [j for j in P if S[i][j] - m < max_n], [k for k in N if S[i][k] + m > min_p]
+        lp = mp.log(1 + mp.fsum(mp.exp(-al * (S[i][j] - lam)) for j in P)) / al
+        ln = mp.log(1 + mp.fsum(mp.exp(be * (S[i][k] - lam)) for k in N)) / be
+        per.append(lp + ln)
+    return _reduce_nonzero(per, per, reduction)
+
+
+def _dist(a, b, distance, p, eps):
+    if distance == "euclidean":
+        return mp.sqrt(mp.fsum((u - v) ** 2 for u, v in zip(a, b)))
+    if distance == "sq_euclidean":
+        return mp.fsum((u - v) ** 2 for u, v in zip(a, b))
+    if distance == "cosine":
+        return 1 - sim(a, b, "cosine", eps)
+    pp = mp.mpf(float(p))
+    s = mp.fsum(abs(u - v) ** pp for u, v in zip(a, b))
+    return s ** (1 / pp) if s > 0 else mp.mpf(0)
+
+
+@oracle
+def pairwise_contrastive(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0, distance="euclidean",
+                         p=2, squared=False, normalize=False, split_pos_neg=False, reduction="mean",
+                         eps=1e-12, **_):
+    X = to_mp(embeddings)
+    if normalize:
+        X = [[v / max(mp.sqrt(mp.fsum(c * c for c in row)), mp.mpf(eps)) for v in row] for row in X]
+    lab = np.asarray(labels)
+    n = len(X)
+    mp_, mn = mp.mpf(float(pos_margin)), mp.mpf(float(neg_margin))
+
+    def h(v):
+        v = v if v > 0 else mp.mpf(0)
+        return v * v / 2 if squared else v
+
+    per, tp, tn = [], [], []
+    for i in range(n):
+        row = []
+        for j in range(n):
+            if j == i:
+                continue
+            d = _dist(X[i], X[j], distance, p, eps)
+            if lab[i] == lab[j]:
+                tp.append(h(d - mp_))
+                row.append(tp[-1])
+            else:
+                tn.append(h(mn - d))
+                row.append(tn[-1])
+        per.append(mp.fsum(row))
+    if reduction in ("none", "sum"):
+        return reduce(per, reduction)
+
+    def mean(ts):
+        ts_ = ts if reduction == "mean" else [t for t in ts if t > 0]
+        return mp.fsum(ts_) / len(ts_) if ts_ else mp.mpf(0)
+
+    return to_f64(mean(tp) + mean(tn) if split_pos_neg else mean(tp + tn))
+
+
+ORACLES = {"siglip": siglip, "dcl": dcl, "multi_similarity": multi_similarity,
+           "pairwise_contrastive": pairwise_contrastive}
+
+__all__ = ["ORACLES"]
