@@ -38,6 +38,27 @@ TARGETS = textwrap.dedent('''
         def __call__(self, q, k, *, temperature=0.1):
             return good(q, k, temperature=temperature)
 
+    def floored(q, k, *, temperature=0.1):
+        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        k = k / np.maximum(np.linalg.norm(k, axis=1, keepdims=True), 1e-12)
+        z = q @ k.T / temperature
+        m = z.max(axis=1, keepdims=True)
+        return np.mean(m[:, 0] + np.log(np.exp(z - m).sum(axis=1)) - np.diag(z))
+
+    def with_tau(q, k, *, tau=0.1):
+        return floored(q, k, temperature=tau)
+
+    def with_beta(q, k, *, beta=0.1):
+        return floored(q, k, temperature=beta)
+
+    def fixed(q, k):
+        return floored(q, k, temperature=0.07)
+
+    def some_raise(q, k, *, temperature=0.1):
+        if len(q) == 1:
+            raise IndexError("needs two rows")
+        return floored(q, k, temperature=temperature)
+
     class NeedsArgs:
         def __init__(self, scale):
             self.scale = scale
@@ -155,3 +176,62 @@ def test_planted_bug_in_torch_exits_1(capsys):
     assert rc == 1
     assert "FAIL positive probability below tiny [float64]" in out
     assert "capped at -log(1e-8)" in out
+
+
+def test_param_maps_a_temperature(targets, capsys):
+    rc, out, _ = _run(capsys, f"{targets}:with_beta", "--as", "info_nce", "--framework", "numpy",
+                      "--cases", "edge", "--param", "temperature=beta")
+    assert rc == 0, out
+    assert "`beta` = temperature" in out and "temperature 1e-4" in out
+    rc, out, _ = _run(capsys, f"{targets}:with_tau", "--as", "info_nce", "--framework", "numpy",
+                      "--cases", "edge")
+    assert rc == 0 and "`tau` = temperature (a common alias" in out
+    rc, _, err = _run(capsys, f"{targets}:with_beta", "--as", "info_nce", "--param", "beta")
+    assert rc == 2 and "--param 'beta' must look like temperature=tau" in err
+
+
+def test_dropped_temperature_cases_are_listed(targets, capsys):
+    rc, out, _ = _run(capsys, f"{targets}:fixed", "--as", "info_nce", "--framework", "numpy",
+                      "--cases", "edge", "--convention", "moco", "--show-na")
+    assert rc == 0, out
+    assert "not tested at their own `temperature`" in out
+    assert "temperature 1e4 (not run" in out
+
+
+def test_accept_a_named_deviation(capsys):
+    pytest.importorskip("torch", reason="torch is not installed")
+    pytest.importorskip("pytorch_metric_learning", reason="pytorch-metric-learning is not installed")
+    argv = ("nce_ref.testing.conventions:pml_nt_xent", "--as", "nt_xent", "--convention",
+            "pytorch_metric_learning", "--cases", "edge")
+    rc, out, _ = _run(capsys, *argv)
+    assert rc == 1
+    rc, out, _ = _run(capsys, *argv, "--accept", "capped")
+    assert rc == 0, out
+    assert "ACCEPTED (capped)" in out and "accepted" in out.splitlines()[0]
+
+
+def test_some_cases_raising_exit_2_with_the_table(targets, capsys):
+    rc, out, err = _run(capsys, f"{targets}:some_raise", "--as", "info_nce", "--framework", "numpy",
+                        "--cases", "all")
+    assert rc == 2 and err == ""
+    assert "COULD NOT RUN some cases" in out and "ERROR N = 1" in out
+    assert "not a disagreement" in out
+
+
+def test_misspelt_function_suggests(targets, capsys):
+    rc, _, err = _run(capsys, f"{targets}:good", "--as", "ntxent")
+    assert rc == 2 and "did you mean 'nt_xent'" in err
+
+
+def test_wrong_framework_is_named(capsys):
+    pytest.importorskip("torch", reason="torch is not installed")
+    pytest.importorskip("jax", reason="JAX is not installed")
+    rc, _, err = _run(capsys, "tests.test_verify:torch_info_nce", "--as", "info_nce",
+                      "--framework", "jax")
+    assert rc == 2 and "framework is probably wrong" in err and "looks like torch" in err
+
+
+def test_lightly_info_nce_says_memory_bank(targets, capsys):
+    rc, out, _ = _run(capsys, f"{targets}:good", "--as", "info_nce", "--convention", "lightly",
+                      "--framework", "numpy", "--dtype", "float64")
+    assert "memory-bank (MoCo) variant" in out

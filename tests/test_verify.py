@@ -512,3 +512,216 @@ class TestSupConTriplet:
                    dtype="float32")
         assert r.passed, str(r)  # torch's eps=1e-6 inside the norm is below float32's tolerance
         assert any("reduction='mean_nonzero'" in x.message for x in r.results if x.status == "n/a")
+
+
+# ----------------------------------------------------------------------------------
+# issue 13, section 2: what a new user hit
+# ----------------------------------------------------------------------------------
+
+def np_nt_xent_no_floor(z1, z2, *, temperature=0.5):
+    """Planted bug: z / ||z|| without a floor (NaN on a zero row)."""
+    u = np.concatenate([z1, z2])
+    u = u / np.linalg.norm(u, axis=1, keepdims=True)
+    z = u @ u.T / temperature
+    n = len(z1)
+    np.fill_diagonal(z, -np.inf)
+    m = z.max(1, keepdims=True)
+    lse = np.log(np.exp(z - m).sum(1)) + m[:, 0]
+    return np.mean(lse - z[np.arange(2 * n), (np.arange(2 * n) + n) % (2 * n)])
+
+
+def np_supcon_flat(features, labels=None, *, temperature=0.1):
+    """A SupCon that takes (N, D) rows only: raises on nce_ref's (N, V, D) layout."""
+    if features.ndim != 2:
+        raise ValueError(f"expected (N, D) features, got shape {features.shape}")
+    import nce_ref as _n
+
+    return np.asarray(_n.supcon(features, labels, temperature=temperature))
+
+
+def torch_missing_inv_tau(q, k, *, temperature=0.1):
+    """Planted bug: a custom backward that forgets the 1/τ of the logits' gradient."""
+    import torch
+    import torch.nn.functional as tF
+
+    t = float(temperature.detach()) if isinstance(temperature, torch.Tensor) else float(temperature)
+
+    class F(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k):
+            qn, kn = tF.normalize(q, dim=1), tF.normalize(k, dim=1)
+            ctx.save_for_backward(q, k)
+            z = qn @ kn.T / t
+            return (torch.logsumexp(z, 1) - z.diagonal()).mean()
+
+        @staticmethod
+        def backward(ctx, g):
+            q, k = ctx.saved_tensors
+            with torch.enable_grad():
+                q2, k2 = q.detach().requires_grad_(), k.detach().requires_grad_()
+                z = tF.normalize(q2, dim=1) @ tF.normalize(k2, dim=1).T
+                p = torch.softmax(z / t, 1)
+                dz = (p - torch.eye(len(q), dtype=q.dtype)) / len(q)  # the bug: no / t
+                gq, gk = torch.autograd.grad(z, (q2, k2), grad_outputs=dz)
+            return g * gq, g * gk
+
+    return F.apply(q, k)
+
+
+class TestNewUser:
+    def test_nt_xent_zero_vector_without_floor_is_caught(self):
+        r = verify(np_nt_xent_no_floor, "nt_xent", framework="numpy", cases="edge", dtype="float64")
+        res = _failed(r, "zero vectors under cosine")
+        assert "NaN where the reference is finite" in res.message
+        labels = {x.label for x in r.ran}
+        assert {"positive probability below tiny", "duplicate embeddings"} <= labels
+
+    def test_every_function_with_a_temperature_has_the_edge_cases(self):
+        from nce_ref.testing.cases import cases_for
+
+        for name in ("info_nce", "nt_xent", "supcon"):
+            labels = {c.label for c in cases_for(name, which="edge")}
+            assert "zero vectors under cosine" in labels, name
+            assert "positive probability below tiny" in labels, name
+            assert "duplicate embeddings" in labels, name
+
+    def test_every_case_raising_points_at_the_layout_and_adapters(self):
+        def flat_only(features, labels=None, *, temperature=0.1):
+            raise ValueError("operands could not be broadcast together")
+
+        with pytest.raises(VerifyError) as ei:
+            verify(flat_only, "supcon", framework="numpy")
+        msg = str(ei.value)
+        assert "layout probably differs" in msg and "(N, V, D), view-major" in msg
+        assert "pml_supcon" in msg and len(msg.splitlines()) == 1
+
+    def test_some_cases_raising_could_not_run_not_disagrees(self):
+        r = verify(np_supcon_flat, "supcon", framework="numpy", dtype="float64")
+        assert r.verdict == "could not run" and r.exit_code == 2 and not r.passed
+        assert "COULD NOT RUN" in r.summary()
+        assert not [x for x in r.results if x.status == "fail"]
+        d = [x for x in r.diagnosis if "could not run" in x]
+        assert d and "whose `features` is 3-d" in d[0] and "layout probably differs" in d[0]
+
+    def test_tau_alias_runs_the_extreme_temperatures(self):
+        def with_tau(q, k, *, tau=0.1):
+            return np_info_nce(q, k, temperature=tau)
+
+        r = verify(with_tau, "info_nce", framework="numpy", cases="edge", dtype="float64")
+        assert r.passed, str(r)
+        assert any("`tau` = temperature" in n for n in r.notes)
+        assert "temperature 1e-4" in {x.label for x in r.ran}
+
+    def test_logit_scale_alias_compares_its_gradient(self):
+        torch = _torch()
+        import torch.nn.functional as F
+
+        def clip_scale(image, text, *, logit_scale):
+            logits = logit_scale * F.normalize(image, dim=1) @ F.normalize(text, dim=1).T
+            labels = torch.arange(len(image))
+            return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+        r = verify(clip_scale, "info_nce", convention="open_clip", cases="all", dtype="float64")
+        assert r.passed, str(r)
+        assert any("`logit_scale` = 1/temperature" in n for n in r.notes)
+        row = [x for x in r.ran if x.label == "temperature 1e-4"][0]
+        assert "temperature" in row.grads and row.grads["temperature"]["ok"]
+
+    def test_param_mapping_and_its_errors(self):
+        def with_beta(q, k, *, beta=0.1):
+            return np_info_nce(q, k, temperature=beta)
+
+        r = verify(with_beta, "info_nce", framework="numpy", cases="edge", dtype="float64",
+                   params={"temperature": "beta"})
+        assert r.passed and "temperature 1e4" in {x.label for x in r.ran}
+        with pytest.raises(ValueError, match="takes no parameter 'gamma'"):
+            verify(with_beta, "info_nce", framework="numpy", params={"temperature": "gamma"})
+
+    def test_fixed_temperature_lists_the_cases_not_tested(self):
+        r = verify(np_info_nce_tau_007, "info_nce", framework="numpy", cases="edge",
+                   convention="pytorch_metric_learning", dtype="float64")
+        na = {x.label: x.message for x in r.results if x.status == "n/a"}
+        assert "temperature 1e4" in na and "not tested" in na["temperature 1e4"]
+        note = [n for n in r.notes if n.startswith("not tested at their own `temperature`")]
+        assert note and "temperature 1e-4 (ran at temperature=0.07)" in note[0]
+        assert "temperature 1e4 (not run" in note[0]
+        assert "temperature 1e4" in r.table(show_na=True) and "temperature 1e4" not in r.table()
+
+    def test_accepting_a_named_deviation(self):
+        _torch()
+        pytest.importorskip("pytorch_metric_learning", reason="pytorch-metric-learning is not installed")
+        r = verify(conv.pml_nt_xent, "nt_xent", convention="pytorch_metric_learning", cases="all",
+                   dtype="float64", accept=["capped"])
+        assert r.passed and r.exit_code == 0, str(r)
+        assert r.accepted and all(x.accepted == "capped" for x in r.accepted)
+        assert "ACCEPTED (capped) temperature 1e-4" in str(r)
+        # anything else still fails
+        r = verify(capped, "info_nce", cases="edge", dtype="float64", accept="nan")
+        assert not r.passed and r.exit_code == 1
+        assert any("'nan' matched no failing case" in n for n in r.notes)
+
+    def test_missing_inverse_temperature_in_the_backward(self):
+        _torch()
+        r = verify(torch_missing_inv_tau, "info_nce", cases="all", dtype="float64")
+        assert not r.passed
+        assert any("missing 1/τ in the backward" in d for d in r.diagnosis), r.diagnosis
+
+    def test_case_column_is_cut_at_a_word(self):
+        from nce_ref.testing._verify.report import cut
+
+        text = ("streamed, 2-row memory budget, per_pair, multi-label (6x2x3, 6x3; "
+                "temperature=0.001, positives='per_pair')")
+        out = cut(text, 64)
+        assert len(out) <= 64 and out.endswith("…")
+        assert "temperature=0.0…" not in out and not out[:-1].endswith("0.0")
+
+    def test_custom_case_constructor(self):
+        rng = np.random.default_rng(3)
+        case = Case("my batch", (rng.standard_normal((4, 3)), rng.standard_normal((4, 3))),
+                    {"temperature": 0.05}, kind="edge")
+        r = verify(np_info_nce, "info_nce", framework="numpy", cases=[case])
+        assert r.passed and r.cases == "custom" and r.results[0].kind == "edge"
+
+    def test_misspelt_reference_suggests(self):
+        with pytest.raises(ValueError, match="did you mean 'nt_xent'"):
+            verify(np_info_nce, "ntxent", framework="numpy")
+
+    def test_wrong_framework_is_named(self):
+        _torch()
+        _jax()
+        with pytest.raises(VerifyError, match="framework is probably wrong.*looks like torch"):
+            verify(torch_info_nce, "info_nce", framework="jax")
+
+    def test_lightly_info_nce_says_memory_bank(self):
+        r = verify(np_info_nce, "info_nce", convention="lightly", framework="numpy", dtype="float64")
+        assert any("memory-bank" in n and "--as nt_xent" in n for n in r.notes)
+
+
+class TestInstalledPeers:
+    """lightly and open_clip, imported through nce_ref.testing.peers (torchvision's CUDA
+    wheel beside the CPU torch)."""
+
+    @pytest.mark.parametrize("module", ["lightly.loss", "open_clip"])
+    def test_imports(self, module):
+        _torch()
+        from nce_ref.testing.peers import import_peer, peer_unavailable
+
+        why = peer_unavailable(module)
+        if why is not None:
+            pytest.skip(why)
+        assert import_peer(module) is not None
+
+    @pytest.mark.parametrize("adapter, ref, name", [
+        ("open_clip_clip", "info_nce", "open_clip"),
+        ("lightly_nt_xent", "nt_xent", "lightly"),
+        ("lightly_info_nce", "info_nce", "lightly"),
+    ])
+    def test_agree_under_their_convention(self, adapter, ref, name):
+        _torch()
+        from nce_ref.testing.peers import peer_unavailable
+
+        why = peer_unavailable("open_clip" if name == "open_clip" else "lightly.loss")
+        if why is not None:
+            pytest.skip(why)
+        r = verify(getattr(conv, adapter), ref, convention=name, cases="all", dtype="float64")
+        assert r.passed, str(r)

@@ -122,13 +122,17 @@ CONVENTIONS: tuple[Convention, ...] = (
                notes="log(p + finfo.tiny): the loss is capped at -log(tiny)",
                adapter=_A + "pml_info_nce"),
     Convention("open_clip", "info_nce",
-               "OpenCLIP `ClipLoss` on F.normalize'd features, logit_scale = 1/temperature",
+               "OpenCLIP 3.3 `ClipLoss` on F.normalize'd features, logit_scale = 1/temperature",
                {"temperature": 0.07, "symmetric": True}, "torch",
                notes="logit_scale is learned, initialised at 1/0.07",
-               adapter=_A + "torch_clip"),
+               adapter=_A + "open_clip_clip"),
     Convention("lightly", "info_nce",
-               "lightly `NTXentLoss(memory_bank_size=M)`: the bank rows are the negatives",
-               {"temperature": 0.5}, "torch"),
+               "lightly 1.6 `NTXentLoss(memory_bank_size=M)`: the bank rows are the negatives",
+               {"temperature": 0.5}, "torch",
+               notes="this is lightly's memory-bank (MoCo) variant: the explicit negatives play "
+                     "the bank; lightly's NTXentLoss() without a bank is --as nt_xent "
+                     "--convention lightly",
+               adapter=_A + "lightly_info_nce"),
     Convention("moco", "info_nce",
                "MoCo v1/v2 `MoCo.forward` + CrossEntropyLoss: the queue rows are the negatives",
                {"temperature": 0.07}, "torch",
@@ -139,8 +143,8 @@ CONVENTIONS: tuple[Convention, ...] = (
                {"temperature": 0.07}, "torch",
                notes="log(p + finfo.tiny): the loss is capped at -log(tiny)",
                adapter=_A + "pml_nt_xent"),
-    Convention("lightly", "nt_xent", "lightly `NTXentLoss()` (no memory bank)",
-               {"temperature": 0.5}, "torch"),
+    Convention("lightly", "nt_xent", "lightly 1.6 `NTXentLoss()` (no memory bank)",
+               {"temperature": 0.5}, "torch", adapter=_A + "lightly_nt_xent"),
     Convention("optax", "nt_xent",
                "optax 0.2.8 `losses.ntxent(concat([z1, z2]), concat([arange(N)] * 2))`",
                {"temperature": 0.07, "eps": _sqrt_eps}, "jax",
@@ -378,6 +382,56 @@ def torch_clip(image, text, *, temperature=0.07):
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
+def open_clip_clip(image, text, *, temperature=0.07):
+    """OpenCLIP: ``ClipLoss()(F.normalize(image), F.normalize(text), logit_scale=1/temperature)``.
+
+    The model normalises the features (``normalize=True``) before the loss; a tensor
+    ``temperature`` stays a tensor, so the logit scale's gradient flows to it.
+    """
+    import torch.nn.functional as F
+
+    from .peers import import_peer
+
+    ClipLoss = import_peer("open_clip").ClipLoss
+    return ClipLoss()(F.normalize(image, dim=-1), F.normalize(text, dim=-1), 1.0 / temperature)
+
+
+def lightly_nt_xent(z1, z2, *, temperature=0.5):
+    """lightly: ``NTXentLoss(temperature)(z1, z2)`` (no memory bank: 2N - 2 negatives)."""
+    from .peers import import_peer
+
+    return import_peer("lightly.loss").NTXentLoss(temperature=temperature)(z1, z2)
+
+
+def lightly_info_nce(query, key, negatives, *, temperature=0.5):
+    """lightly: ``NTXentLoss(temperature, memory_bank_size=(M, D))(query, key)`` with its bank
+    holding ``negatives``.
+
+    lightly's bank stores normalised past keys, detached (MoCo's queue): the bank is set
+    to ``F.normalize(negatives)`` before the call, so ``negatives`` get no gradient from
+    lightly (a property of the memory bank, not a bug).  lightly reads the bank before it
+    enqueues the batch, so the loss uses the bank as given.
+    ``lightly_info_nce.verify_constants = ("negatives",)`` tells ``verify`` not to
+    compare their gradient.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .peers import import_peer
+
+    if negatives.ndim != 2:
+        raise NotImplementedError("lightly's memory bank holds unpaired negatives (M, D)")
+    m, d = negatives.shape
+    loss = import_peer("lightly.loss").NTXentLoss(temperature=temperature, memory_bank_size=(m, d))
+    with torch.no_grad():
+        loss.memory_bank.bank = F.normalize(negatives.detach(), dim=1).to(query.dtype)
+    return loss(query, key)
+
+
+#: verify compares no gradient for the bank (lightly's queue is a constant by design)
+lightly_info_nce.verify_constants = ("negatives",)
+
+
 def _views_flat(features, labels, xp_cat, xp_arange, xp_tile):
     """nce_ref's supcon layout -> one row per view, view-major, with the labels tiled."""
     if features.ndim == 2:
@@ -485,4 +539,7 @@ ADAPTERS: dict[str, Callable] = {
     "pml_info_nce": pml_info_nce,
     "optax_nt_xent": optax_nt_xent,
     "torch_clip": torch_clip,
+    "open_clip_clip": open_clip_clip,
+    "lightly_nt_xent": lightly_nt_xent,
+    "lightly_info_nce": lightly_info_nce,
 }

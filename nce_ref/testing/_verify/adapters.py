@@ -256,6 +256,8 @@ class ImplSig:
 
     max_positional: float
     keywords: frozenset | None  # None: takes any keyword
+    min_positional: int = 0     # positional parameters without a default
+    constants: tuple = ()       # inputs it treats as constants (``impl.verify_constants``)
 
     def accepts(self, name: str) -> bool:
         """Whether ``name`` may be passed by keyword."""
@@ -264,26 +266,30 @@ class ImplSig:
 
 def impl_signature(impl) -> ImplSig:
     """The implementation's :class:`ImplSig` (a ``torch.nn.Module``'s ``forward`` is read)."""
+    constants = tuple(getattr(impl, "verify_constants", ()) or ())
     try:
         sig = inspect.signature(impl)
     except (TypeError, ValueError):
-        return ImplSig(math.inf, frozenset())
+        return ImplSig(math.inf, frozenset(), 0, constants)
     kinds = [p.kind for p in sig.parameters.values()]
     if kinds == [inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD]:
         fwd = getattr(impl, "forward", None)  # torch.nn.Module
         if callable(fwd):
-            return impl_signature(fwd)
-    npos, kw, any_kw = 0.0, set(), False
+            out = impl_signature(fwd)
+            return ImplSig(out.max_positional, out.keywords, out.min_positional,
+                           constants or out.constants)
+    npos, kw, any_kw, required = 0.0, set(), False, 0
     for p in sig.parameters.values():
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
             npos += 1
+            required += p.default is inspect.Parameter.empty
         if p.kind == p.VAR_POSITIONAL:
             npos = math.inf
         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
             kw.add(p.name)
         if p.kind == p.VAR_KEYWORD:
             any_kw = True
-    return ImplSig(npos, None if any_kw else frozenset(kw))
+    return ImplSig(npos, None if any_kw else frozenset(kw), required, constants)
 
 
 def impl_name(impl) -> str:

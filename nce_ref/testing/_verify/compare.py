@@ -13,8 +13,8 @@ from ...autodiff import Entry, vjp
 from .._tolerances import rtol_for
 from .plan import Plan
 
-__all__ = ["compare_value", "first_line", "grad_hint", "grad_rtol", "index_of", "reference",
-           "rounded", "ulps", "value_at", "value_hint"]
+__all__ = ["DEVIATIONS", "compare_value", "first_line", "grad_hint", "grad_ratio", "grad_rtol",
+           "index_of", "reference", "rounded", "ulps", "value_at", "value_deviation", "value_hint"]
 
 
 def rounded(v, dtype: str):
@@ -87,6 +87,29 @@ _CAPS = (("finfo(float32).tiny", float(np.finfo(np.float32).tiny)),
          ("eps(float64)", float(np.finfo(np.float64).eps)))
 
 
+#: the named value deviations that ``verify(accept=...)`` / ``--accept`` can accept
+DEVIATIONS = {
+    "capped": "the value is capped at -log(c) by a log(p + c) or a clamp of p (PML's +tiny)",
+    "nan": "NaN where the reference is finite (no positive pair, a zero vector without a floor...)",
+    "inf": "inf where the reference is finite",
+    "zero": "0 where the reference is not (a loss that returns 0 without negatives or positives)",
+}
+
+
+def value_deviation(got: np.ndarray, want: np.ndarray) -> str | None:
+    """The name in :data:`DEVIATIONS` of what a wrong value shows, or None."""
+    bad = ~np.isfinite(got) & np.isfinite(want)
+    if (bad & np.isnan(got)).any():
+        return "nan"
+    if bad.any():
+        return "inf"
+    if value_hint(got, want).startswith("capped"):
+        return "capped"
+    if np.all(got == 0) and np.any(want != 0):
+        return "zero"
+    return None
+
+
 def value_hint(got: np.ndarray, want: np.ndarray) -> str:
     """What a wrong value looks like: NaN or inf where the reference is finite, or a value
     capped at ``-log(c)`` by a ``log(p + c)``; empty when nothing is recognised."""
@@ -114,15 +137,29 @@ def grad_hint(got: np.ndarray | None, want: np.ndarray) -> str:
         return "not connected to the output (detached, or converted to a Python number?)"
     if not np.all(np.isfinite(got)):
         return "non-finite gradient"
-    ww = float(np.sum(want * want))
     if np.all(got == 0):
         return "the implementation's gradient is 0 (a detach/stop_gradient, or a constant?)"
-    if ww > 0:
-        ratio = float(np.sum(got * want)) / ww
-        if abs(ratio - 1) > 1e-3 and np.allclose(got, ratio * want, rtol=1e-6,
-                                                 atol=1e-9 * math.sqrt(ww / max(1, want.size))):
-            return f"proportional to the reference, by a factor {ratio:.6g}"
+    ratio = grad_ratio(got, want)
+    if ratio is not None:
+        return f"proportional to the reference, by a factor {ratio:.6g}"
     return ""
+
+
+def grad_ratio(got, want: np.ndarray, rtol: float = 1e-6) -> float | None:
+    """``c`` when ``got = c * want`` (``c`` not 1 or 0) to ``rtol``, else None."""
+    if got is None:
+        return None
+    got = np.asarray(got, dtype=np.float64)
+    if got.shape != want.shape or not np.all(np.isfinite(got)) or np.all(got == 0):
+        return None
+    ww = float(np.sum(want * want))
+    if ww <= 0:
+        return None
+    ratio = float(np.sum(got * want)) / ww
+    if abs(ratio - 1) > 1e-3 and np.allclose(got, ratio * want, rtol=rtol,
+                                             atol=1e-9 * math.sqrt(ww / max(1, want.size))):
+        return ratio
+    return None
 
 
 def first_line(exc: BaseException) -> str:

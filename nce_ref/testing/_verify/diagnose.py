@@ -101,6 +101,9 @@ def _structural(outcomes: list[Outcome]) -> list[str]:
                        for o in shape_fails})
         out.append(f"{len(shape_fails)} case(s) return the wrong shape ({'; '.join(opts)}): is an "
                    "option such as `reduction` ignored by the implementation?")
+    factor = _gradient_factor(grad_only)
+    if factor:
+        out.append(factor)
     if grad_only:
         names = sorted({n for o in grad_only for n, g in o.result.grads.items() if not g["ok"]})
         out.append(
@@ -110,6 +113,58 @@ def _structural(outcomes: list[Outcome]) -> list[str]:
             "conversion, or a change of formula that moves the gradient more than the value, "
             "such as an eps inside a norm)")
     return out
+
+
+def _close(a: float, b: float, rtol: float = 1e-3) -> bool:
+    return abs(a - b) <= rtol * abs(b)
+
+
+def _gradient_factor(grad_only: list[Outcome]) -> str:
+    """Name the gradients that are the reference's times a factor in every failing case:
+    the case's temperature (a missing 1/τ in the backward), 1/τ (an extra one), or a
+    constant.  Gradients of other shapes (not connected, not proportional) are left to
+    the other diagnoses."""
+    per_name: dict[str, list] = {}
+    for o in grad_only:
+        t = o.plan.ref_kw.get("temperature")
+        t = float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
+        for n, g in o.result.grads.items():
+            if not g["ok"]:
+                per_name.setdefault(n, []).append((g.get("ratio"), t))
+    found: dict[str, list] = {}
+    for n, rows in per_name.items():
+        if any(r is None for r, _ in rows):
+            continue
+        temps = {t for _, t in rows}
+        varied = len(temps) > 1 or temps != {1.0}
+        if varied and all(t is not None and _close(r, t) for r, t in rows):
+            kind = "tau"
+        elif varied and all(t is not None and _close(r, 1 / t) for r, t in rows):
+            kind = "inv"
+        elif all(_close(r, rows[0][0]) for r, _ in rows):
+            kind = f"const {rows[0][0]:.6g}"
+        else:
+            continue
+        found.setdefault(kind, []).append(n)
+    out = []
+    for kind, names in found.items():
+        which = ", ".join(f"`{n}`" for n in sorted(names))
+        k = len(per_name[names[0]])
+        if kind == "tau":
+            temps = sorted({f"{t:g}" for _, t in per_name[names[0]]}, key=float)
+            out.append(f"the gradient of {which} is the reference's times the case's temperature "
+                       f"in all {k} case(s) where it fails (factors {', '.join(temps)}): a missing "
+                       "1/τ in the backward pass (a custom backward that does not divide the "
+                       "logits' gradient by the temperature)")
+        elif kind == "inv":
+            out.append(f"the gradient of {which} is the reference's divided by the case's "
+                       f"temperature in all {k} case(s) where it fails: an extra 1/τ in the "
+                       "backward pass")
+        else:
+            out.append(f"the gradient of {which} is the reference's times {kind[6:]} in all {k} "
+                       "case(s) where it fails: a constant factor in the backward pass (a "
+                       "reduction's scale, a factor 2, a missing 1/N)")
+    return "; ".join(out)
 
 
 def _explaining(entry: Entry, conv, outcomes: list[Outcome], value_fails: list[Outcome]) -> list:

@@ -11,12 +11,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ...autodiff import Entry, lookup
+from ...autodiff import Entry
 from .. import conventions
 from ..cases import Case
 from .adapters import ADAPTERS, FRAMEWORKS, Adapter, ImplSig, detect_framework, impl_name, impl_signature
+from .compare import DEVIATIONS
 from .diagnose import diagnose_report
-from .plan import dedupe_key, plan_case, resolve_cases, resolve_dtypes
+from .guide import adapters_for, explain_errors, layout_hint, lookup_reference
+from .plan import REFERENCE_ONLY, dedupe_key, plan_case, resolve_aliases, resolve_cases, resolve_dtypes
 from .report import CaseResult, VerifyError, VerifyReport
 from .run import Outcome, run_case
 
@@ -26,7 +28,8 @@ __all__ = ["verify"]
 def verify(impl: Callable, reference: Callable | str, *, convention: str | None = None,
            framework: str | None = None, cases: str | Sequence[Case] = "standard",
            dtype: str | Sequence[str] | None = None, grads: bool = True, seed: int = 0,
-           diagnose: bool = True) -> VerifyReport:
+           diagnose: bool = True, params: dict[str, str] | None = None,
+           accept: Sequence[str] | str | None = None) -> VerifyReport:
     """Verify an implementation's values and gradients against nce_ref's.
 
     Parameters
@@ -59,6 +62,17 @@ def verify(impl: Callable, reference: Callable | str, *, convention: str | None 
     diagnose : bool, default True
         On value mismatches, rerun the reference under the other conventions and
         variants and report those that match.
+    params : dict, optional
+        The implementation's names for the reference's parameters:
+        ``{"temperature": "tau"}``, or ``{"temperature": "1/logit_scale"}`` for one that
+        takes the inverse.  Without it, a temperature the implementation does not take
+        under that name is looked for under ``tau``, ``t``, ``T``, ``temp`` and, as
+        ``1/temperature``, ``logit_scale``, ``inv_temperature`` (the report says which).
+    accept : str or sequence of str, optional
+        Known deviations that do not fail the report: a named value deviation
+        (``"capped"``, ``"nan"``, ``"inf"``, ``"zero"``: ``compare.DEVIATIONS``) or a case
+        label.  A failing case that matches is reported as ``accepted``; anything else
+        still fails.
 
     Returns
     -------
@@ -105,30 +119,73 @@ def verify(impl: Callable, reference: Callable | str, *, convention: str | None 
     >>> [r.message for r in report.results if r.status == "n/a"][0]
     "the implementation takes no `similarity` (the case needs similarity='dot')"
     """
-    entry = lookup(reference)
+    entry = lookup_reference(reference)
     if not callable(impl):
         raise TypeError(f"`impl` must be callable; got {type(impl).__name__}")
     conv = conventions.get(convention, entry.name) if convention is not None else None
+    accepted = _resolve_accept(accept)
     notes: list[str] = []
     framework, fw = _adapter(impl, framework, conv, notes)
     dtypes = resolve_dtypes(dtype)
     case_list, cases_name = resolve_cases(cases, entry.name, seed)
     sig = impl_signature(impl)
+    aliases = resolve_aliases(entry, sig, params, notes)
     report = VerifyReport(impl=impl_name(impl), reference=entry.name,
                           convention=conv.name if conv else None, framework=framework,
                           dtypes=tuple(dtypes), cases=cases_name, notes=notes)
-    report.notes += _convention_notes(entry, conv, sig)
-    outcomes = _run_all(impl, fw, entry, conv, sig, case_list, dtypes, report,
+    report.notes += _convention_notes(entry, conv, sig, aliases)
+    outcomes = _run_all(impl, fw, entry, conv, sig, aliases, case_list, dtypes, report,
                         grads=grads, seed=seed)
-    _raise_if_nothing_compared(report)
+    report.notes += _untested_scalars(entry, report)
+    _raise_if_nothing_compared(report, entry, case_list)
+    _apply_accept(report, accepted)
     if diagnose and report.failures:
         diagnose_report(entry, conv, outcomes, report)
+        why = explain_errors(entry, report.results, {c.label: c for c in case_list})
+        if why:
+            report.diagnosis.append(why)
     return report
+
+
+def _resolve_accept(accept) -> tuple[str, ...]:
+    """``accept`` as a tuple of names (a string is one name)."""
+    if accept is None:
+        return ()
+    items = (accept,) if isinstance(accept, str) else tuple(accept)
+    for a in items:
+        if not isinstance(a, str) or not a:
+            raise TypeError(f"`accept` must hold deviation names ({', '.join(DEVIATIONS)}) or "
+                            f"case labels; got {a!r}")
+    return items
+
+
+def _apply_accept(report: VerifyReport, accepted: tuple) -> None:
+    """Mark the failures that an ``accept`` entry names (by deviation or case label) as
+    accepted; say in the notes which entries matched nothing."""
+    if not accepted:
+        return
+    used = set()
+    for r in report.results:
+        if r.status != "fail":
+            continue
+        hit = next((a for a in accepted if a == r.deviation or a == r.label), None)
+        if hit is not None:
+            r.status, r.accepted = "accepted", hit
+            used.add(hit)
+    unused = [a for a in accepted if a not in used]
+    if unused:
+        report.notes.append(f"accept: {', '.join(repr(a) for a in unused)} matched no failing "
+                            f"case (deviations: {', '.join(DEVIATIONS)}; or a case label)")
 
 
 def _adapter(impl, framework: str | None, conv, notes: list) -> tuple[str, Adapter]:
     """``(framework, its adapter)``: the one asked for, else the convention's, else the one
     detected from ``impl`` (saying which in ``notes``); raise if it is unknown or missing."""
+    if framework is not None and framework in ADAPTERS:
+        seen, how = detect_framework(impl)
+        if seen != framework and seen != "numpy" and "names the implementation uses" in how:
+            notes.append(f"framework '{framework}' was asked for, but the implementation looks "
+                         f"like {seen} code ({how})")
     if framework is None:
         if conv is not None and conv.framework is not None:
             framework = conv.framework
@@ -145,41 +202,92 @@ def _adapter(impl, framework: str | None, conv, notes: list) -> tuple[str, Adapt
     return framework, fw
 
 
-def _convention_notes(entry: Entry, conv, sig: ImplSig) -> list[str]:
+def _convention_notes(entry: Entry, conv, sig: ImplSig, aliases: dict) -> list[str]:
     """The report's notes on the temperature used when the implementation takes none, and
     the convention's own notes."""
     notes = []
-    if "temperature" in entry.scalars and not sig.accepts("temperature"):
+    if "temperature" in entry.scalars and not sig.accepts("temperature") \
+            and "temperature" not in aliases:
         t = conv.options.get("temperature") if conv else None
         t = t if t is not None else entry.signature.parameters["temperature"].default
         src = f"convention '{conv.name}'" if conv and "temperature" in conv.options else "nce_ref's default"
         notes.append(f"the implementation takes no `temperature`: every case is compared at "
-                     f"temperature={t!r} ({src}) and its gradient is not compared")
-    if conv is not None and conv.notes:
-        notes.append(f"convention '{conv.name}': {conv.notes}")
+                     f"temperature={t!r} ({src}) and its gradient is not compared; if it takes "
+                     "the temperature under another name, map it: params={'temperature': 'NAME'} "
+                     "(--param temperature=NAME; '1/NAME' for a logit scale)")
+    if sig.constants:
+        notes.append(f"the implementation declares {', '.join(f'`{n}`' for n in sig.constants)} "
+                     "constant (verify_constants): their gradients are not compared")
+    if conv is not None:
+        notes.append(f"convention {conv.describe()} stands for {conv.library}"
+                     + (f"; {conv.notes}" if conv.notes else ""))
     return notes
 
 
-def _run_all(impl, fw: Adapter, entry: Entry, conv, sig: ImplSig, case_list: list,
+def _untested_scalars(entry: Entry, report: VerifyReport) -> list[str]:
+    """A note naming the cases not run because the implementation could not receive their
+    temperature (or other scalar): each became the same call as another case."""
+    skipped = [r.label for r in report.results if r.status == "n/a" and r.problem == "same-call"]
+    moved = {r.label: n[len(_RAN_AT):].split(" instead")[0] for r in report.results
+             if r.status != "n/a" for n in r.notes if n.startswith(_RAN_AT)}
+    if not skipped and not moved:
+        return []
+    parts = [f"{lab} (ran at {at})" for lab, at in moved.items()]
+    parts += [f"{lab} (not run: the same call as another case)" for lab in dict.fromkeys(skipped)]
+    return [f"not tested at their own {_scalar_names(entry)}, which the implementation does not "
+            f"take: {'; '.join(parts)}"]
+
+
+_RAN_AT = "ran at "
+
+
+def _scalar_names(entry: Entry) -> str:
+    return " or ".join(f"`{n}`" for n in entry.scalars) or "scalar"
+
+
+def _replaced_scalars(plan, entry: Entry) -> dict:
+    """The case's scalar options (``temperature``) that the implementation does not receive."""
+    return {k: v for k, v in plan.case.kwargs.items()
+            if k in entry.scalars and k not in REFERENCE_ONLY and k not in plan.impl_kw
+            and plan.ref_kw.get(k) != v}
+
+
+def _run_all(impl, fw: Adapter, entry: Entry, conv, sig: ImplSig, aliases: dict, case_list: list,
              dtypes: tuple, report: VerifyReport, *, grads: bool, seed: int) -> list[Outcome]:
     """Plan and run every case in every dtype, appending each result to ``report``; a case
-    that does not apply is reported once, and identical calls run once per dtype."""
+    that does not apply is reported once, and identical calls run once per dtype (a case
+    that became another's call because its temperature could not be passed is listed as
+    not applicable, with the reason)."""
     outcomes: list[Outcome] = []
     unsupported = dict(conv.unsupported) if conv else {}
     for d in dtypes:
         conv_opts = conv.options_for(d) if conv else {}
-        seen = set()
+        seen: dict = {}
         for i, case in enumerate(case_list):
-            plan = plan_case(case, i, entry, conv_opts, sig, unsupported)
+            plan = plan_case(case, i, entry, conv_opts, sig, unsupported, aliases)
             if plan.na is not None:
                 if d == dtypes[0]:  # once, not per dtype
                     report.results.append(CaseResult(case.label, case.kind, "-", case.describe(),
                                                      {}, "n/a", message=plan.na))
                 continue
+            replaced = _replaced_scalars(plan, entry)
             key = dedupe_key(plan)
             if key in seen:
+                if replaced and d == dtypes[0]:
+                    what = ", ".join(f"{k}={v!r}" for k, v in replaced.items())
+                    now = ", ".join(f"{k}={plan.ref_kw.get(k)!r}" for k in replaced)
+                    report.results.append(CaseResult(
+                        case.label, case.kind, "-", case.describe(), {}, "n/a",
+                        problem="same-call",
+                        message=(f"not tested: the implementation takes no "
+                                 f"{', '.join(f'`{k}`' for k in replaced)}, so the case's {what} "
+                                 f"became {now}, the same call as case '{seen[key]}'")))
                 continue
-            seen.add(key)
+            seen[key] = case.label
+            if replaced:
+                plan.notes.append(_RAN_AT + ", ".join(f"{k}={plan.ref_kw.get(k)!r}" for k in replaced)
+                                  + " instead of the case's " + ", ".join(
+                                      f"{k}={v!r}" for k, v in replaced.items()))
             with np.errstate(all="ignore"):
                 o = run_case(impl, fw, entry, plan, d, scale=conv.scale if conv else 1.0,
                              grads=grads, seed=seed)
@@ -188,7 +296,17 @@ def _run_all(impl, fw: Adapter, entry: Entry, conv, sig: ImplSig, case_list: lis
     return outcomes
 
 
-def _raise_if_nothing_compared(report: VerifyReport) -> None:
+def _layout_advice(entry: Entry) -> str:
+    """``: its signature or layout probably differs (...); adapters: ...`` for a VerifyError."""
+    hint = layout_hint(entry.name)
+    ad = adapters_for(entry.name)
+    return ("; its signature or argument layout probably differs from nce_ref's"
+            + (f" ({hint})" if hint else "")
+            + (f"; ready adapters in nce_ref.testing.conventions: {', '.join(ad)}" if ad else
+               "; wrap it in a function with nce_ref's layout"))
+
+
+def _raise_if_nothing_compared(report: VerifyReport, entry: Entry, case_list: list) -> None:
     """Raise :class:`VerifyError` when no case ran, or none produced a comparable array."""
     ran = report.ran
     if not ran:
@@ -201,8 +319,11 @@ def _raise_if_nothing_compared(report: VerifyReport) -> None:
     first = structural[0]
     kinds = {r.problem for r in structural}
     if kinds == {"exception"}:
+        fw_note = next((n for n in report.notes if "was asked for, but" in n), None)
         msg = (f"{report.impl} raised on every case ({len(ran)} of {len(ran)}); first: "
                f"{first.exception} [case '{first.label}', {first.dtype}]")
+        msg += (f"; the framework is probably wrong: {fw_note}" if fw_note
+                else _layout_advice(entry))
     elif kinds == {"non-array"}:
         msg = f"{report.impl} {first.message} [case '{first.label}', {first.dtype}]"
     elif kinds == {"shape"}:

@@ -15,13 +15,74 @@ from ...autodiff import Entry
 from ..cases import Case, cases_for
 from .adapters import ImplSig
 
-__all__ = ["DTYPES", "REFERENCE_ONLY", "Plan", "dedupe_key", "describe_plan", "plan_case",
-           "resolve_cases", "resolve_dtypes"]
+__all__ = ["ALIASES", "DTYPES", "REFERENCE_ONLY", "Alias", "Plan", "dedupe_key", "describe_plan",
+           "plan_case", "resolve_aliases", "resolve_cases", "resolve_dtypes"]
 
 #: options that change how nce_ref computes, not what: never passed to an implementation
 REFERENCE_ONLY = frozenset({"block_size", "memory_budget", "check_finite", "xp"})
 
 DTYPES = ("float64", "float32")
+
+
+@dataclass(frozen=True)
+class Alias:
+    """The implementation's name for a reference parameter; ``inverse``: it takes ``1/value``
+    (a logit scale for a temperature)."""
+
+    name: str
+    inverse: bool = False
+
+    def describe(self, ref: str) -> str:
+        return f"`{self.name}` = 1/{ref}" if self.inverse else f"`{self.name}` = {ref}"
+
+
+#: names recognised for a reference parameter the implementation does not take under its own
+#: name (the first one the implementation's signature has is used)
+ALIASES = {"temperature": (Alias("tau"), Alias("t"), Alias("T"), Alias("temp"),
+                           Alias("logit_scale", True), Alias("inv_temperature", True),
+                           Alias("inverse_temperature", True))}
+
+
+def _parse_alias(ref: str, spec: str, entry: Entry) -> Alias:
+    """``"tau"`` or ``"1/logit_scale"`` for the reference parameter ``ref``."""
+    if ref not in entry.signature.parameters:
+        raise ValueError(f"`params`: nce_ref.{entry.name} has no parameter {ref!r} "
+                         f"(it has: {', '.join(entry.signature.parameters)})")
+    spec = spec.strip()
+    inverse = spec.startswith("1/")
+    name = spec[2:].strip() if inverse else spec
+    if not name.isidentifier():
+        raise ValueError(f"`params`: {ref}={spec!r} must name a parameter of the implementation "
+                         "('tau', or '1/logit_scale' for one that takes the inverse)")
+    if inverse and ref not in entry.scalars:
+        raise ValueError(f"`params`: only a scalar parameter can be given as an inverse; {ref!r} is not")
+    return Alias(name, inverse)
+
+
+def resolve_aliases(entry: Entry, sig: ImplSig, params: dict | None,
+                    notes: list) -> dict[str, Alias]:
+    """``{reference parameter: Alias}``: those the user maps (``params``), then the common
+    aliases of :data:`ALIASES` for a parameter the implementation does not take under its
+    own name but takes under an alias; each one adopted is said in ``notes``."""
+    out: dict[str, Alias] = {}
+    for ref, spec in (params or {}).items():
+        a = _parse_alias(ref, spec, entry)
+        if sig.keywords is not None and a.name not in sig.keywords:
+            raise ValueError(f"`params`: the implementation takes no parameter {a.name!r} "
+                             f"(it takes: {', '.join(sorted(sig.keywords)) or 'none by keyword'})")
+        out[ref] = a
+        notes.append(f"the implementation's {a.describe(ref)} (mapped by params=)")
+    for ref, cands in ALIASES.items():
+        if ref in out or ref not in entry.signature.parameters or sig.keywords is None \
+                or ref in sig.keywords:
+            continue
+        for a in cands:
+            if a.name in sig.keywords:
+                out[ref] = a
+                notes.append(f"the implementation's {a.describe(ref)} (a common alias; "
+                             f"params={{'{ref}': ...}} or --param {ref}=NAME to choose another)")
+                break
+    return out
 
 
 def resolve_dtypes(dtype: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -62,6 +123,7 @@ class Plan:
     impl_kw: dict      # keywords passed to the implementation
     ref_kw: dict       # keywords of the reference call
     diff: tuple        # names whose gradients are compared
+    aliases: dict = field(default_factory=dict)  # {reference name: Alias} for the implementation
     na: str | None = None
     notes: list = field(default_factory=list)
 
@@ -103,7 +165,7 @@ def _split_options(plan: Plan, conv_opts: dict, sig: ImplSig, unsupported: dict)
         if any(_same(v, u) for u in unsupported.get(k, ())):
             plan.na = f"the convention has no {k}={v!r}"
             return None
-        if sig.accepts(k):
+        if sig.accepts(k) or k in plan.aliases:
             plan.impl_kw[k] = v
             ref_kw[k] = v
         elif k in plan.entry.scalars:
@@ -120,7 +182,7 @@ def _pass_scalars(plan: Plan, ref_kw: dict, sig: ImplSig) -> None:
     """Pass every scalar parameter the implementation takes explicitly, as a float."""
     params = plan.entry.signature.parameters
     for k in plan.entry.scalars:
-        if k in plan.impl_kw or k in dict(plan.pos) or not sig.accepts(k):
+        if k in plan.impl_kw or k in dict(plan.pos) or not (sig.accepts(k) or k in plan.aliases):
             continue
         v = ref_kw.get(k, params[k].default if k in params else None)
         if _is_number(v):
@@ -139,12 +201,16 @@ def _differentiated(plan: Plan) -> tuple:
 
 
 def plan_case(case: Case, index: int, entry: Entry, conv_opts: dict, sig: ImplSig,
-              unsupported: dict) -> Plan:
+              unsupported: dict, aliases: dict | None = None) -> Plan:
     """The :class:`Plan` of ``case``; ``plan.na`` says why it does not apply, if it does not."""
     pos = list(zip(entry.signature.parameters, case.args))
-    plan = Plan(case, index, entry, pos, {}, {}, ())
+    plan = Plan(case, index, entry, pos, {}, {}, (), dict(aliases or {}))
     if len(case.args) > sig.max_positional:
         plan.na = (f"the implementation takes {int(sig.max_positional)} positional argument(s); "
+                   f"the case passes {len(case.args)} ({', '.join(n for n, _ in pos)})")
+        return plan
+    if len(case.args) < sig.min_positional:
+        plan.na = (f"the implementation requires {sig.min_positional} positional argument(s); "
                    f"the case passes {len(case.args)} ({', '.join(n for n, _ in pos)})")
         return plan
     ref_kw = _split_options(plan, conv_opts, sig, unsupported)
@@ -152,7 +218,7 @@ def plan_case(case: Case, index: int, entry: Entry, conv_opts: dict, sig: ImplSi
         return plan
     _pass_scalars(plan, ref_kw, sig)
     plan.ref_kw = ref_kw
-    plan.diff = _differentiated(plan)
+    plan.diff = tuple(n for n in _differentiated(plan) if n not in sig.constants)
     return plan
 
 

@@ -59,10 +59,12 @@ class CaseResult:
     exception: str | None = None
     notes: list = field(default_factory=list)
     problem: str | None = None  # structural: "exception", "non-array", "shape"
+    deviation: str | None = None  # the value's named deviation (compare.DEVIATIONS), if any
+    accepted: str | None = None   # the accept= entry that accepted this failure
 
     @property
     def ok(self) -> bool:
-        return self.status in ("pass", "n/a")
+        return self.status in ("pass", "n/a", "accepted")
 
 
 def fmt(x: float | None, spec: str = ".2g") -> str:
@@ -101,7 +103,23 @@ def _sortkey(x):
     return math.inf if not math.isfinite(x) else x
 
 
-_RESULT = {"pass": "pass", "fail": "FAIL", "error": "ERROR", "n/a": "n/a"}
+_RESULT = {"pass": "pass", "fail": "FAIL", "error": "ERROR", "n/a": "n/a", "accepted": "accepted"}
+
+#: width of the table's case column
+CASE_WIDTH = 72
+
+
+def cut(text: str, width: int = CASE_WIDTH) -> str:
+    """``text`` within ``width`` characters, cut after a whole option or word (never inside
+    a number) and ended by an ellipsis."""
+    if len(text) <= width:
+        return text
+    head = text[:width - 1]
+    for sep in ("; ", ", ", " "):
+        i = head.rfind(sep)
+        if i > width // 3:
+            return head[:i].rstrip(" ,;(") + "…"
+    return head + "…"
 
 
 def _table_row(r: CaseResult) -> tuple:
@@ -111,7 +129,7 @@ def _table_row(r: CaseResult) -> tuple:
         grad = f"{fmt(g['err_over_tol'])} ({name})"
     else:
         grad = "-"
-    return (r.inputs[:64], r.dtype, fmt(r.value_rel_err), fmt(r.value_ulps, ".3g"), grad,
+    return (cut(r.inputs), r.dtype, fmt(r.value_rel_err), fmt(r.value_ulps, ".3g"), grad,
             _RESULT[r.status])
 
 
@@ -153,23 +171,46 @@ class VerifyReport:
         return [r for r in self.results if r.status in ("fail", "error")]
 
     @property
+    def accepted(self) -> list[CaseResult]:
+        """The failures accepted by ``verify(accept=...)``: they do not fail the report."""
+        return [r for r in self.results if r.status == "accepted"]
+
+    @property
     def passed(self) -> bool:
         return bool(self.ran) and not self.failures
 
+    @property
+    def verdict(self) -> str:
+        """``"agrees"``; ``"disagrees"`` when some value or gradient differs; ``"could not
+        run"`` when none differs but the implementation raised (or returned a non-array)
+        on some cases."""
+        if self.passed:
+            return "agrees"
+        if any(r.status == "fail" for r in self.results):
+            return "disagrees"
+        return "could not run"
+
+    @property
+    def exit_code(self) -> int:
+        """``nce-ref verify``'s exit status for this report: 0 agrees, 1 disagrees, 2 could not run."""
+        return {"agrees": 0, "disagrees": 1, "could not run": 2}[self.verdict]
+
     def counts(self) -> dict[str, int]:
-        """How many results have each status."""
+        """How many results have each status (``accepted`` only when there are some)."""
         out = {"pass": 0, "fail": 0, "error": 0, "n/a": 0}
         for r in self.results:
-            out[r.status] += 1
+            out[r.status] = out.get(r.status, 0) + 1
         return out
 
     def summary(self) -> str:
         """The one-line verdict with the counts."""
         c = self.counts()
-        verdict = "AGREES with" if self.passed else "DISAGREES with"
+        verdict = {"agrees": "AGREES with", "disagrees": "DISAGREES with",
+                   "could not run": "COULD NOT RUN some cases of"}[self.verdict]
         conv = f" under convention '{self.convention}'" if self.convention else ""
+        acc = f", {c['accepted']} accepted" if c.get("accepted") else ""
         return (f"{self.impl} {verdict} nce_ref.{self.reference}{conv}: {c['pass']} passed, "
-                f"{c['fail']} failed, {c['error']} errors, {c['n/a']} not applicable "
+                f"{c['fail']} failed, {c['error']} errors{acc}, {c['n/a']} not applicable "
                 f"({self.framework}; {', '.join(self.dtypes)}; cases={self.cases})")
 
     # -- rendering -------------------------------------------------------------
@@ -180,9 +221,11 @@ class VerifyReport:
         return _columns(head, rows)
 
     def _failure_lines(self) -> list[str]:
-        """One line per failing or erroring case."""
-        return [f"{'ERROR' if r.status == 'error' else 'FAIL'} {r.label} [{r.dtype}]: {r.message}"
-                for r in self.failures]
+        """One line per failing, erroring or accepted case."""
+        out = [f"{'ERROR' if r.status == 'error' else 'FAIL'} {r.label} [{r.dtype}]: {r.message}"
+               for r in self.failures]
+        return out + [f"ACCEPTED ({r.accepted}) {r.label} [{r.dtype}]: {r.message}"
+                      for r in self.accepted]
 
     def _na_lines(self) -> list[str]:
         """One line per distinct reason a case did not apply, with how many it covers."""
@@ -211,7 +254,8 @@ class VerifyReport:
         return _jsonable({
             "impl": self.impl, "reference": self.reference, "convention": self.convention,
             "framework": self.framework, "dtypes": list(self.dtypes), "cases": self.cases,
-            "passed": self.passed, "counts": self.counts(),
+            "passed": self.passed, "verdict": self.verdict, "exit_code": self.exit_code,
+            "counts": self.counts(),
             "results": [asdict(r) for r in self.results],
             "diagnosis": self.diagnosis, "notes": self.notes})
 

@@ -17,12 +17,14 @@ from .compare import (
     compare_value,
     first_line,
     grad_hint,
+    grad_ratio,
     grad_rtol,
     index_of,
     reference,
     rounded,
     ulps,
     value_at,
+    value_deviation,
     value_hint,
 )
 from .plan import Plan, describe_plan
@@ -77,6 +79,37 @@ def _expected(entry: Entry, plan: Plan, dtype: str, scale: float, seed: int, res
     return want * scale, {k: g * scale for k, g in want_g.items()}, ct
 
 
+def _aliased_call(fw: Adapter, impl, plan: Plan, diff: tuple, dtype: str):
+    """``fw.call`` with the reference's parameter names replaced by the implementation's
+    (``plan.aliases``: ``tau`` for ``temperature``, ``logit_scale`` for ``1/temperature``);
+    the gradients come back under the reference's names, by the chain rule
+    (``dL/dτ = -dL/ds / τ²`` for ``s = 1/τ``)."""
+    al = plan.aliases
+    if not al:
+        return fw.call(impl, plan.pos, plan.impl_kw, set(diff), dtype)
+    kw = {}
+    for k, v in plan.impl_kw.items():
+        a = al.get(k)
+        kw[a.name if a else k] = (1.0 / v if a is not None and a.inverse else v)
+    names = {(al[n].name if n in al else n): n for n in diff}
+    value, grad_fn, mutated = fw.call(impl, plan.pos, kw, set(names), dtype)
+    if grad_fn is None:
+        return value, None, mutated
+
+    def back(ct):
+        g = grad_fn(ct)
+        out = {}
+        for n, gv in g.items():
+            ref = names.get(n, n)
+            a = al.get(ref)
+            if a is not None and a.inverse and gv is not None:
+                gv = -np.asarray(gv) / float(plan.impl_kw[ref]) ** 2
+            out[ref] = gv
+        return out
+
+    return value, back, mutated
+
+
 def _call_impl(impl, fw: Adapter, entry: Entry, plan: Plan, diff: tuple, dtype: str,
                res: CaseResult):
     """``(value, grad_fn, mutated, diff)`` of the implementation.
@@ -85,7 +118,7 @@ def _call_impl(impl, fw: Adapter, entry: Entry, plan: Plan, diff: tuple, dtype: 
     implementation raises, it is retried as a Python float and dropped from ``diff``.
     """
     try:
-        return (*fw.call(impl, plan.pos, plan.impl_kw, set(diff), dtype), diff)
+        return (*_aliased_call(fw, impl, plan, diff, dtype), diff)
     except NonArray:
         raise
     except Exception:
@@ -93,7 +126,7 @@ def _call_impl(impl, fw: Adapter, entry: Entry, plan: Plan, diff: tuple, dtype: 
         if not scal:
             raise
     diff = tuple(n for n in diff if n not in entry.scalars)
-    out = fw.call(impl, plan.pos, plan.impl_kw, set(diff), dtype)
+    out = _aliased_call(fw, impl, plan, diff, dtype)
     res.notes.append(f"`{', '.join(scal)}` passed as a Python float (the implementation "
                      "rejects a tensor): its gradient is not compared")
     return (*out, diff)
@@ -126,6 +159,7 @@ def _check_value(out: Outcome, dtype: str, sens: float, problems: list) -> None:
     res.value_abs_err, res.value_rel_err, res.value_ulps = aerr, rerr, u
     if not ok:
         out.value_ok = False
+        res.deviation = value_deviation(got, want)
         hint = value_hint(got, want)
         problems.append(f"value {value_at(got, idx)} vs reference {value_at(want, idx)} "
                         f"(rel err {fmt(rerr)}, {fmt(u, '.3g')} ulps)" + (f": {hint}" if hint else ""))
@@ -159,6 +193,9 @@ def _check_one_grad(out: Outcome, n: str, g, w: np.ndarray, tol: float, dtype: s
                     "tol": tol, "err_over_tol": err / tol if tol > 0 else math.inf, "ok": gok}
     if gok:
         return
+    ratio = grad_ratio(g, w)
+    if ratio is not None:
+        res.grads[n]["ratio"] = ratio
     gi = int(np.argmax(np.where(np.isfinite(err_arr), err_arr, np.inf))) if err_arr.size else 0
     hint = grad_hint(g, w)
     where = "" if w.ndim == 0 else f" at {index_of(gi, w.shape)}"

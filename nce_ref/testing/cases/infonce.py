@@ -83,6 +83,12 @@ def _nt_xent(rng):
         Case("temperature 1e-4", (a, b), {"temperature": 1e-4}, kind="edge", fd=False),
         Case("temperature 1e4", (a, b), {"temperature": 1e4}, kind="edge"),
         Case("same array twice", (a, a.copy()), {"temperature": 0.3}, kind="edge"),
+        Case("positive probability below tiny", (a, -a), {"temperature": 1e-3}, kind="edge",
+             fd=False, note="each positive is antipodal: ~2e3 nats below its row's maximum"),
+        Case("duplicate embeddings", (np.vstack([a[:2], a[:2], a[4:]]), np.vstack([b[:2], b[:2], b[4:]])),
+             {"temperature": 0.2}, kind="edge"),
+        Case("zero vectors under cosine", (np.vstack([np.zeros((1, d)), a[1:]]), b),
+             {"temperature": 0.2}, kind="edge", fd=False, note=_ZERO_NOTE),
     ]
     return out
 

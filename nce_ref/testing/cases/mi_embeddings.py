@@ -56,6 +56,14 @@ def _cases(rng):
              kind="edge", fd=False, note="logits ~1e3: a 1e-6 step is not small against the curvature"),
         Case("temperature 1e-3, cosine, loo_upper", (x, y),
              {"bound": "loo_upper", "similarity": "cosine", "temperature": 1e-3}, kind="edge", fd=False),
+        Case("temperature 1e4, cosine, infonce", (x, y),
+             {"bound": "infonce", "similarity": "cosine", "temperature": 1e4}, kind="edge"),
+        Case("duplicate embeddings, cosine, nwj", (np.vstack([x[:2], x[:2], x[4:]]),
+                                                   np.vstack([y[:2], y[:2], y[4:]])),
+             {"bound": "nwj", "similarity": "cosine", "temperature": 0.5}, kind="edge"),
+        Case("zero vectors under cosine, infonce", (np.vstack([np.zeros((1, d)), x[1:]]), y),
+             {"bound": "infonce", "similarity": "cosine", "temperature": 0.2}, kind="edge",
+             fd=False, note="inside the eps-ball the normalisation is x/eps"),
     ]
     return out
 
