@@ -400,3 +400,22 @@ def test_nan_inputs_are_refused():
                     (nce_ref.pairwise_contrastive, (bad, np.arange(4)))):
         with pytest.raises(ValueError, match="must be finite"):
             f(*args)
+
+
+# -- nce-ref verify: each peer's own function under its convention ------------------------------
+
+@pytest.mark.parametrize("adapter,reference,convention,module", [
+    ("open_clip_siglip", "siglip", "open_clip", "open_clip"),
+    ("lightly_dcl", "dcl", "lightly", "lightly"),
+    ("pml_multi_similarity", "multi_similarity", "pytorch_metric_learning", "pytorch_metric_learning"),
+    ("pml_pairwise_contrastive", "pairwise_contrastive", "pytorch_metric_learning",
+     "pytorch_metric_learning"),
+])
+def test_verify_agrees_with_the_peer(adapter, reference, convention, module):
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is not installed")
+    from nce_ref.testing import conventions, verify
+
+    report = verify(conventions.ADAPTERS[adapter], reference, convention=convention, cases="all",
+                    dtype="float64")
+    assert report.passed, str(report)

@@ -180,6 +180,41 @@ CONVENTIONS: tuple[Convention, ...] = (
                {"margin": 1.0, "reduction": "none"}, "jax",
                notes="the distance is (sum |a - b|**p + eps)**(1/p) with eps=1e-6 inside the root",
                adapter=_A + "optax_triplet"),
+    # -- the losses of issue 14 -------------------------------------------------------
+    Convention("open_clip", "siglip",
+               "OpenCLIP 3.3 `SigLipLoss()(F.normalize(x), F.normalize(y), logit_scale, logit_bias)`",
+               {"scale": 10.0, "bias": -10.0}, "torch",
+               notes="logit_scale is passed exponentiated (the model returns logit_scale.exp()); "
+                     "the loss is a sum over the N x N pairs divided by N",
+               adapter=_A + "open_clip_siglip",
+               unsupported={"similarity": ("dot", "neg_sq_euclidean", "neg_euclidean"),
+                            "reduction": ("sum", "none")}),
+    Convention("lightly", "dcl",
+               "lightly 1.6 `DCLLoss(temperature)` / `DCLWLoss(temperature, sigma)`",
+               {"temperature": 0.1}, "torch",
+               notes="DCLW's weight is detached; lightly accepts a negative temperature, "
+                     "nce_ref refuses it",
+               adapter=_A + "lightly_dcl",
+               unsupported={"similarity": ("dot", "neg_sq_euclidean", "neg_euclidean"),
+                            "reduction": ("sum", "none"), "detach_weight": (False,)}),
+    Convention("pytorch_metric_learning", "multi_similarity",
+               "pytorch-metric-learning 2.9.0 `MultiSimilarityLoss(alpha, beta, base)` "
+               "(with `MultiSimilarityMiner(epsilon)` for mining_margin=epsilon)",
+               {}, "torch",
+               notes="with a miner, a batch with at most one mined positive and one mined "
+                     "negative pair gives PML's 0 (GenericPairLoss's shortcut)",
+               adapter=_A + "pml_multi_similarity",
+               unsupported={"similarity": ("neg_sq_euclidean", "neg_euclidean"),
+                            "reduction": ("sum", "none", "mean_nonzero")}),
+    Convention("pytorch_metric_learning", "pairwise_contrastive",
+               "pytorch-metric-learning 2.9.0 `ContrastiveLoss(pos_margin, neg_margin)`",
+               {"normalize": True, "reduction": "mean_nonzero", "split_pos_neg": True}, "torch",
+               notes="LpDistance() normalises the embeddings; AvgNonZeroReducer on the positive "
+                     "and the negative pairs' terms separately, summed",
+               adapter=_A + "pml_pairwise_contrastive",
+               unsupported={"distance": ("sq_euclidean", "cosine", "lp"), "squared": (True,),
+                            "normalize": (False,), "split_pos_neg": (False,),
+                            "reduction": ("mean", "sum", "none")}),
     Convention("simclr", "nt_xent",
                "google-research/simclr `add_contrastive_loss` (loss_a + loss_b)",
                {"temperature": 0.1}, None, scale=2.0,
@@ -530,6 +565,55 @@ def optax_triplet(anchor, positive, negative, *, margin=1.0):
     return optax.losses.triplet_margin_loss(anchor, positive, negative, margin=margin)
 
 
+def open_clip_siglip(x, y, *, scale=10.0, bias=-10.0):
+    """OpenCLIP: ``SigLipLoss()(F.normalize(x), F.normalize(y), scale, bias)`` (``scale`` is
+    the exponentiated ``logit_scale`` the model passes; tensors keep their gradients)."""
+    import torch
+    import torch.nn.functional as F
+
+    from .peers import import_peer
+
+    scale = scale if torch.is_tensor(scale) else torch.tensor(scale, dtype=x.dtype)
+    bias = bias if torch.is_tensor(bias) else torch.tensor(bias, dtype=x.dtype)
+    return import_peer("open_clip.loss").SigLipLoss()(F.normalize(x, dim=-1), F.normalize(y, dim=-1),
+                                                      scale, bias)
+
+
+def lightly_dcl(z1, z2, *, temperature=0.1, weight="none", sigma=0.5):
+    """lightly: ``DCLLoss(temperature)(z1, z2)``, or ``DCLWLoss(temperature, sigma)`` for
+    ``weight="von_mises"`` (its weight detached)."""
+    import warnings
+
+    from .peers import import_peer
+
+    loss = import_peer("lightly.loss")
+    fn = (loss.DCLWLoss(temperature=temperature, sigma=sigma) if weight == "von_mises"
+          else loss.DCLLoss(temperature=temperature))
+    with warnings.catch_warnings():  # DCLW's torch.tensor(tensor)
+        warnings.simplefilter("ignore", UserWarning)
+        return fn(z1, z2)
+
+
+def pml_multi_similarity(embeddings, labels, *, alpha=2.0, beta=50.0, base=0.5,
+                         mining_margin=None):
+    """pytorch-metric-learning: ``MultiSimilarityLoss(alpha, beta, base)(embeddings, labels)``,
+    with ``MultiSimilarityMiner(epsilon=mining_margin)``'s pairs when it is given."""
+    from pytorch_metric_learning.losses import MultiSimilarityLoss
+    from pytorch_metric_learning.miners import MultiSimilarityMiner
+
+    fn = MultiSimilarityLoss(alpha=alpha, beta=beta, base=base)
+    if mining_margin is None:
+        return fn(embeddings, labels)
+    return fn(embeddings, labels, MultiSimilarityMiner(epsilon=mining_margin)(embeddings, labels))
+
+
+def pml_pairwise_contrastive(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0):
+    """pytorch-metric-learning: ``ContrastiveLoss(pos_margin, neg_margin)(embeddings, labels)``."""
+    from pytorch_metric_learning.losses import ContrastiveLoss
+
+    return ContrastiveLoss(pos_margin=pos_margin, neg_margin=neg_margin)(embeddings, labels)
+
+
 ADAPTERS: dict[str, Callable] = {
     "pml_supcon": pml_supcon,
     "optax_supcon": optax_supcon,
@@ -542,4 +626,8 @@ ADAPTERS: dict[str, Callable] = {
     "open_clip_clip": open_clip_clip,
     "lightly_nt_xent": lightly_nt_xent,
     "lightly_info_nce": lightly_info_nce,
+    "open_clip_siglip": open_clip_siglip,
+    "lightly_dcl": lightly_dcl,
+    "pml_multi_similarity": pml_multi_similarity,
+    "pml_pairwise_contrastive": pml_pairwise_contrastive,
 }
