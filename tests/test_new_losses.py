@@ -2,8 +2,8 @@
 run as their own code where it installs, and against torch autograd transcriptions.
 
 - OpenCLIP's ``SigLipLoss`` (``open_clip/loss.py``) and lightly's ``DCLLoss``/``DCLWLoss``
-  (``lightly/loss/dcl_loss.py``) are imported from their own source files, without their
-  packages' ``__init__`` (which import torchvision, a CUDA build beside the CPU torch here:
+  (``lightly/loss/dcl_loss.py``), imported by ``nce_ref.testing.peers.import_peer`` (their
+  packages import torchvision, a CUDA build beside the CPU torch here:
   ``operator torchvision::nms does not exist``);
 - pytorch-metric-learning's ``MultiSimilarityLoss`` (with and without its
   ``MultiSimilarityMiner``) and ``ContrastiveLoss`` are imported as they are;
@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -34,31 +31,14 @@ RTOL = 1e-12
 
 
 def _peer(module: str):
-    """``module`` (``"lightly.loss.dcl_loss"``) imported from its file, its parent packages
-    bound as bare namespaces (their ``__init__`` not run); skip when not installed."""
-    parts = module.split(".")
-    top = parts[0]
-    if top not in sys.modules or not getattr(sys.modules[top], "__nce_ref_stub__", False):
-        spec = importlib.util.find_spec(top)
-        if spec is None or not spec.submodule_search_locations:
-            pytest.skip(f"{top} is not installed")
-        saved = {k: v for k, v in sys.modules.items() if k == top or k.startswith(top + ".")}
-        for k in saved:
-            del sys.modules[k]
-        stub = types.ModuleType(top)
-        stub.__path__ = list(spec.submodule_search_locations)
-        stub.__nce_ref_stub__ = True
-        sys.modules[top] = stub
-    for i in range(2, len(parts)):
-        name = ".".join(parts[:i])
-        if name not in sys.modules:
-            pkg = types.ModuleType(name)
-            pkg.__path__ = [os.path.join(sys.modules[".".join(parts[:i - 1])].__path__[0], parts[i - 1])]
-            sys.modules[name] = pkg
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:  # pragma: no cover - a peer's dependency missing
-        pytest.skip(f"{module}: {exc}")
+    """``module`` imported by ``nce_ref.testing.peers.import_peer`` (which makes torchvision
+    importable where its CUDA extension does not load beside this torch); skip when the
+    peer is not installed."""
+    from nce_ref.testing.peers import import_peer
+
+    if importlib.util.find_spec(module.split(".")[0]) is None:
+        pytest.skip(f"{module.split('.')[0]} is not installed")
+    return import_peer(module)
 
 
 def _t(a, grad=True):
