@@ -15,6 +15,7 @@ from ._tolerances import (
     value_tolerances,
 )
 from ._verify import CaseResult, VerifyError, VerifyReport, verify
+from ._verify.sharded import verify_sharded
 
 __all__ = [
     "CaseResult",
@@ -32,4 +33,5 @@ __all__ = [
     "sensitivity",
     "value_tolerances",
     "verify",
+    "verify_sharded",
 ]
