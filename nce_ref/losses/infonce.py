@@ -318,6 +318,21 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *,
         non-floating dtypes, NaN/inf inputs, arrays from two libraries or devices, and
         unknown option strings; the message names the argument.
 
+    See Also
+    --------
+    nce_ref.nt_xent
+        SimCLR's loss over the 2N views of a batch.
+    nce_ref.supcon
+        The supervised, multi-positive form.
+    nce_ref.info_nce_from_scores
+        The same objective on a given score matrix.
+    nce_ref.sharded.info_nce
+        This loss on a batch split over ranks.
+    nce_ref.mi.infonce
+        The MI bound ``log N - L`` on a critic score matrix.
+    nce_ref.mi.bound_from_embeddings
+        ``log N - L`` of this loss on embeddings, streamed.
+
     Notes
     -----
     With :math:`p_{ic}` the softmax over :math:`C_i` and :math:`g_i` the cotangent
@@ -553,6 +568,15 @@ def nt_xent(z1: Array, z2: Array, /, *, temperature: float | Array = 0.5,
     -------
     loss : array, 0-d or (2N,)
 
+    See Also
+    --------
+    nce_ref.info_nce
+        One view's rows against the other's (CLIP's N - 1 negatives).
+    nce_ref.supcon
+        NT-Xent with labels: every same-class view a positive.
+    nce_ref.sharded.nt_xent
+        This loss on a batch split over ranks.
+
     Notes
     -----
     Gradient with respect to the logits :math:`z_{ab} = s(u_a,u_b)/\tau`:
@@ -695,6 +719,13 @@ def info_nce_from_scores(scores: Array, /, *, reduction: str = "mean",
     Returns
     -------
     loss : array, 0-d or (N,)
+
+    See Also
+    --------
+    nce_ref.info_nce
+        The same objective on embeddings.
+    nce_ref.mi.infonce
+        ``log N - L`` on a critic score matrix.
 
     Notes
     -----

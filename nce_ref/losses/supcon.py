@@ -172,6 +172,15 @@ def supcon(features: Array, labels: Array | None = None, /, *, mask: Array | Non
         ``block_size`` below 1 or not an integer, a ``memory_budget`` too small for one
         row; the message names the argument.
 
+    See Also
+    --------
+    nce_ref.nt_xent
+        The unsupervised case (each sample's own views only).
+    nce_ref.info_nce
+        One positive per query.
+    nce_ref.sharded.supcon
+        This loss on a batch split over ranks.
+
     Notes
     -----
     All three objectives are written with the masked logsumexp and the exact

@@ -426,6 +426,17 @@ def infonce(scores: Array, /, *, axis: int = 1, allow_neg_inf: bool = False,
     -------
     estimate : 0-d array, in nats
 
+    See Also
+    --------
+    nce_ref.mi.bound_from_embeddings
+        This bound on two embedding batches, streamed.
+    nce_ref.info_nce_from_scores
+        The loss ``L`` itself.
+    nce_ref.mi.theory.expected_infonce_bound
+        Its exact expectation at finite N.
+    nce_ref.mi.loo_upper
+        The leave-one-out upper bound.
+
     Notes
     -----
     Gradient: :math:`-\partial\mathcal{L}/\partial s_{ij} = (\delta_{ij} - p_{ij})/N`,
@@ -486,6 +497,15 @@ def tuba(scores: Array, log_baseline: float | Array = 0.0, /, *, axis: int = 1,
     Returns
     -------
     estimate : 0-d array, in nats
+
+    See Also
+    --------
+    nce_ref.mi.bound_from_embeddings
+        This bound on two embedding batches, streamed.
+    nce_ref.mi.nwj
+        TUBA with the baseline ``a = e``.
+    nce_ref.mi.interpolated
+        Between InfoNCE and TUBA.
 
     Notes
     -----
@@ -548,6 +568,15 @@ def nwj(scores: Array, /, *, axis: int = 1, allow_neg_inf: bool = False,
     -------
     estimate : 0-d array, in nats
 
+    See Also
+    --------
+    nce_ref.mi.bound_from_embeddings
+        This bound on two embedding batches, streamed.
+    nce_ref.mi.tuba
+        NWJ with a learned baseline.
+    nce_ref.mi.js
+        The Jensen-Shannon objective, reported as NWJ.
+
     Notes
     -----
     :math:`\partial I/\partial s_{ii} = 1/N`,
@@ -601,6 +630,15 @@ def dv(scores: Array, /, *, axis: int = 1, allow_neg_inf: bool = False,
     Returns
     -------
     estimate : 0-d array, in nats
+
+    See Also
+    --------
+    nce_ref.mi.bound_from_embeddings
+        This bound on two embedding batches, streamed.
+    nce_ref.mi.mine
+        DV's value with MINE's bias-corrected gradient.
+    nce_ref.mi.smile
+        DV with the critic clipped in the marginal term.
 
     Notes
     -----
@@ -677,6 +715,15 @@ def mine(scores: Array, log_moving_average: float | Array, /, *, axis: int = 1,
     -------
     estimate : 0-d array, in nats (the DV value)
 
+    See Also
+    --------
+    nce_ref.mi.bound_from_embeddings
+        This bound on two embedding batches, streamed.
+    nce_ref.mi.mine_update
+        The moving average's explicit state.
+    nce_ref.mi.dv
+        The same value, the plain gradient.
+
     Examples
     --------
     >>> import numpy as np, nce_ref
@@ -725,6 +772,11 @@ def mine_update(scores: Array, log_moving_average: float | Array | None = None, 
     -------
     log_moving_average : 0-d array
         In the scores' namespace, device and dtype.
+
+    See Also
+    --------
+    nce_ref.mi.mine
+        The bound whose gradient this state normalises.
 
     Examples
     --------
@@ -789,6 +841,13 @@ def js(scores: Array, /, *, report: str = "mi", axis: int = 1, allow_neg_inf: bo
     Returns
     -------
     estimate : 0-d array
+
+    See Also
+    --------
+    nce_ref.mi.bound_from_embeddings
+        This bound on two embedding batches, streamed.
+    nce_ref.mi.nwj
+        What ``report="mi"`` reports (at ``1 + f``).
 
     Notes
     -----
@@ -873,6 +932,15 @@ def interpolated(scores: Array, log_baseline: float | Array = 0.0, /, *, alpha: 
     -------
     estimate : 0-d array, in nats
 
+    See Also
+    --------
+    nce_ref.mi.bound_from_embeddings
+        This bound on two embedding batches, streamed.
+    nce_ref.mi.infonce
+        One end of the interpolation.
+    nce_ref.mi.tuba
+        The other end.
+
     Notes
     -----
     The leave-one-out log-mean-exp is computed in O(N²) without cancellation
@@ -935,6 +1003,13 @@ def smile(scores: Array, /, *, clip: float, axis: int = 1, allow_neg_inf: bool =
     -------
     estimate : 0-d array, in nats
 
+    See Also
+    --------
+    nce_ref.mi.bound_from_embeddings
+        This bound on two embedding batches, streamed.
+    nce_ref.mi.dv
+        SMILE without the clip.
+
     Notes
     -----
     As :func:`dv`, with the pooled softmax of the clipped scores, times the indicator
@@ -994,6 +1069,13 @@ def loo_upper(scores: Array, /, *, axis: int = 1, allow_neg_inf: bool = False,
     Returns
     -------
     estimate : 0-d array, in nats
+
+    See Also
+    --------
+    nce_ref.mi.bound_from_embeddings
+        This bound on two embedding batches, streamed.
+    nce_ref.mi.infonce
+        The matching lower bound.
 
     Notes
     -----

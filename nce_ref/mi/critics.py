@@ -105,7 +105,7 @@ def discrete(pmf, x, y, *, xp=None, dtype: str = "float64", device=None):
 
     Parameters
     ----------
-    pmf : array_like, shape (|X|, |Y|)
+    pmf : array_like, shape ``(|X|, |Y|)``
     x, y : integer array_like, shape (n,)
         Row and column indices into ``pmf`` (as from :func:`nce_ref.mi.sample.discrete`).
     xp, dtype, device : optional

@@ -225,22 +225,23 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array = 0.0,
     (:math:`w = z`; SMILE: :math:`w = \operatorname{clip}(z, -c, c)`), the engine's table
     (:data:`RULES`; the value is a sum of per-row terms plus one pooled term):
 
-    ==============  ==================================================================================
-    ``bound``       value from the streamed statistics
-    ==============  ==================================================================================
-    ``"infonce"``   :math:`\log N - \mathcal{L}`, :math:`\mathcal{L}` = :func:`nce_ref.info_nce` (its kernel)
-    ``"tuba"``      :math:`1 + \sum_i\big[(p_i - b_i)/N - e^{\ell_i - b_i}/|O|\big]`
-    ``"nwj"``       ``"tuba"`` with :math:`b = 1`
-    ``"js"``        ``report="mi"``: ``"tuba"`` with :math:`b = 0` (NWJ at :math:`1 + f`);
-                    ``report="objective"``: :math:`-\overline{\operatorname{softplus}(-p)} -
-                    \frac{1}{|O|}\sum_{i\ne j}\operatorname{softplus}(z_{ij})`
-    ``"dv"``        :math:`\bar p - (\operatorname{LSE}_i \ell_i - \log|O|)`
-    ``"mine"``      ``"dv"``'s value; gradient normalised by :math:`\mu` (:func:`nce_ref.mi.mine`)
-    ``"smile"``     ``"dv"`` with the clipped :math:`w` in :math:`\ell`
-    ``"loo_upper"`` :math:`\overline{p - \ell} + \log(N - 1)`
-    ``"interpolated"`` :math:`1 + \bar t`, :math:`t_i` the row terms of
-                    :func:`nce_ref.mi.bounds.interpolated_rows` (its kernel, per block)
-    ==============  ==================================================================================
+    ==================  ==================================================================================
+    ``bound``           value from the streamed statistics
+    ==================  ==================================================================================
+    ``"infonce"``       :math:`\log N - \mathcal{L}`, :math:`\mathcal{L}` = :func:`nce_ref.info_nce`
+                        (its kernel)
+    ``"tuba"``          :math:`1 + \sum_i\big[(p_i - b_i)/N - e^{\ell_i - b_i}/|O|\big]`
+    ``"nwj"``           ``"tuba"`` with :math:`b = 1`
+    ``"js"``            ``report="mi"``: ``"tuba"`` with :math:`b = 0` (NWJ at :math:`1 + f`);
+                        ``report="objective"``: :math:`-\overline{\operatorname{softplus}(-p)} -
+                        \frac{1}{|O|}\sum_{i\ne j}\operatorname{softplus}(z_{ij})`
+    ``"dv"``            :math:`\bar p - (\operatorname{LSE}_i \ell_i - \log|O|)`
+    ``"mine"``          ``"dv"``'s value; gradient normalised by :math:`\mu` (:func:`nce_ref.mi.mine`)
+    ``"smile"``         ``"dv"`` with the clipped :math:`w` in :math:`\ell`
+    ``"loo_upper"``     :math:`\overline{p - \ell} + \log(N - 1)`
+    ``"interpolated"``  :math:`1 + \bar t`, :math:`t_i` the row terms of
+                        :func:`nce_ref.mi.bounds.interpolated_rows` (its kernel, per block)
+    ==================  ==================================================================================
 
     (:math:`\bar v` is the mean over i; :math:`b_i = \log a_i` the log-baseline.)
 
@@ -308,6 +309,14 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array = 0.0,
         required one: ``clip`` for smile, ``alpha`` for interpolated,
         ``log_moving_average`` for mine), mismatched shapes, N too small, bad
         ``block_size``/``memory_budget``/``temperature``; the message names the argument.
+
+    See Also
+    --------
+    nce_ref.mi.infonce, nce_ref.mi.nwj, nce_ref.mi.tuba, nce_ref.mi.dv, nce_ref.mi.mine
+    nce_ref.mi.js, nce_ref.mi.interpolated, nce_ref.mi.smile, nce_ref.mi.loo_upper
+        The bounds on a critic score matrix (``method="dense"`` composes them).
+    nce_ref.sharded.bound_from_embeddings
+        This function on a batch split over ranks.
 
     Notes
     -----

@@ -39,7 +39,7 @@ PMF_ATOL = 1e-9
 
 
 def check_pmf(pmf, name: str = "pmf") -> np.ndarray:
-    """Return ``pmf`` as a float64 (|X|, |Y|) table after validation.
+    """Return ``pmf`` as a float64 ``(|X|, |Y|)`` table after validation.
 
     Raises ``ValueError`` for a table that is not 2-D, is empty, holds NaN, inf or
     a negative entry, or does not sum to 1 (within ``1e-9``).
@@ -95,7 +95,7 @@ def discrete(pmf) -> float:
 
     Parameters
     ----------
-    pmf : array_like, shape (|X|, |Y|)
+    pmf : array_like, shape ``(|X|, |Y|)``
         Non-negative, summing to 1; zeros allowed.
 
     Returns

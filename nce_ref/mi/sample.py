@@ -93,7 +93,7 @@ def discrete(pmf, n: int, rng: np.random.Generator, *, xp=None, device=None):
 
     Parameters
     ----------
-    pmf : array_like, shape (|X|, |Y|)
+    pmf : array_like, shape ``(|X|, |Y|)``
     n : int
     rng : numpy.random.Generator
     xp, device : optional

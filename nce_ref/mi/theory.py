@@ -129,7 +129,7 @@ def expected_infonce_bound(pmf, n: int) -> float:
 
     Parameters
     ----------
-    pmf : array_like, shape (|X|, |Y|)
+    pmf : array_like, shape ``(|X|, |Y|)``
         Joint table ``pmf[x, y]``, zeros allowed.
     n : int
         Batch size N >= 1 (N − 1 negatives).

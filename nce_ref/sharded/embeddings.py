@@ -146,6 +146,11 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array = 0.0,
         the bound does not take, ``algorithm="ring"`` for a bound other than infonce) or
         the ranks disagree on D, dtype, library, options, temperature or a scalar baseline.
 
+    See Also
+    --------
+    nce_ref.mi.bound_from_embeddings
+        The single-process function it equals.
+
     Notes
     -----
     Bytes per rank (``docs/mi.md`` §8): the gather of the columns, (N − n_r)·D elements in,

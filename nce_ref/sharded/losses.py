@@ -244,6 +244,11 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *, com
         On every rank, when any rank's input is invalid or the ranks disagree on D,
         dtype, library, options or temperature.
 
+    See Also
+    --------
+    nce_ref.info_nce
+        The single-process loss it equals.
+
     Examples
     --------
     Two ranks as two threads of this process (``ThreadGroup``; with
@@ -359,6 +364,11 @@ def nt_xent(z1: Array, z2: Array, /, *, comm: Communicator, temperature: float |
     -------
     loss : array, 0-d (the same on every rank) or (2 n_r,)
 
+    See Also
+    --------
+    nce_ref.nt_xent
+        The single-process loss it equals.
+
     Examples
     --------
     >>> import numpy as np, nce_ref
@@ -438,6 +448,11 @@ def supcon(features: Array, labels: Array | None = None, /, *, comm: Communicato
     Returns
     -------
     loss : array, 0-d (the same on every rank) or (n_r·V,) (``contrast_mode="one"``: (n_r,))
+
+    See Also
+    --------
+    nce_ref.supcon
+        The single-process loss it equals.
 
     Examples
     --------
