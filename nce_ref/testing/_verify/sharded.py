@@ -300,6 +300,10 @@ def _shard(plan, sizes: list) -> list:
     return out
 
 
+_UNEQUAL = ("; the shards were unequal: if the implementation needs equal shards (an all_gather "
+            "of equal sizes), pass equal_shards=True (--equal-shards)")
+
+
 def _run_ranks(pool, impl, framework, plan, dtype, sizes, weights, diff, timeout):
     """Every rank's ``(value, grads)``; raises :class:`VerifyError` naming the rank that
     raised, hung or died (every rank is stopped first)."""
@@ -321,9 +325,12 @@ def _run_ranks(pool, impl, framework, plan, dtype, sizes, weights, diff, timeout
                    f"collective that rank {r} never reached and were stopped after {timeout:g} s")
         else:
             msg += " (a hang: a collective not every rank reaches, or a deadlock); every rank was stopped"
+        if len(set(sizes)) > 1:
+            msg += _UNEQUAL
         raise VerifyError(msg) from None
-    except RuntimeError as exc:
-        raise VerifyError(f"{first_line(exc)} {where}") from None
+    except RuntimeError as exc:  # a worker died (a crash in a collective: gloo aborts on a size mismatch)
+        raise VerifyError(f"{str(exc).replace('GlooPool.run: ', '')} {where}"
+                          + (_UNEQUAL if len(set(sizes)) > 1 else "")) from None
     failed = [(r, o) for r, o in enumerate(out) if isinstance(o, BaseException)]
     if failed:
         r, e = next(((r, e) for r, e in failed if not isinstance(e, TimeoutError)), failed[0])
@@ -332,8 +339,7 @@ def _run_ranks(pool, impl, framework, plan, dtype, sizes, weights, diff, timeout
         raise VerifyError(f"rank {r} raised {first_line(e)} {where}"
                           + (f"; rank(s) {others} failed too" if others else "")
                           + "; every rank was stopped"
-                          + ("; the shards were unequal: if the implementation needs equal "
-                             "shards, pass equal_shards=True (--equal-shards)" if unequal else ""))
+                          + (_UNEQUAL if unequal else ""))
     return out
 
 
