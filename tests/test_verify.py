@@ -725,3 +725,19 @@ class TestInstalledPeers:
             pytest.skip(why)
         r = verify(getattr(conv, adapter), ref, convention=name, cases="all", dtype="float64")
         assert r.passed, str(r)
+
+
+def test_docs_list_every_edge_case():
+    """docs/verify.md's table of edge cases matches nce_ref.testing.cases, function by function."""
+    import pathlib
+    import re
+
+    from nce_ref.testing.cases import cases_for
+
+    text = (pathlib.Path(__file__).parents[1] / "docs" / "verify.md").read_text()
+    rows = re.findall(r"^\| `([\w.]+)` \| (\d+) \| (.+) \|$", text, flags=re.M)
+    assert len(rows) >= 8
+    for name, n_std, edges in rows:
+        cases = cases_for(name)
+        assert [c.label for c in cases if c.kind == "edge"] == edges.split("; "), name
+        assert sum(c.kind == "standard" for c in cases) == int(n_std), name
