@@ -297,3 +297,49 @@ def test_peers(adapter, ref, conv, module, verdict, phrase):
                        equal_shards=True, dtype="float64", timeout=TIMEOUT)
     assert r.verdict == verdict, str(r)
     assert phrase in _diag(r), str(r)
+
+
+# ----------------------------------------------------------------------------------
+# engine="jax": W simulated host devices under jax.shard_map (equal shards)
+# ----------------------------------------------------------------------------------
+
+def _jax_share(q, k, temperature, axis_name, stop_keys=False):
+    import jax
+    import jax.numpy as jnp
+
+    qn = q / jnp.maximum(jnp.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    kn = k / jnp.maximum(jnp.linalg.norm(k, axis=1, keepdims=True), 1e-12)
+    keys = jax.lax.all_gather(kn, axis_name, tiled=True)
+    if stop_keys:
+        keys = jax.lax.stop_gradient(keys)
+    n = q.shape[0]
+    w = jax.lax.psum(1, axis_name)
+    labels = jax.lax.axis_index(axis_name) * n + jnp.arange(n)
+    logits = qn @ keys.T / temperature
+    lse = jax.scipy.special.logsumexp(logits, axis=1)
+    pos = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
+    return w * jnp.sum(lse - pos) / (n * w)
+
+
+def jax_good(q, k, *, temperature=0.1, axis_name):
+    return _jax_share(q, k, temperature, axis_name)
+
+
+def jax_keys_stopped(q, k, *, temperature=0.1, axis_name):
+    return _jax_share(q, k, temperature, axis_name, stop_keys=True)
+
+
+@pytest.mark.parametrize("fn, verdict, phrase", [
+    (jax_good, "agrees", ""),
+    (jax_keys_stopped, "disagrees", "column terms lost"),
+])
+def test_jax_engine(fn, verdict, phrase):
+    pytest.importorskip("jax", reason="JAX is not installed")
+    r = verify_sharded(fn, "info_nce", world_size=3, engine="jax", dtype="float64",
+                       cases=[Case("equal", tuple(np.random.default_rng(5).standard_normal((2, 9, 4))),
+                                   {"temperature": 0.3}),
+                              ],
+                       timeout=TIMEOUT)
+    assert r.verdict == verdict, str(r)
+    assert phrase in _diag(r), str(r)
+    assert any("simulated JAX devices" in n for n in r.notes)

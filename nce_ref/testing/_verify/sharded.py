@@ -221,17 +221,20 @@ def verify_sharded(impl, reference, *, world_size: int, engine: str = "torch",
                          f"got nce_ref.{entry.name}")
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"`world_size` must be a positive int; got {world_size!r}")
-    if engine != "torch":
-        raise ValueError("engine='jax' (W simulated devices under shard_map) is not available "
-                         "yet; engine='torch' runs W gloo processes")
+    if engine not in ("torch", "jax"):
+        raise ValueError(f"`engine` must be 'torch' (W gloo processes) or 'jax' (W simulated "
+                         f"devices under shard_map); got {engine!r}")
+    if engine == "jax" and not equal_shards:
+        equal_shards = True  # shard_map splits an axis into equal blocks
     if value not in ("auto", "global", "share"):
         raise ValueError(f"`value` must be 'auto', 'global' or 'share'; got {value!r}")
     conv = conventions.get(convention, entry.name) if convention is not None else None
     accepted = _resolve_accept(accept)
     notes: list[str] = []
-    framework, fw = _adapter(impl, framework, conv, notes)
-    if framework != "torch":
-        raise ValueError(f"engine='torch' runs torch implementations; got framework {framework!r}")
+    framework, fw = _adapter(impl, framework if framework else engine, conv, notes)
+    if framework != engine:
+        raise ValueError(f"engine={engine!r} runs {engine} implementations; got framework "
+                         f"{framework!r} (pass engine={framework!r})")
     sig = impl_signature(impl)
     aliases = resolve_aliases(entry, sig, params, notes)
     if isinstance(cases, str):
@@ -245,10 +248,12 @@ def verify_sharded(impl, reference, *, world_size: int, engine: str = "torch",
                           convention=conv.name if conv else None, framework=framework,
                           dtypes=tuple(dtypes), cases=cases_name, notes=notes)
     report.notes += _convention_notes(entry, conv, sig, aliases)
-    report.notes.append(f"{W} ranks (gloo processes), {'equal' if equal_shards else 'unequal'} "
+    where = "gloo processes" if engine == "torch" else "simulated JAX devices under shard_map"
+    report.notes.append(f"{W} ranks ({where}), {'equal' if equal_shards else 'unequal'} "
                         f"shards, upstream weight {', '.join(f'{g:g}' for g in weights)} on ranks "
                         f"0..{W - 1}")
-    pool = get_pool(W, timeout)
+    pool = get_pool(W, timeout) if engine == "torch" else None
+    jax_jobs = []
     conventions_seen = []
     for d in dtypes:
         conv_opts = conv.options_for(d) if conv else {}
@@ -266,8 +271,19 @@ def verify_sharded(impl, reference, *, world_size: int, engine: str = "torch",
                     report.results.append(CaseResult(case.label, case.kind, "-", case.describe(),
                                                      {}, "n/a", message=plan.na))
                 continue
+            if engine == "jax":
+                jax_jobs.append((plan, d, sizes))
+                continue
             res = _run_sharded_case(pool, impl, framework, entry, plan, d, sizes, weights, grads,
                                     value, timeout)
+            conventions_seen.append(res.options.get("value convention"))
+            report.results.append(res)
+    if jax_jobs:
+        outs = _run_jax(impl, jax_jobs, W, weights, grads, timeout)
+        for (plan, d, sizes), out in zip(jax_jobs, outs):
+            diff = plan.diff if grads else ()
+            res = _compare(out, _new_result(plan, d, sizes), entry, plan, d, sizes, weights, diff,
+                           value)
             conventions_seen.append(res.options.get("value convention"))
             report.results.append(res)
     _raise_if_nothing(report)
@@ -279,6 +295,128 @@ def verify_sharded(impl, reference, *, world_size: int, engine: str = "torch",
     if diagnose and report.failures:
         report.diagnosis += _diagnose(report)
     return report
+
+
+def _run_jax(impl, jobs, W, weights, grads, timeout) -> list:
+    """Every job's per-rank ``(value, grads)`` from one child process with W simulated host
+    devices (``--xla_force_host_platform_device_count``: XLA reads it at start-up, hence the
+    child); killed after ``timeout`` seconds per job."""
+    import multiprocessing as mp
+    import os
+    import pickle
+
+    payload = []
+    for plan, d, _ in jobs:
+        diff = tuple(plan.diff) if grads else ()
+        payload.append((list(plan.pos), dict(plan.impl_kw), diff, d, dict(plan.aliases)))
+    try:
+        pickle.dumps((impl, payload))
+    except Exception as exc:
+        raise TypeError(f"a JAX implementation for engine='jax' must be picklable (defined at a "
+                        f"module's top level): {exc}") from exc
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    saved = {k: os.environ.get(k) for k in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    os.environ["XLA_FLAGS"] = ((saved["XLA_FLAGS"] or "") +
+                               f" --xla_force_host_platform_device_count={W}").strip()
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    try:
+        proc = ctx.Process(target=_jax_main, args=(child, impl, payload, W, list(weights)),
+                           daemon=True, name="nce_ref-jax-ranks")
+        proc.start()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    child.close()
+    limit = timeout * len(jobs) + 30.0
+    try:
+        if not parent.poll(limit):
+            raise VerifyError(f"the {W} JAX ranks did not finish within {limit:g} s (a hang: a "
+                              "collective not every rank reaches, or a deadlock); they were stopped")
+        kind, value = parent.recv()
+    except EOFError:
+        raise VerifyError(f"the JAX ranks' process died (exit code {proc.exitcode})") from None
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        proc.join(5)
+    if kind == "error":
+        label, msg = value
+        raise VerifyError(f"the implementation raised under shard_map on the {W} JAX ranks "
+                          f"[case '{label}']: {msg} (in SPMD every rank runs the same program: "
+                          "no single rank is to blame)")
+    return value
+
+
+def _jax_main(conn, impl, payload, W, weights) -> None:
+    """The child of :func:`_run_jax`: each job under ``jax.shard_map`` over W host devices."""
+    try:
+        import jax
+        import jax.numpy as jnp
+        from jax.sharding import Mesh
+        from jax.sharding import PartitionSpec as P
+
+        jax.config.update("jax_enable_x64", True)
+        mesh = Mesh(np.array(jax.devices()[:W]), ("ranks",))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        conn.send(("error", ("start", first_line(exc))))
+        return
+    results = []
+    for pos, kw, diff, dtype, aliases in payload:
+        try:
+            results.append(_jax_job(jax, jnp, mesh, P, impl, pos, kw, diff, dtype, aliases, W,
+                                    weights))
+        except BaseException as exc:  # noqa: BLE001
+            conn.send(("error", (f"{dtype}", first_line(exc))))
+            return
+    conn.send(("ok", results))
+
+
+def _jax_job(jax, jnp, mesh, P, impl, pos, kw, diff, dtype, aliases, W, weights):
+    """One case: the rows sharded over ``"ranks"``, each scalar in ``diff`` replicated as a
+    (W,) array (one replica per rank), ``jax.vjp`` with the per-rank weights."""
+    arr_names = [n for n, v in pos if isinstance(v, np.ndarray)]
+    arrays = [jnp.asarray(np.asarray(v, dtype=dtype if v.dtype.kind == "f" else v.dtype))
+              for n, v in pos if isinstance(v, np.ndarray)]
+    scal = [n for n in diff if n in kw]
+    reps = [jnp.full((W,), float(kw[n]), dtype=dtype) for n in scal]
+    static = {k: v for k, v in kw.items() if k not in scal}
+
+    def per_rank(*xs):
+        a, t = xs[:len(arrays)], xs[len(arrays):]
+        call = dict(static)
+        for n, rep in zip(scal, t):
+            al = aliases.get(n)
+            val = rep[0]
+            call[al.name if al else n] = (1.0 / val) if (al is not None and al.inverse) else val
+        for n in list(static):
+            al = aliases.get(n)
+            if al is not None:
+                v = call.pop(n)
+                call[al.name] = 1.0 / v if al.inverse else v
+        out = impl(*a, axis_name="ranks", **call)
+        return jnp.reshape(out, (1,))
+
+    f = jax.shard_map(per_rank, mesh=mesh, in_specs=tuple(P("ranks") for _ in arrays + reps),
+                      out_specs=P("ranks"), check_vma=False)
+    values, vjp_fn = jax.vjp(f, *arrays, *reps)
+    gs = vjp_fn(jnp.asarray(weights, dtype=values.dtype)) if diff else [None] * (len(arrays) + len(reps))
+    values = np.asarray(values, dtype=np.float64)
+    n = arrays[0].shape[0] // W
+    out = []
+    for r in range(W):
+        g = {}
+        for name, gv in zip(arr_names, gs[:len(arrays)]):
+            if name in diff and gv is not None:
+                g[name] = np.asarray(gv, dtype=np.float64)[r * n:(r + 1) * n]
+        for name, gv in zip(scal, gs[len(arrays):]):
+            if gv is not None:
+                g[name] = np.asarray(gv, dtype=np.float64)[r]
+        out.append((values[r], g))
+    return out
 
 
 def _raise_if_nothing(report: VerifyReport) -> None:
@@ -343,17 +481,26 @@ def _run_ranks(pool, impl, framework, plan, dtype, sizes, weights, diff, timeout
     return out
 
 
+def _new_result(plan, dtype, sizes) -> CaseResult:
+    return CaseResult(plan.case.label, plan.case.kind, dtype,
+                      f"{plan.case.label} (shards {'+'.join(map(str, sizes))}; "
+                      + ", ".join(f"{k}={v!r}" for k, v in plan.impl_kw.items()) + ")",
+                      {"shards": list(sizes)}, "pass")
+
+
 def _run_sharded_case(pool, impl, framework, entry, plan, dtype, sizes, weights, grads, declared,
                       timeout) -> CaseResult:
+    diff = plan.diff if grads else ()
+    res = _new_result(plan, dtype, sizes)
+    out = _run_ranks(pool, impl, framework, plan, dtype, sizes, weights, diff, timeout)
+    return _compare(out, res, entry, plan, dtype, sizes, weights, diff, declared)
+
+
+def _compare(out, res, entry, plan, dtype, sizes, weights, diff, declared) -> CaseResult:
+    """Compare every rank's ``(value, grads)`` with the reference under the contract."""
     from .._tolerances import sensitivity, value_tolerances
 
     W = len(sizes)
-    diff = plan.diff if grads else ()
-    res = CaseResult(plan.case.label, plan.case.kind, dtype,
-                     f"{plan.case.label} (shards {'+'.join(map(str, sizes))}; "
-                     + ", ".join(f"{k}={v!r}" for k, v in plan.impl_kw.items()) + ")",
-                     {"shards": list(sizes)}, "pass")
-    out = _run_ranks(pool, impl, framework, plan, dtype, sizes, weights, diff, timeout)
     ref = _reference(entry, plan, dtype, sizes)
     models = _value_models(ref, W)
     values = [np.asarray(v) for v, _ in out]
