@@ -22,7 +22,10 @@ One module per concern; the names they share are public within this package:
   (shared by :mod:`.run` and :mod:`.diagnose`);
 - :mod:`.run`: one case in one dtype;
 - :mod:`.diagnose`: naming the bug from the pattern of errors;
-- :mod:`.harness`: :func:`verify` itself.
+- :mod:`.guide`: what to tell a user whose call does not fit (layouts, adapters, names);
+- :mod:`.harness`: :func:`verify` itself;
+- :mod:`.sharded`: :func:`~.sharded.verify_sharded`, W ranks each running the user's
+  per-rank function (gloo processes or simulated JAX devices).
 """
 
 from .adapters import FRAMEWORKS
