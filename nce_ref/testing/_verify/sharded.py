@@ -289,6 +289,10 @@ def verify_sharded(impl, reference, *, world_size: int, engine: str = "torch",
     _raise_if_nothing(report)
     _apply_accept(report, accepted)
     seen = sorted({c for c in conventions_seen if c})
+    if "local mean" in seen:
+        report.notes.append("the ranks return the mean of their own rows' terms: with unequal shards "
+                            "DDP's mean over ranks weights rank r's rows by 1/(W n_r) instead of 1/N, "
+                            "so it is the single-device gradient only with equal shards")
     if seen:
         report.notes.append(f"value convention read from the ranks' values: {', '.join(seen)}"
                             if value == "auto" else f"value convention declared: {value}")
