@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 Array = Any
 
-__all__ = ["Communicator", "ShardingError", "ThreadGroup", "agree"]
+__all__ = ["Communicator", "ShardingError", "ThreadGroup", "agree", "validated"]
 
 
 class ShardingError(ValueError):
@@ -93,6 +93,21 @@ def agree(comm: Communicator, meta: dict, error: BaseException | None = None) ->
             shown = ", ".join(f"rank {r}: {v!r}" for r, v in enumerate(values))
             raise ShardingError(f"the ranks disagree on {key}: {shown}")
     return metas
+
+
+def validated(comm, validate):
+    """Run ``validate()`` (this rank's local checks, returning ``(state, meta)``), then
+    :func:`agree` with the other ranks: a failure on any rank, or ranks that disagree,
+    raise the same :class:`ShardingError` on every rank.  Returns ``(state, metas)``."""
+    if not isinstance(comm, Communicator):
+        raise TypeError(f"`comm` must be a nce_ref.sharded.Communicator (TorchCommunicator, "
+                        f"MPICommunicator, JaxCommunicator, ThreadGroup's); got {type(comm).__name__}")
+    state, meta, error = None, {}, None
+    try:
+        state, meta = validate()
+    except (ValueError, TypeError) as e:
+        error = e
+    return state, agree(comm, meta, error)
 
 
 # -- an in-process group of threads (tests, examples) ---------------------------------

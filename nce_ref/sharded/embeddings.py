@@ -33,7 +33,7 @@ from ..autodiff import differentiable
 from ..autodiff import vjp as vjp_of
 from ..mi.embeddings import BoundSetup, bound_block, bound_engine, setup_bound
 from ..similarity import DEFAULT_EPS
-from ._comm import Communicator, ShardingError, agree
+from ._comm import Communicator, ShardingError, validated
 from .losses import ALGORITHMS, VALUES
 from .losses import info_nce as sharded_info_nce
 
@@ -56,20 +56,6 @@ class GlobalRows:
         m = xp.max(self.comm.gather_rows(xp.reshape(xp.max(v), (1,)), [1] * self.comm.size))
         m = xp.where(xp.isfinite(m), m, xp.zeros_like(m))
         return m + xp.log(self.comm.all_sum(xp.sum(xp.exp(v - m))))
-
-
-def _agreed(comm, validate):
-    """``validate()`` (local checks, returning ``(state, meta)``), then :func:`agree`: a
-    failure on any rank raises the same :class:`ShardingError` on every rank."""
-    if not isinstance(comm, Communicator):
-        raise TypeError(f"`comm` must be a nce_ref.sharded.Communicator (TorchCommunicator, "
-                        f"MPICommunicator, JaxCommunicator, ThreadGroup's); got {type(comm).__name__}")
-    state, meta, error = None, {}, None
-    try:
-        state, meta = validate()
-    except (ValueError, TypeError) as e:
-        error = e
-    return state, agree(comm, meta, error)
 
 
 def _meta(su: BoundSetup, **options) -> dict:
@@ -184,7 +170,7 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array = 0.0,
                              f"bound={su.bound!r}: use algorithm='gather'")
         return su, _meta(su, value=value, algorithm=algorithm)
 
-    su, metas = _agreed(comm, validate)
+    su, metas = validated(comm, validate)
     sizes = [m["rows"] for m in metas]
     n_total = sum(sizes)
     if su.bound != "infonce" and n_total < 2:

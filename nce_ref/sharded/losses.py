@@ -44,7 +44,7 @@ from ..losses.infonce import (
 )
 from ..losses.supcon import column_labels, setup_supcon, supcon_engine
 from ..similarity import DEFAULT_EPS, check_similarity
-from ._comm import Communicator, agree
+from ._comm import Communicator, validated
 from ._ring import ring_sweep
 
 Array = Any
@@ -160,21 +160,6 @@ def _meta(ctx, arrays: dict, options: dict, tau0) -> dict:
     return meta
 
 
-def _validated(comm, validate):
-    """Run ``validate()`` (local checks; returns ``(state, meta)``), then agree with the
-    other ranks; raise the same :class:`ShardingError` everywhere on any failure."""
-    if not isinstance(comm, Communicator):
-        raise TypeError(f"`comm` must be a nce_ref.sharded.Communicator (TorchCommunicator, "
-                        f"MPICommunicator, JaxCommunicator, ThreadGroup's); got {type(comm).__name__}")
-    state, meta, error = None, {}, None
-    try:
-        state, meta = validate()
-    except (ValueError, TypeError) as e:
-        error = e
-    metas = agree(comm, meta, error)
-    return state, metas
-
-
 #: what a sharded function returns: the global loss on every rank, or each rank's share
 VALUES = ("global", "share")
 
@@ -281,7 +266,7 @@ def info_nce(query: Array, key: Array, negatives: Array | None = None, /, *, com
         meta["negatives_rows"] = 0 if negatives is None else negatives.shape[0]
         return (ctx, kind, e, in_batch, tau, tau0), meta
 
-    (ctx, kind, e, in_batch, tau, tau0), metas = _validated(comm, validate)
+    (ctx, kind, e, in_batch, tau, tau0), metas = validated(comm, validate)
     sizes = [m["rows"] for m in metas]
     neg_sizes = [m["negatives_rows"] for m in metas]
     inputs = {"query": query, "key": key, "negatives": negatives}
@@ -394,7 +379,7 @@ def nt_xent(z1: Array, z2: Array, /, *, comm: Communicator, temperature: float |
         meta["rows"] = n
         return (ctx, kind, e, tau, tau0), meta
 
-    (ctx, kind, e, tau, tau0), metas = _validated(comm, validate)
+    (ctx, kind, e, tau, tau0), metas = validated(comm, validate)
     sizes = [m["rows"] for m in metas]
     xp = ctx.xp
     a, b = ctx.to_compute(z1), ctx.to_compute(z2)
@@ -484,7 +469,7 @@ def supcon(features: Array, labels: Array | None = None, /, *, comm: Communicato
         meta["rows"] = st.n
         return st, meta
 
-    st, metas = _validated(comm, validate)
+    st, metas = validated(comm, validate)
     sizes = [m["rows"] for m in metas]
     views = [s * st.v for s in sizes]  # each rank's u: its samples' views, view-major
     first = sum(sizes[:comm.rank]) if isinstance(comm.rank, int) else comm.rank * st.n
