@@ -8,8 +8,10 @@ samples; each returns an estimate in nats with a registered analytic gradient:
   (with :func:`mine_update` for its explicit state), :func:`js`,
   :func:`interpolated`, :func:`smile`: lower bounds;
 - :func:`loo_upper`: the leave-one-out upper bound for a known conditional;
-- :func:`bound_from_embeddings`: any of them (but the interpolated bound) on the critic
-  ``sim(x_i, y_j)/τ`` of two embedding batches, streamed over row blocks (no N x N matrix).
+- :func:`bound_from_embeddings`: any of them on the critic ``sim(x_i, y_j)/τ`` of two
+  embedding batches, by the dense reference (``method="dense"``) or streamed over row
+  blocks with no N x N matrix (``"streamed"``, the default under ``"auto"``);
+  :func:`nce_ref.sharded.bound_from_embeddings` for a batch split over ranks.
 
 Ground truth, in NumPy/SciPy float64:
 
