@@ -1,0 +1,85 @@
+"""Time and peak memory against N: nce_ref, the three-GEMM floor and torch autograd.
+
+Drawn by the performance page (matplotlib's ``plot`` directive) from
+``asv_infonce_results.json`` beside this file: an asv results file of
+``asv run --python=same -b 'GemmFloor\\.time_three_gemms|InfoNCE\\.(time|peakmem)_value_and_grad|
+TorchAutogradInfoNCE\\.(time|peakmem)_forward_backward'``, copied from
+``asv_benchmarks/results/<machine>/`` (see README.md beside this file).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+# the plot directive runs this file with the working directory docs/ and no __file__
+HERE = Path(globals().get("__file__", "_data/plot_asv_scaling.py")).resolve().parent
+RESULTS = HERE / "asv_infonce_results.json"
+MACHINE = HERE / "asv_machine.json"
+
+
+def load(path=RESULTS):
+    """``{benchmark: {param tuple: value}}`` from an asv (version 2) results file."""
+    data = json.loads(Path(path).read_text())
+    cols = data["result_columns"]
+    out = {}
+    for name, row in data["results"].items():
+        rec = dict(zip(cols, row))
+        params = [[ast.literal_eval(p) for p in axis] for axis in rec["params"]]
+        values = rec["result"]
+        combos = [()]
+        for axis in params:
+            combos = [c + (p,) for c in combos for p in axis]
+        out[name] = {c: v for c, v in zip(combos, values) if v is not None and not math.isnan(v)}
+    return out, data
+
+
+def series(res, bench, first, dtype):
+    """(N, value) points of ``bench`` for backend/device ``first`` and ``dtype``, sorted by N."""
+    pts = sorted((int(p[1]), v) for p, v in res.get(bench, {}).items() if p[0] == first and p[-1] == dtype)
+    return [n for n, _ in pts], [v for _, v in pts]
+
+
+def main():
+    res, data = load()
+    machine = json.loads(MACHINE.read_text()) if MACHINE.exists() else {}
+    lines = {
+        "nce_ref (NumPy), value and gradients": ("bench_infonce.InfoNCE.time_value_and_grad", "numpy", "C0"),
+        "three-GEMM floor (NumPy)": ("bench_infonce.GemmFloor.time_three_gemms", "numpy", "k"),
+        "torch autograd (CPU), forward + backward":
+            ("bench_infonce.TorchAutogradInfoNCE.time_forward_backward", "cpu", "C3"),
+    }
+    mem = {
+        "nce_ref (NumPy), value and gradients": ("bench_infonce.InfoNCE.peakmem_value_and_grad", "numpy", "C0"),
+        "torch autograd (CPU), forward + backward":
+            ("bench_infonce.TorchAutogradInfoNCE.peakmem_forward_backward", "cpu", "C3"),
+    }
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    for dtype, style in (("float64", "-o"), ("float32", "--s")):
+        for label, (bench, first, color) in lines.items():
+            n, t = series(res, bench, first, dtype)
+            if n:
+                axes[0].loglog(n, [1e3 * v for v in t], style, color=color, label=f"{label}, {dtype}")
+        for label, (bench, first, color) in mem.items():
+            n, m = series(res, bench, first, dtype)
+            if n:
+                axes[1].loglog(n, [v / 2**20 for v in m], style, color=color, label=f"{label}, {dtype}")
+    axes[0].set_title("InfoNCE, D = 256: time of forward + backward")
+    axes[0].set_ylabel("time per call (ms, log scale)")
+    axes[1].set_title("Peak resident memory of the benchmark process")
+    axes[1].set_ylabel("peak RSS (MiB, log scale)")
+    for ax in axes:
+        ax.set_xlabel("batch size N (log scale)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    cpu = machine.get("cpu", "")
+    fig.suptitle(f"asv, commit {data.get('commit_hash', '')[:8]}, {machine.get('num_cpu', '?')} cores "
+                 f"{cpu}".strip(), fontsize=10)
+    return fig
+
+
+main()  # the plot directive runs this file as a script and keeps the figure it leaves open
