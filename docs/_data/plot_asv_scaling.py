@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 # the plot directive runs this file with the working directory docs/ and no __file__
 HERE = Path(globals().get("__file__", "_data/plot_asv_scaling.py")).resolve().parent
@@ -72,8 +73,16 @@ def main():
     axes[0].set_ylabel("time per call (ms, log scale)")
     axes[1].set_title("Peak resident memory of the benchmark process")
     axes[1].set_ylabel("peak RSS (MiB, log scale)")
+    ns = sorted({int(p[1]) for b, _, _ in [*lines.values(), *mem.values()] for p in res.get(b, {})})
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
     for ax in axes:
+        ax.set_xticks(ns)
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("batch size N (log scale)")
+    axes[1].yaxis.set_major_locator(LogLocator(base=2))
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     cpu = machine.get("cpu", "")

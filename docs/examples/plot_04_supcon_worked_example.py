@@ -77,7 +77,8 @@ print(f"a1, similarity='dot' on the raw points: {raw[0]:.6f} nats")
 # %%
 # The picture
 # -----------
-fig, axes = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
+fig, axes = plt.subplots(1, 3, figsize=(15, 5), layout="constrained",
+                         gridspec_kw={"width_ratios": [1.1, 1, 1]})
 ax = axes[0]
 unit = features / np.linalg.norm(features, axis=1, keepdims=True)
 t = np.linspace(0, 2 * np.pi, 200)
@@ -96,18 +97,27 @@ ax.set_title("The ten embeddings")
 ax.grid(alpha=0.3)
 ax.legend(fontsize=8, loc="upper left")
 
-ax = axes[1]
-width = 0.27
 x = np.arange(len(names))
-for k, (form, color) in enumerate(zip(per_anchor, ["C0", "C1", "C2"])):
-    ax.bar(x + (k - 1) * width, per_anchor[form], width, color=color, label=f'positives="{form}"')
-ax.axhline(np.log(4), color="k", ls=":", lw=1, label="log n_a = log 4")
-ax.set_yscale("log")
+ax = axes[1]
+for k, (form, color) in enumerate([("out", "C0"), ("in", "C1")]):
+    ax.bar(x + (k - 0.5) * 0.4, per_anchor[form], 0.4, color=color, label=f'positives="{form}"')
+ax.axhline(np.log(4), color="k", ls=":", lw=1.2, label="log n_a = log 4 (the minimum of both)")
+ax.set_ylim(1.38, 1.45)
 ax.set_xticks(x, names)
 ax.set_xlabel("anchor")
-ax.set_ylabel("per-anchor loss (nats, log scale)")
-ax.set_title("nce_ref.supcon(..., temperature=0.1, reduction='none')")
-ax.legend(fontsize=8, loc="center right")
-ax.grid(alpha=0.3, axis="y", which="both")
+ax.set_ylabel("per-anchor loss (nats)")
+ax.set_title('"out" and "in" (reduction="none")')
+ax.legend(fontsize=8, loc="upper right")
+ax.grid(alpha=0.3, axis="y")
+
+ax = axes[2]
+ax.bar(x, 1e8 * per_anchor["per_pair"], 0.6, color="C2", label='positives="per_pair" (sum of 4 pairs)')
+ax.set_xticks(x, names)
+ax.set_xlabel("anchor")
+ax.set_ylabel("per-anchor loss (10⁻⁸ nats)")
+ax.set_title('"per_pair": each positive against the negatives only')
+ax.legend(fontsize=8, loc="upper right")
+ax.set_ylim(0, 1.3e8 * per_anchor["per_pair"].max())
+ax.grid(alpha=0.3, axis="y")
 fig.suptitle("SupCon's three positive-set forms on the same batch (cosine similarity, τ = 0.1)")
 plt.show()
