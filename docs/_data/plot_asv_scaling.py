@@ -82,9 +82,9 @@ def main():
         ax.yaxis.set_major_formatter(plain)
         ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("batch size N (log scale)")
-    axes[1].yaxis.set_major_locator(LogLocator(base=2))
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
+    axes[1].yaxis.set_major_locator(LogLocator(base=2))
     cpu = machine.get("cpu", "")
     fig.suptitle(f"asv, commit {data.get('commit_hash', '')[:8]}, {machine.get('num_cpu', '?')} cores "
                  f"{cpu}".strip(), fontsize=10)
