@@ -31,18 +31,22 @@ def load(path=RESULTS):
     for name, row in data["results"].items():
         rec = dict(zip(cols, row))
         params = [[ast.literal_eval(p) for p in axis] for axis in rec["params"]]
-        values = rec["result"]
         combos = [()]
         for axis in params:
             combos = [c + (p,) for c in combos for p in axis]
-        out[name] = {c: v for c, v in zip(combos, values) if v is not None and not math.isnan(v)}
+        q25 = rec.get("stats_q_25") or [None] * len(combos)
+        q75 = rec.get("stats_q_75") or [None] * len(combos)
+        out[name] = {c: (v, lo, hi) for c, v, lo, hi in zip(combos, rec["result"], q25, q75)
+                     if v is not None and not math.isnan(v)}
     return out, data
 
 
 def series(res, bench, first, dtype):
-    """(N, value) points of ``bench`` for backend/device ``first`` and ``dtype``, sorted by N."""
-    pts = sorted((int(p[1]), v) for p, v in res.get(bench, {}).items() if p[0] == first and p[-1] == dtype)
-    return [n for n, _ in pts], [v for _, v in pts]
+    """N, median, 25% and 75% quantiles of ``bench`` for backend/device ``first`` and ``dtype``."""
+    pts = sorted((int(p[1]), *v) for p, v in res.get(bench, {}).items() if p[0] == first and p[-1] == dtype)
+    med = [m for _, m, _, _ in pts]
+    return ([n for n, *_ in pts], med, [m if lo is None else lo for (_, m, lo, _) in pts],
+            [m if hi is None else hi for (_, m, _, hi) in pts])
 
 
 def main():
@@ -62,14 +66,18 @@ def main():
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     for dtype, style in (("float64", "-o"), ("float32", "--s")):
         for label, (bench, first, color) in lines.items():
-            n, t = series(res, bench, first, dtype)
+            n, t, lo, hi = series(res, bench, first, dtype)
             if n:
-                axes[0].loglog(n, [1e3 * v for v in t], style, color=color, label=f"{label}, {dtype}")
+                err = [[1e3 * (v - a) for v, a in zip(t, lo)], [1e3 * (b - v) for v, b in zip(t, hi)]]
+                axes[0].errorbar(n, [1e3 * v for v in t], yerr=err, fmt=style, color=color, capsize=3,
+                                 label=f"{label}, {dtype}")
         for label, (bench, first, color) in mem.items():
-            n, m = series(res, bench, first, dtype)
+            n, m, _, _ = series(res, bench, first, dtype)
             if n:
                 axes[1].loglog(n, [v / 2**20 for v in m], style, color=color, label=f"{label}, {dtype}")
-    axes[0].set_title("InfoNCE, D = 256: time of forward + backward")
+    axes[0].set_xscale("log")
+    axes[0].set_yscale("log")
+    axes[0].set_title("InfoNCE, D = 256: time of forward + backward (median, bars: quartiles)")
     axes[0].set_ylabel("time per call (ms, log scale)")
     axes[1].set_title("Peak resident memory of the benchmark process")
     axes[1].set_ylabel("peak RSS (MiB, log scale)")
