@@ -15,8 +15,9 @@ from .._array import check_method, check_option, check_pair, check_real, resolve
 from .._ops import logsumexp, softmax_from_lse
 from .._reduce import check_reduction, reduce_fwd
 from ..autodiff import differentiable
-from ..similarity import DEFAULT_EPS, check_similarity, pair_sim, sim_fwd
+from ..similarity import DEFAULT_EPS, check_similarity
 from ._objective import temperature_grad
+from .infonce import two_view_logits
 
 Array = Any
 
@@ -139,15 +140,8 @@ def dcl_dense(ctx, z1, z2, tau, tau0, *, kind, eps, weight, sigma, detach_weight
     minus the (weighted) positive logit held apart (row-wise, ``pair_sim``); the
     reduction; the VJP is their composition.  Returns ``(value, vjp)``."""
     xp = ctx.xp
-    a, b = ctx.to_compute(z1), ctx.to_compute(z2)
-    n = a.shape[0]
-    u = xp.concat([a, b], axis=0)
-    s, back_s = sim_fwd(u, u, kind=kind, eps=eps, xp=xp)
-    z = s / tau
-    keep = xp.logical_not(ctx.eye(2 * n, dtype=xp.bool) | ctx.eye(2 * n, k=n, dtype=xp.bool)
-                          | ctx.eye(2 * n, k=-n, dtype=xp.bool))
+    n, z, back_s, keep, s_pos, back_pos = two_view_logits(ctx, z1, z2, tau, kind=kind, eps=eps)
     lse = logsumexp(z, keep, axis=1, xp=xp)
-    s_pos, back_pos = pair_sim(a, b, kind=kind, eps=eps, xp=xp)
     pos = xp.concat([s_pos, s_pos]) / tau
     if weight == "von_mises":
         r = s_pos / sigma

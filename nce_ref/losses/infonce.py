@@ -660,6 +660,25 @@ def nt_xent_engine(ctx, a, b, views, tau, tau0, *, inputs, kind, eps, reduction,
                      assemble=assemble, inputs=inputs, need_grad=need_grad, across=across)
 
 
+def two_view_logits(ctx, z1, z2, tau, *, kind, eps):
+    """The 2N views' dense logits, shared by the two-view losses' references (NT-Xent, DCL).
+
+    ``u = [z1; z2]``, ``z = s(u, u)/τ`` with its VJP ``back_s``, ``keep`` (every
+    ``b ≠ a`` but the partner ``a ± N``, whose logit is held apart) and the pairs'
+    similarities ``s_pos_i = s(z1_i, z2_i)`` (row-wise) with their VJP.  Returns
+    ``(n, z, back_s, keep, s_pos, back_pos)``.
+    """
+    xp = ctx.xp
+    a, b = ctx.to_compute(z1), ctx.to_compute(z2)
+    n = a.shape[0]
+    u = xp.concat([a, b], axis=0)
+    s, back_s = sim_fwd(u, u, kind=kind, eps=eps, xp=xp)
+    keep = xp.logical_not(ctx.eye(2 * n, dtype=xp.bool) | ctx.eye(2 * n, k=n, dtype=xp.bool)
+                          | ctx.eye(2 * n, k=-n, dtype=xp.bool))
+    s_pos, back_pos = pair_sim(a, b, kind=kind, eps=eps, xp=xp)
+    return n, s / tau, back_s, keep, s_pos, back_pos
+
+
 def nt_xent_dense(ctx, z1, z2, tau, tau0, *, kind, eps, reduction):
     r"""The reference of :func:`nt_xent`: the formula on the whole (2N, 2N) score matrix.
 
@@ -669,15 +688,7 @@ def nt_xent_dense(ctx, z1, z2, tau, tau0, *, kind, eps, reduction):
     ``_objective.ce_rows``, the reduction; the VJP is their composition.
     """
     xp = ctx.xp
-    a, b = ctx.to_compute(z1), ctx.to_compute(z2)
-    n = a.shape[0]
-    u = xp.concat([a, b], axis=0)
-    s, back_s = sim_fwd(u, u, kind=kind, eps=eps, xp=xp)
-    z = s / tau
-    # candidates of anchor a: every b != a; the partner a ± N is the positive, held in `pos`
-    keep = xp.logical_not(ctx.eye(2 * n, dtype=xp.bool) | ctx.eye(2 * n, k=n, dtype=xp.bool)
-                          | ctx.eye(2 * n, k=-n, dtype=xp.bool))
-    s_pos, back_pos = pair_sim(a, b, kind=kind, eps=eps, xp=xp)
+    n, z, back_s, keep, s_pos, back_pos = two_view_logits(ctx, z1, z2, tau, kind=kind, eps=eps)
     pos = xp.concat([s_pos, s_pos]) / tau
     per, back_rows = ce_rows(z, pos, keep, axis=1, xp=xp)
     value, back_red = reduce_fwd(per, reduction, xp=xp)

@@ -14,12 +14,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .._array import check_labels, check_option, check_real, resolve
+from .._array import check_labels, check_real, resolve
 from .._ops import logsumexp, softmax_from_lse
 from .._reduce import REDUCTIONS_NONZERO, check_reduction, mean_over_fwd, reduce_fwd
 from ..autodiff import differentiable
 from ..similarity import DEFAULT_EPS, check_similarity, sim_fwd, unit_rows
-from .triplet import DISTANCES, dist_fwd
+from .triplet import check_distance, dist_fwd
 
 Array = Any
 
@@ -275,16 +275,11 @@ def pairwise_contrastive(embeddings: Array, labels: Array, /, *, pos_margin: flo
     >>> nce_ref.pairwise_contrastive(x, y, reduction="none")
     array([0.5, 0.5, 0. ])
     """
-    check_option(distance, "distance", DISTANCES)
+    p = check_distance(distance, p)
     check_reduction(reduction, REDUCTIONS_NONZERO)
     pos_margin = check_real(pos_margin, "pos_margin", nonnegative=True)
     neg_margin = check_real(neg_margin, "neg_margin", nonnegative=True)
     eps = check_real(eps, "eps", positive=True)
-    p = check_real(p, "p")
-    if p < 1:
-        raise ValueError(f"`p` must be >= 1 (a p-norm); got {p}")
-    if distance != "lp" and p != 2:
-        raise ValueError(f"`p` applies to distance='lp' only; got p={p} with distance={distance!r}")
     for name, v in (("squared", squared), ("normalize", normalize), ("split_pos_neg", split_pos_neg)):
         if not isinstance(v, bool):
             raise TypeError(f"`{name}` must be a bool; got {v!r}")

@@ -99,15 +99,22 @@ def _margin_terms(x: Array, *, soft: bool, xp):
     return xp.where(pos, x, xp.zeros_like(x)), xp.astype(pos, x.dtype)
 
 
-def _check_common(margin, distance, p, soft, reduction, eps):
+def check_distance(distance: str, p) -> float:
+    """``distance`` one of :data:`DISTANCES` and ``p`` a p-norm's order (only for "lp");
+    returns ``p`` as a float."""
     check_option(distance, "distance", DISTANCES)
-    eps = check_real(eps, "eps", positive=True)
-    margin = check_real(margin, "margin", nonnegative=True)
     p = check_real(p, "p")
     if p < 1:
         raise ValueError(f"`p` must be >= 1 (a p-norm); got {p}")
     if distance != "lp" and p != 2:
         raise ValueError(f"`p` applies to distance='lp' only; got p={p} with distance={distance!r}")
+    return p
+
+
+def _check_common(margin, distance, p, soft, reduction, eps):
+    eps = check_real(eps, "eps", positive=True)
+    margin = check_real(margin, "margin", nonnegative=True)
+    p = check_distance(distance, p)
     if not isinstance(soft, bool):
         raise TypeError(f"`soft` must be a bool; got {soft!r}")
     check_reduction(reduction, REDUCTIONS_NONZERO)

@@ -95,6 +95,16 @@ def agree(comm: Communicator, meta: dict, error: BaseException | None = None) ->
     return metas
 
 
+def check_recv_rows(recv_rows, size: int, sent: int) -> None:
+    """``ring_pass``'s ``recv_rows``: a non-negative int, equal to the rows sent when the
+    rank is its own neighbour (W = 1).  Shared by the adapters."""
+    if isinstance(recv_rows, bool) or not isinstance(recv_rows, int) or recv_rows < 0:
+        raise ValueError(f"`recv_rows` must be a non-negative int; got {recv_rows!r}")
+    if size == 1 and recv_rows != sent:
+        raise ValueError(f"`recv_rows` = {recv_rows}, but this rank (its own neighbour, "
+                         f"W = 1) sends {sent} rows")
+
+
 def validated(comm, validate):
     """Run ``validate()`` (this rank's local checks, returning ``(state, meta)``), then
     :func:`agree` with the other ranks: a failure on any rank, or ranks that disagree,

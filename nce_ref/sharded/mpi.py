@@ -31,6 +31,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from ._comm import check_recv_rows
+
 __all__ = ["MPICommunicator"]
 
 _TAG_RING = 0x6E63  # "nc"
@@ -222,12 +224,8 @@ class MPICommunicator:
         (``Irecv`` and ``Isend`` posted together: no deadlock at any W; W = 1 returns a
         copy of ``x``)."""
         mod, x = self._rows(x, "x")
-        if isinstance(recv_rows, bool) or not isinstance(recv_rows, int) or recv_rows < 0:
-            raise ValueError(f"`recv_rows` must be a non-negative int; got {recv_rows!r}")
+        check_recv_rows(recv_rows, self.size, x.shape[0])
         if self.size == 1:
-            if recv_rows != x.shape[0]:
-                raise ValueError(f"`recv_rows` = {recv_rows}, but this rank (its own neighbour, "
-                                 f"W = 1) sends {x.shape[0]} rows")
             return x.copy()
         buf = mod.empty((recv_rows, *x.shape[1:]), dtype=x.dtype)
         row_bytes = x.itemsize * _prod(x.shape[1:])

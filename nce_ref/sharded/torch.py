@@ -35,6 +35,8 @@ import pickle
 from collections.abc import Sequence
 from typing import Any
 
+from ._comm import check_recv_rows
+
 __all__ = ["TorchCommunicator"]
 
 
@@ -240,12 +242,8 @@ class TorchCommunicator:
         x = self._tensor(x, "x")
         if x.ndim < 1:
             raise ValueError(f"`x` must have at least one axis (its rows); got shape {tuple(x.shape)}")
-        if isinstance(recv_rows, bool) or not isinstance(recv_rows, int) or recv_rows < 0:
-            raise ValueError(f"`recv_rows` must be a non-negative int; got {recv_rows!r}")
+        check_recv_rows(recv_rows, self.size, x.shape[0])
         if self.size == 1:
-            if recv_rows != x.shape[0]:
-                raise ValueError(f"`recv_rows` = {recv_rows}, but this rank (its own neighbour, "
-                                 f"W = 1) sends {x.shape[0]} rows")
             return x.clone()
         if x.dtype == torch.bool:  # moved as bytes
             return self.ring_pass(x.view(torch.uint8), recv_rows).view(torch.bool)

@@ -123,9 +123,9 @@ def verify(impl: Callable, reference: Callable | str, *, convention: str | None 
     if not callable(impl):
         raise TypeError(f"`impl` must be callable; got {type(impl).__name__}")
     conv = conventions.get(convention, entry.name) if convention is not None else None
-    accepted = _resolve_accept(accept)
+    accepted = resolve_accept(accept)
     notes: list[str] = []
-    framework, fw = _adapter(impl, framework, conv, notes)
+    framework, fw = pick_adapter(impl, framework, conv, notes)
     dtypes = resolve_dtypes(dtype)
     case_list, cases_name = resolve_cases(cases, entry.name, seed)
     sig = impl_signature(impl)
@@ -133,12 +133,12 @@ def verify(impl: Callable, reference: Callable | str, *, convention: str | None 
     report = VerifyReport(impl=impl_name(impl), reference=entry.name,
                           convention=conv.name if conv else None, framework=framework,
                           dtypes=tuple(dtypes), cases=cases_name, notes=notes)
-    report.notes += _convention_notes(entry, conv, sig, aliases)
+    report.notes += convention_notes(entry, conv, sig, aliases)
     outcomes = _run_all(impl, fw, entry, conv, sig, aliases, case_list, dtypes, report,
                         grads=grads, seed=seed)
     report.notes += _untested_scalars(entry, report)
     _raise_if_nothing_compared(report, entry, case_list)
-    _apply_accept(report, accepted)
+    apply_accept(report, accepted)
     if diagnose and report.failures:
         diagnose_report(entry, conv, outcomes, report)
         why = explain_errors(entry, report.results, {c.label: c for c in case_list})
@@ -147,7 +147,7 @@ def verify(impl: Callable, reference: Callable | str, *, convention: str | None 
     return report
 
 
-def _resolve_accept(accept) -> tuple[str, ...]:
+def resolve_accept(accept) -> tuple[str, ...]:
     """``accept`` as a tuple of names (a string is one name)."""
     if accept is None:
         return ()
@@ -159,7 +159,7 @@ def _resolve_accept(accept) -> tuple[str, ...]:
     return items
 
 
-def _apply_accept(report: VerifyReport, accepted: tuple) -> None:
+def apply_accept(report: VerifyReport, accepted: tuple) -> None:
     """Mark the failures that an ``accept`` entry names (by deviation or case label) as
     accepted; say in the notes which entries matched nothing."""
     if not accepted:
@@ -178,7 +178,7 @@ def _apply_accept(report: VerifyReport, accepted: tuple) -> None:
                             f"case (deviations: {', '.join(DEVIATIONS)}; or a case label)")
 
 
-def _adapter(impl, framework: str | None, conv, notes: list) -> tuple[str, Adapter]:
+def pick_adapter(impl, framework: str | None, conv, notes: list) -> tuple[str, Adapter]:
     """``(framework, its adapter)``: the one asked for, else the convention's, else the one
     detected from ``impl`` (saying which in ``notes``); raise if it is unknown or missing."""
     if framework is not None and framework in ADAPTERS:
@@ -202,7 +202,7 @@ def _adapter(impl, framework: str | None, conv, notes: list) -> tuple[str, Adapt
     return framework, fw
 
 
-def _convention_notes(entry: Entry, conv, sig: ImplSig, aliases: dict) -> list[str]:
+def convention_notes(entry: Entry, conv, sig: ImplSig, aliases: dict) -> list[str]:
     """The report's notes on the temperature used when the implementation takes none, and
     the convention's own notes."""
     notes = []

@@ -79,7 +79,7 @@ def _expected(entry: Entry, plan: Plan, dtype: str, scale: float, seed: int, res
     return want * scale, {k: g * scale for k, g in want_g.items()}, ct
 
 
-def _aliased_call(fw: Adapter, impl, plan: Plan, diff: tuple, dtype: str):
+def aliased_call(fw: Adapter, impl, plan: Plan, diff: tuple, dtype: str):
     """``fw.call`` with the reference's parameter names replaced by the implementation's
     (``plan.aliases``: ``tau`` for ``temperature``, ``logit_scale`` for ``1/temperature``);
     the gradients come back under the reference's names, by the chain rule
@@ -118,7 +118,7 @@ def _call_impl(impl, fw: Adapter, entry: Entry, plan: Plan, diff: tuple, dtype: 
     implementation raises, it is retried as a Python float and dropped from ``diff``.
     """
     try:
-        return (*_aliased_call(fw, impl, plan, diff, dtype), diff)
+        return (*aliased_call(fw, impl, plan, diff, dtype), diff)
     except NonArray:
         raise
     except Exception:
@@ -126,7 +126,7 @@ def _call_impl(impl, fw: Adapter, entry: Entry, plan: Plan, diff: tuple, dtype: 
         if not scal:
             raise
     diff = tuple(n for n in diff if n not in entry.scalars)
-    out = _aliased_call(fw, impl, plan, diff, dtype)
+    out = aliased_call(fw, impl, plan, diff, dtype)
     res.notes.append(f"`{', '.join(scal)}` passed as a Python float (the implementation "
                      "rejects a tensor): its gradient is not compared")
     return (*out, diff)

@@ -38,10 +38,10 @@ from ..cases import Case
 from .adapters import ADAPTERS, NonArray, impl_name, impl_signature
 from .compare import first_line, grad_rtol, rounded
 from .guide import lookup_reference
-from .harness import _adapter, _apply_accept, _convention_notes, _resolve_accept
+from .harness import apply_accept, convention_notes, pick_adapter, resolve_accept
 from .plan import plan_case, resolve_aliases, resolve_dtypes
 from .report import CaseResult, VerifyError, VerifyReport, fmt
-from .run import _aliased_call
+from .run import aliased_call
 
 __all__ = ["SHARDED_FUNCTIONS", "verify_sharded", "shard_sizes"]
 
@@ -107,7 +107,7 @@ def _rank_call(comm, impl, framework, pos, kw, diff, dtype, weight, aliases):
     fw = ADAPTERS[framework]
     plan = Plan(None, 0, None, pos, kw, {}, tuple(diff), aliases)
     try:
-        value, grad_fn, _ = _aliased_call(fw, impl, plan, tuple(diff), dtype)
+        value, grad_fn, _ = aliased_call(fw, impl, plan, tuple(diff), dtype)
     except NonArray as exc:
         raise TypeError(str(exc)) from None
     ct = None if value.ndim == 0 else np.full(value.shape, weight)
@@ -229,9 +229,9 @@ def verify_sharded(impl, reference, *, world_size: int, engine: str = "torch",
     if value not in ("auto", "global", "share"):
         raise ValueError(f"`value` must be 'auto', 'global' or 'share'; got {value!r}")
     conv = conventions.get(convention, entry.name) if convention is not None else None
-    accepted = _resolve_accept(accept)
+    accepted = resolve_accept(accept)
     notes: list[str] = []
-    framework, fw = _adapter(impl, framework if framework else engine, conv, notes)
+    framework, fw = pick_adapter(impl, framework if framework else engine, conv, notes)
     if framework != engine:
         raise ValueError(f"engine={engine!r} runs {engine} implementations; got framework "
                          f"{framework!r} (pass engine={framework!r})")
@@ -247,7 +247,7 @@ def verify_sharded(impl, reference, *, world_size: int, engine: str = "torch",
     report = VerifyReport(impl=impl_name(impl), reference=entry.name,
                           convention=conv.name if conv else None, framework=framework,
                           dtypes=tuple(dtypes), cases=cases_name, notes=notes)
-    report.notes += _convention_notes(entry, conv, sig, aliases)
+    report.notes += convention_notes(entry, conv, sig, aliases)
     where = "gloo processes" if engine == "torch" else "simulated JAX devices under shard_map"
     report.notes.append(f"{W} ranks ({where}), {'equal' if equal_shards else 'unequal'} "
                         f"shards, upstream weight {', '.join(f'{g:g}' for g in weights)} on ranks "
@@ -287,7 +287,7 @@ def verify_sharded(impl, reference, *, world_size: int, engine: str = "torch",
             conventions_seen.append(res.options.get("value convention"))
             report.results.append(res)
     _raise_if_nothing(report)
-    _apply_accept(report, accepted)
+    apply_accept(report, accepted)
     seen = sorted({c for c in conventions_seen if c})
     if "local mean" in seen:
         report.notes.append("the ranks return the mean of their own rows' terms: with unequal shards "
