@@ -70,7 +70,10 @@ def check(root: Path) -> tuple[list[str], int, int]:
         for tag, attr, value, attrs in parse(page, cache).refs:
             if not value:
                 continue
-            values = [v.strip().split()[0] for v in value.split(",") if v.strip()] if attr == "srcset" else [value]
+            if attr == "srcset":
+                values = [v.strip().split()[0] for v in value.split(",") if v.strip()]
+            else:
+                values = [value]
             for v in values:
                 n_links += 1
                 loads = (tag, attr) in LOADS and not (

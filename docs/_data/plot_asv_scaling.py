@@ -59,7 +59,8 @@ def main():
             ("bench_infonce.TorchAutogradInfoNCE.time_forward_backward", "cpu", "C3"),
     }
     mem = {
-        "nce_ref (NumPy), value and gradients": ("bench_infonce.InfoNCE.peakmem_value_and_grad", "numpy", "C0"),
+        "nce_ref (NumPy), value and gradients":
+            ("bench_infonce.InfoNCE.peakmem_value_and_grad", "numpy", "C0"),
         "torch autograd (CPU), forward + backward":
             ("bench_infonce.TorchAutogradInfoNCE.peakmem_forward_backward", "cpu", "C3"),
     }

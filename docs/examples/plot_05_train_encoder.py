@@ -90,7 +90,8 @@ print(f"InfoNCE loss: {loss_infonce[0]:.3f} -> {np.mean(loss_infonce[-20:]):.3f}
 encoders = {"before training": W0, "after SupCon": W_supcon, "after InfoNCE": W_infonce}
 for name, W in encoders.items():
     pos, neg = cosine_pairs(x_test @ W, y_test)
-    print(f"{name:16s} positive pairs: mean cos {pos.mean():+.3f}   negative pairs: mean cos {neg.mean():+.3f}")
+    print(f"{name:16s} positive pairs: mean cos {pos.mean():+.3f}   "
+          f"negative pairs: mean cos {neg.mean():+.3f}")
 
 fig, axes = plt.subplots(1, 4, figsize=(15, 3.8), layout="constrained")
 bins = np.linspace(-1, 1, 41)

@@ -72,8 +72,8 @@ floor = 1e-18  # an exact 0 is drawn at the bottom of the log axis
 width = 0.27
 for ax, algorithm in zip(axes, ("gather", "ring")):
     Ws = np.array([1, 2, 3, 4])
-    for k, (what, color) in enumerate(zip(["value", "embedding gradients (max, relative to the largest entry)", "temperature gradient"],
-                                          ["C0", "C1", "C2"])):
+    whats = ["value", "embedding gradients (max, relative to the largest entry)", "temperature gradient"]
+    for k, (what, color) in enumerate(zip(whats, ["C0", "C1", "C2"])):
         v = [max(errors[algorithm, W][k], floor) for W in Ws]
         ax.bar(Ws + (k - 1) * width, v, width, color=color, label=what)
     ax.axhline(np.finfo(np.float64).eps, color="k", ls=":", label="float64 machine epsilon")
