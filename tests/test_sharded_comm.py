@@ -33,6 +33,10 @@ import pytest
 from nce_ref.sharded import ShardingError, ThreadGroup, agree
 from nce_ref.testing import atol_for, eps_of
 
+# multi-process: the adapters over gloo (W = 1..4), MPI (mpiexec -n 3) and JAX subprocesses: ~30 s; the README's default run keeps the in-process
+# tests (tests/test_sharded.py) and one real DDP step (tests/test_sharded_processes.py), CI runs these with -m slow
+pytestmark = pytest.mark.slow
+
 HERE = pathlib.Path(__file__).resolve()
 ROOT = HERE.parent.parent
 WS = (1, 2, 3, 4)

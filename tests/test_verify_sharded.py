@@ -25,6 +25,10 @@ from nce_ref.testing import VerifyError, verify_sharded  # noqa: E402
 from nce_ref.testing._verify import sharded as vs  # noqa: E402
 from nce_ref.testing.cases import Case  # noqa: E402
 
+# multi-process: W gloo processes and JAX devices running users' sharded functions: ~60 s; the README's default run keeps the in-process
+# tests (tests/test_sharded.py) and one real DDP step (tests/test_sharded_processes.py), CI runs these with -m slow
+pytestmark = pytest.mark.slow
+
 TIMEOUT = 30.0
 
 
