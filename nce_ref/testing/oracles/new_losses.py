@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._mp import lse, mp, oracle, reduce, sim, to_f64, to_mp
+from .triplet import dist
 
 
 def _softplus(v):
@@ -83,18 +84,6 @@ def multi_similarity(embeddings, labels, *, alpha=2.0, beta=50.0, base=0.5, mini
     return _reduce_nonzero(per, per, reduction)
 
 
-def _dist(a, b, distance, p, eps):
-    if distance == "euclidean":
-        return mp.sqrt(mp.fsum((u - v) ** 2 for u, v in zip(a, b)))
-    if distance == "sq_euclidean":
-        return mp.fsum((u - v) ** 2 for u, v in zip(a, b))
-    if distance == "cosine":
-        return 1 - sim(a, b, "cosine", eps)
-    pp = mp.mpf(float(p))
-    s = mp.fsum(abs(u - v) ** pp for u, v in zip(a, b))
-    return s ** (1 / pp) if s > 0 else mp.mpf(0)
-
-
 @oracle
 def pairwise_contrastive(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0, distance="euclidean",
                          p=2, squared=False, normalize=False, split_pos_neg=False, reduction="mean",
@@ -116,7 +105,7 @@ def pairwise_contrastive(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0, 
         for j in range(n):
             if j == i:
                 continue
-            d = _dist(X[i], X[j], distance, p, eps)
+            d = dist(X[i], X[j], distance, p, eps)
             if lab[i] == lab[j]:
                 tp.append(h(d - mp_))
                 row.append(tp[-1])

@@ -8,7 +8,8 @@ import numpy as np
 from ._mp import mp, oracle, sim, to_f64, to_mp
 
 
-def _dist(a, b, distance, p, eps):
+def dist(a, b, distance, p, eps):
+    """The distance of ``nce_ref.triplet`` (and of the pair losses), in mpmath."""
     if distance == "euclidean":
         return mp.sqrt(mp.fsum((x - y) ** 2 for x, y in zip(a, b)))
     if distance == "sq_euclidean":
@@ -43,10 +44,10 @@ def triplet(anchor, positive, negative, *, margin=1.0, distance="euclidean", p=2
     m = mp.mpf(float(margin))
     per = []
     for a, ps, ng in zip(A, P, N):
-        d_an = _dist(a, ng, distance, p, eps)
+        d_an = dist(a, ng, distance, p, eps)
         if swap:
-            d_an = min(d_an, _dist(ps, ng, distance, p, eps))
-        per.append(_h(_dist(a, ps, distance, p, eps) - d_an + m, soft))
+            d_an = min(d_an, dist(ps, ng, distance, p, eps))
+        per.append(_h(dist(a, ps, distance, p, eps) - d_an + m, soft))
     if reduction == "mean":
         return _reduce(per, len(per), 0, "mean")
     return _reduce(per, len(per), sum(1 for x in per if x > 0), reduction)
@@ -59,7 +60,7 @@ def batch_triplet(embeddings, labels, *, mining="all", margin=1.0, distance="euc
     lab = np.asarray(labels)
     n = len(X)
     m = mp.mpf(float(margin))
-    D = [[_dist(X[i], X[j], distance, p, eps) for j in range(n)] for i in range(n)]
+    D = [[dist(X[i], X[j], distance, p, eps) for j in range(n)] for i in range(n)]
     per, count, count_pos = [], 0, 0
     for i in range(n):
         pos = [j for j in range(n) if j != i and lab[j] == lab[i]]
