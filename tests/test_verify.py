@@ -715,12 +715,19 @@ class TestInstalledPeers:
         ("open_clip_clip", "info_nce", "open_clip"),
         ("lightly_nt_xent", "nt_xent", "lightly"),
         ("lightly_info_nce", "info_nce", "lightly"),
+        ("open_clip_siglip", "siglip", "open_clip"),
+        ("lightly_dcl", "dcl", "lightly"),
+        ("pml_multi_similarity", "multi_similarity", "pytorch_metric_learning"),
+        ("pml_pairwise_contrastive", "pairwise_contrastive", "pytorch_metric_learning"),
     ])
     def test_agree_under_their_convention(self, adapter, ref, name):
+        """Every case of the function, float64, values and gradients: `nce-ref verify
+        nce_ref.testing.conventions:<adapter> --as <ref> --convention <name> --cases all`."""
         _torch()
         from nce_ref.testing.peers import peer_unavailable
 
-        why = peer_unavailable("open_clip" if name == "open_clip" else "lightly.loss")
+        module = {"open_clip": "open_clip", "lightly": "lightly.loss"}.get(name, "pytorch_metric_learning")
+        why = peer_unavailable(module)
         if why is not None:
             pytest.skip(why)
         r = verify(getattr(conv, adapter), ref, convention=name, cases="all", dtype="float64")
