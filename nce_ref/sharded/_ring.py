@@ -32,10 +32,10 @@ from .._stream._rows import lse_terms
 
 Array = Any
 
-__all__ = ["ring_sweep"]
+__all__ = ["ring_sweep", "pack", "blocks_of"]
 
 
-def _pack(fb: Array, v: Array | None, xp) -> Array:
+def pack(fb: Array, v: Array | None, xp) -> Array:
     """The shard that travels: the features, and the root's column noise as one more column."""
     return fb if v is None else xp.concat([fb, xp.expand_dims(v, axis=1)], axis=1)
 
@@ -63,7 +63,7 @@ def _shards(comm, first: Array, sizes, carry=None):
             box[0] = comm.ring_pass(box[0], recv)
 
 
-def _blocks_of(a, shard, rooted, u, block, step, segments, xp):
+def blocks_of(a, shard, rooted, u, block, step, segments, xp):
     """The row blocks of this shard's logits, the own shard's bands masked at step 0."""
     fb, v = _unpack(shard, rooted)
     root = None if not rooted else (u, v)
@@ -98,7 +98,7 @@ def ring_sweep(comm, lg, pos: Array, *, col_sizes, segments, block: int, xp):
     """
     rooted = lg.root is not None
     u = None if not rooted else lg.root[0]
-    own = _pack(lg.fb, None if not rooted else lg.root[1], xp)
+    own = pack(lg.fb, None if not rooted else lg.root[1], xp)
     a = lg.a
 
     def stats():
@@ -106,7 +106,7 @@ def ring_sweep(comm, lg, pos: Array, *, col_sizes, segments, block: int, xp):
         r = xp.zeros_like(pos)
         for step, shard, _ in _shards(comm, own, col_sizes):
             parts_m, parts_r = [], []
-            for r0, r1, _, z, _, _ in _blocks_of(a, shard, rooted, u, block, step, segments, xp):
+            for r0, r1, _, z, _, _ in blocks_of(a, shard, rooted, u, block, step, segments, xp):
                 mz = xp.max(z, axis=1) if z.shape[1] else xp.full((r1 - r0,), -math.inf, dtype=z.dtype)
                 mb = xp.maximum(m[r0:r1], mz)
                 rb = r[r0:r1] * xp.exp(m[r0:r1] - mb) + xp.sum(xp.exp(z - xp.expand_dims(mb, axis=1)), axis=1)
@@ -128,7 +128,7 @@ def ring_sweep(comm, lg, pos: Array, *, col_sizes, segments, block: int, xp):
         acc = xp.zeros((own.shape[0], k), dtype=a.dtype, device=_device(a))
         for step, shard, box in _shards(comm, own, col_sizes, carry=acc):
             db = box[0]
-            for r0, r1, ab, z, dzdy, fb in _blocks_of(a, shard, rooted, u, block, step, segments, xp):
+            for r0, r1, ab, z, dzdy, fb in blocks_of(a, shard, rooted, u, block, step, segments, xp):
                 e = xp.exp(z - xp.expand_dims(m[r0:r1], axis=1)) * xp.expand_dims(scale[r0:r1], axis=1)
                 if dzdy is not None:
                     e = e * dzdy

@@ -46,6 +46,7 @@ from ..losses.supcon import column_labels, setup_supcon, supcon_engine
 from ..similarity import DEFAULT_EPS, check_similarity
 from ._comm import Communicator, validated
 from ._ring import ring_sweep
+from ._ring_supcon import supcon_ring
 
 Array = Any
 
@@ -425,8 +426,11 @@ def supcon(features: Array, labels: Array | None = None, /, *, comm: Communicato
     labels : array, shape (n_r,) or (n_r, L) of 0/1, optional
     comm, value, block_size, memory_budget, check_finite, xp
         As in :func:`nce_ref.sharded.info_nce`.
-    algorithm : {"gather"}, default "gather"
-        Gather every rank's views and labels (``"ring"`` is not available for SupCon yet).
+    algorithm : {"gather", "ring"}, default "gather"
+        ``"gather"``: gather every rank's views and labels (O(N·V·D) per rank).
+        ``"ring"``: each rank keeps its own; they travel round the ranks with their
+        labels, each anchor's positive and negative log-sum-exps, count and positive
+        sum accumulated online (``nce_ref.sharded._ring_supcon``; O((N/W)·V·D)).
     temperature, base_temperature, positives, no_positive, similarity, contrast_mode, reduction, eps
         As in :func:`nce_ref.supcon`; the same on every rank.
 
@@ -451,9 +455,7 @@ def supcon(features: Array, labels: Array | None = None, /, *, comm: Communicato
     True
     """
     def validate():
-        if _check_algorithm(algorithm, value) == "ring":
-            raise ValueError("supcon has no algorithm='ring' yet (each anchor's positive and "
-                             "negative sums would travel with the labels' shards); use 'gather'")
+        _check_algorithm(algorithm, value)
         st = setup_supcon(features, labels, mask=None, temperature=temperature,
                           base_temperature=base_temperature, positives=positives,
                           no_positive=no_positive, similarity=similarity,
@@ -474,11 +476,18 @@ def supcon(features: Array, labels: Array | None = None, /, *, comm: Communicato
     views = [s * st.v for s in sizes]  # each rank's u: its samples' views, view-major
     first = sum(sizes[:comm.rank]) if isinstance(comm.rank, int) else comm.rank * st.n
     own = column_labels(st.ctx, st.labels, st.n, st.v, first_id=first)
+    n_anchor = sum(views) if contrast_mode == "all" else sum(sizes)
+    if algorithm == "ring":  # every rank keeps its own views and labels; they travel
+        st.col_labels = own
+        block = choose_block(st.n_anchor, max(views), st.ctx.finfo().bits // 8,
+                             block_size=block_size, memory_budget=memory_budget,
+                             buffers=buffers(st.kind) + 2, like=features)
+        across = Across(comm, {}, n_total=n_anchor, ring=tuple(views), share=value == "share")
+        return supcon_ring(st, comm, across, block=block, need_grad=need_grad)
     st.col_labels = comm.gather_rows(own, views)
     st.u = comm.gather_rows(st.u, views)
     st.c = st.u.shape[0]
     block = choose_block(st.n_anchor, st.c, st.ctx.finfo().bits // 8, block_size=block_size,
                          memory_budget=memory_budget, buffers=buffers(st.kind), like=features)
-    n_anchor = sum(views) if contrast_mode == "all" else sum(sizes)
     across = Across(comm, {"features": views}, n_total=n_anchor, share=value == "share")
     return supcon_engine(st, block, need_grad=need_grad, across=across)

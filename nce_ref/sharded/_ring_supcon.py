@@ -1,0 +1,288 @@
+r"""SupCon by the ring: every rank keeps its own views and labels; they travel.
+
+Rank r holds its anchors ``a`` (the temperature folded in) and its columns ``u_r``
+with their labels (or global sample ids).  The column shards pass to rank + 1 at each
+of W − 1 steps, each with its labels, and every anchor row accumulates, per shard, an
+online log-sum-exp over its positives ``P_a`` and over its negatives ``N_a``
+(``m ← max(m, max_j z_aj)``, ``r ← r e^{m − m'} + Σ_j e^{z_aj − m'}``, with the shift
+0 for a set still empty), its positives' count ``n_a`` and, for ``positives="out"``,
+their logits' sum ``Σ_P z_ap``.  With ``t_a = LSE_N − LSE_P`` (−inf without a
+negative):
+
+- ``out``: ``ℓ_a = softplus(t_a) + LSE_P − (1/n_a) Σ_P z_ap``;
+- ``in``: ``ℓ_a = softplus(t_a) + log n_a``;
+- ``per_pair``: a second forward round, once ``LSE_N`` is known:
+  ``ℓ_a = Σ_P softplus(LSE_N − z_ap)`` and ``S_a = Σ_P σ(LSE_N − z_ap)``.
+
+The gradient (rows' cotangents ``w``, 0 for an anchor without a positive) is a third
+round in which each shard travels with the accumulator of its gradient (home after the
+W-th pass, as in :mod:`._ring`): on N, ``dz = c^N_a e^{z − LSE_N}``, on P
+``dz = c^P_a e^{z − LSE_P}`` (less ``w_a/n_a`` for ``out``), with
+``c^N = w σ(t)`` and ``c^P = w σ(−t)`` (``out``) or ``−w σ(t)`` (``in``); for
+``per_pair`` ``c^N = w S`` and on P ``dz = −w σ(LSE_N − z)``.  Every exponent is at
+most 0: nothing overflows, and a finite input gives no NaN.
+
+``docs/derivations.md`` §10 derives it and counts the bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .._array import concrete_float, scalar_grad
+from .._ops import sigmoid, softplus
+from .._stream._logits import feature_kind, prepare_logits
+from ..similarity import bilinear_features
+from ._ring import blocks_of, pack
+
+Array = Any
+
+__all__ = ["supcon_ring", "travel"]
+
+
+def travel(comm, arrays: list, sizes, carry=None):
+    """Yield ``(step, arrays, box)`` for the W shards in ring order: ``arrays`` (the
+    rank's own at step 0, each with ``sizes[r]`` rows for rank r's) pass to rank + 1
+    after each step, and ``box[0]`` (an accumulator the caller replaces) with them."""
+    w, rank = comm.size, comm.rank
+    box = [carry]
+    for step in range(w):
+        yield step, arrays, box
+        if step == w - 1:
+            break
+        recv = sizes[(rank - step - 1) % w] if isinstance(rank, int) else sizes[0]
+        arrays = [comm.ring_pass(x, recv) for x in arrays]
+        if box[0] is not None:
+            box[0] = comm.ring_pass(box[0], recv)
+
+
+def home(comm, acc, rows: int):
+    """The accumulator after its W-th step: one more pass brings it to its owner."""
+    return acc if comm.size == 1 else comm.ring_pass(acc, rows)
+
+
+def _relation(ctx, lab_a, xp):
+    """``rel(r0, r1, lab) -> (r1 − r0, C_s) bool``: anchors ``r0..r1`` against a shard's
+    labels (equal single labels, or multi-label 0/1 rows sharing one)."""
+    if lab_a.ndim == 1:
+        return lambda r0, r1, lab: xp.expand_dims(lab_a[r0:r1], axis=1) == xp.expand_dims(lab, axis=0)
+    ya = xp.astype(lab_a, ctx.dtype)
+    return lambda r0, r1, lab: (ya[r0:r1, :] @ xp.matrix_transpose(xp.astype(lab, ctx.dtype))) > 0.5
+
+
+def _safe(m, xp):
+    return xp.where(xp.isfinite(m), m, xp.zeros_like(m))
+
+
+def _lse(h, r, xp):
+    """``h + log r``, −inf where ``r = 0`` (an empty set)."""
+    some = r > 0
+    return xp.where(some, h + xp.log(xp.where(some, r, xp.ones_like(r))),
+                    xp.full_like(r, -math.inf))
+
+
+def supcon_ring(st, comm, across, *, block: int, need_grad: bool):
+    """:func:`nce_ref.sharded.supcon` with ``algorithm="ring"``: ``st`` this rank's
+    validated state (``nce_ref.losses.supcon.setup_supcon``, ``st.col_labels`` its
+    columns' labels or global ids), ``across`` the sharded reduction
+    (:class:`nce_ref.sharded.losses.Across` with ``ring`` the ranks' column counts).
+    Returns ``(value, vjp)``."""
+    ctx, xp = st.ctx, st.xp
+    tau, tau0 = st.tau, st.tau0
+    sizes = across.ring
+    fk = feature_kind(st.kind)
+    center = across.center(st.anchors, st.u) if fk == "neg_sq_euclidean" else None
+    fa, fb, back_f = bilinear_features(st.anchors, st.u, kind=fk, eps=st.eps, xp=xp, center=center)
+    lg = prepare_logits(fa, fb, tau, concrete_float(tau0), kind=st.kind,
+                        n_entries=st.n_anchor * sum(sizes), dtype=ctx.dtype, xp=xp)
+    rooted = lg.root is not None
+    u_root = None if not rooted else lg.root[0]
+    own = pack(lg.fb, None if not rooted else lg.root[1], xp)
+    a, na = lg.a, st.n_anchor
+    rel = _relation(ctx, st.col_labels[:na], xp)
+    segments = [(0, na, (0,))]
+    out, pair = st.positives == "out", st.positives == "per_pair"
+    kb = None if st.base_temperature is None else tau / st.base_temperature
+
+    def blocks():
+        """``(step, r0, r1, ab, z, dzdy, fb_shard, p)`` over every shard and row block,
+        the anchor's own column −inf in ``z`` and False in ``p``; ``box`` the carry."""
+        for step, (shard, lab), box in travel(comm, [own, st.col_labels], sizes, carry=carry[0]):
+            carry[1] = box
+            for r0, r1, ab, z, dzdy, fbs in blocks_of(a, shard, rooted, u_root, block, step,
+                                                      segments, xp):
+                p = rel(r0, r1, lab)
+                if step == 0:
+                    rows = xp.arange(r0, r1, device=ctx.device)
+                    cols = xp.arange(z.shape[1], device=ctx.device)
+                    p = p & (xp.expand_dims(rows, axis=1) != xp.expand_dims(cols, axis=0))
+                yield r0, r1, ab, z, dzdy, fbs, p
+
+    carry = [None, None]
+    n_blocks = -(-na // block)
+    zeros = [None] * n_blocks
+
+    def stats():
+        """Pass 1: per row, (h, r) of P and of N, the count, the positives' logit sum."""
+        ninf = -math.inf
+        zero = xp.zeros((na,), dtype=ctx.dtype, device=ctx.device)
+        st_ = {k: list(zeros) for k in ("mp", "rp", "mn", "rn", "n", "zs")}
+        for r0, r1, _, z, _, _, p in blocks():
+            i = r0 // block
+            if st_["mp"][i] is None:
+                for k, v in (("mp", ninf), ("mn", ninf), ("rp", 0.0), ("rn", 0.0), ("n", 0.0),
+                             ("zs", 0.0)):
+                    st_[k][i] = xp.full((r1 - r0,), v, dtype=ctx.dtype, device=ctx.device)
+            if z.shape[1] == 0:
+                continue
+            full = xp.full_like(z, ninf)
+            mp = xp.maximum(st_["mp"][i], xp.max(xp.where(p, z, full), axis=1))
+            mn = xp.maximum(st_["mn"][i], xp.max(xp.where(p, full, z), axis=1))
+            hp, hn = _safe(mp, xp), _safe(mn, xp)
+            col = xp.expand_dims
+            e = xp.exp(z - xp.where(p, col(hp, axis=1), col(hn, axis=1)))  # own column: 0
+            pf = xp.astype(p, ctx.dtype)
+            st_["rp"][i] = st_["rp"][i] * xp.exp(st_["mp"][i] - hp) + xp.vecdot(e, pf, axis=-1)
+            st_["rn"][i] = st_["rn"][i] * xp.exp(st_["mn"][i] - hn) + xp.vecdot(e, 1.0 - pf,
+                                                                                   axis=-1)
+            st_["mp"][i], st_["mn"][i] = mp, mn
+            st_["n"][i] = st_["n"][i] + xp.sum(pf, axis=1)
+            if out:
+                st_["zs"][i] = st_["zs"][i] + xp.sum(xp.where(p, z, xp.zeros_like(z)), axis=1)
+        cat = {k: (xp.concat(v) if n_blocks > 1 else v[0]) if v[0] is not None else zero
+               for k, v in st_.items()}
+        lse_p = _lse(_safe(cat["mp"], xp), cat["rp"], xp)
+        lse_n = _lse(_safe(cat["mn"], xp), cat["rn"], xp)
+        return lse_p, lse_n, cat["n"], cat["zs"]
+
+    lse_p, lse_n, npos, zsum = stats()
+    has = npos > 0
+    has_n = xp.isfinite(lse_n)
+    one = xp.ones_like(npos)
+    n_safe = xp.where(has, npos, one)
+    t = xp.where(has_n, xp.where(has, lse_n - lse_p, xp.zeros_like(npos)),
+                 xp.full_like(npos, -math.inf))
+    if pair:
+        per, s_sig = _pairs(blocks, lse_n, na, block, ctx, xp)
+    elif out:
+        per = softplus(t, xp=xp) + xp.where(has, lse_p, xp.zeros_like(npos)) - zsum / n_safe
+    else:
+        per = softplus(t, xp=xp) + xp.log(n_safe)
+    per = xp.where(has, per, xp.zeros_like(per))
+    count = npos if pair else xp.astype(has, ctx.dtype)
+
+    def grads(w):
+        """Pass 3: the rows' cotangents ``w`` → (da, db home, Σ dz∘z)."""
+        w = xp.where(has, w, xp.zeros_like(w))
+        if pair:
+            c_p, c_n = None, w * s_sig
+        else:
+            c_n = w * sigmoid(t, xp=xp)
+            c_p = w * sigmoid(-t, xp=xp) if out else -c_n
+        col = xp.expand_dims
+        lp, ln = col(_safe(lse_p, xp), axis=1), col(_safe(lse_n, xp), axis=1)
+        da = list(zeros)
+        carry[0] = xp.zeros((own.shape[0], lg.fb.shape[1]), dtype=a.dtype, device=ctx.device)
+        for r0, r1, ab, z, dzdy, fbs, p in blocks():
+            box = carry[1]
+            i = r0 // block
+            e = xp.exp(z - xp.where(p, lp[r0:r1], ln[r0:r1]))  # own column: 0
+            if pair:
+                arg = ln[r0:r1] - z
+                dz = xp.where(p, -col(w[r0:r1], axis=1) * sigmoid(arg, xp=xp),
+                              e * col(c_n[r0:r1], axis=1))
+            else:
+                dz = e * xp.where(p, col(c_p[r0:r1], axis=1), col(c_n[r0:r1], axis=1))
+                if out:
+                    dz = dz - xp.astype(p, ctx.dtype) * col(w[r0:r1] / n_safe[r0:r1], axis=1)
+            if dzdy is not None:
+                dz = dz * dzdy
+            part = dz @ fbs
+            da[i] = part if da[i] is None else da[i] + part
+            box[0] = box[0] + xp.matrix_transpose(dz) @ ab
+        back = home(comm, carry[1][0], own.shape[0])
+        carry[0] = carry[1] = None
+        da = xp.concat(da, axis=0) if n_blocks > 1 else da[0]
+        zdz = xp.sum(xp.vecdot(a, da, axis=-1)) * (2.0 if rooted else 1.0)
+        return da, back, zdz
+
+    def grads_of(w, per_dot):
+        da, db, zdz = grads(w)
+        dtau = -zdz / tau
+        if kb is not None:
+            dtau = dtau + per_dot / tau
+        dtau = across.temperature(dtau)
+        g_anchor, g_u = back_f(da / lg.fold, db)
+        return {"features": features_grad(st, g_anchor, g_u),
+                "temperature": scalar_grad(ctx, dtau, tau0)}
+
+    def finish(value):
+        return ctx.to_out(ctx.result_finite(value if kb is None else value * kb, "supcon"))
+
+    if st.reduction == "none":
+        def vjp_rows(g):
+            gl = ctx.to_compute(g) if kb is None else ctx.to_compute(g) * kb
+            return grads_of(gl, xp.sum(gl * per))
+
+        return finish(per), (vjp_rows if need_grad else None)
+    value, back_red = reduce_across(per, count, st, across)
+
+    def vjp(g):
+        gl = back_red(ctx.to_compute(g))
+        if kb is not None:
+            gl = gl * kb
+        return grads_of(gl, xp.sum(gl * per))
+
+    return finish(value), (vjp if need_grad else None)
+
+
+def _pairs(blocks, lse_n, na, block, ctx, xp):
+    """Pass 2 of ``per_pair``: ``Σ_P softplus(LSE_N − z)`` and ``Σ_P σ(LSE_N − z)`` per row."""
+    n_blocks = -(-na // block)
+    ls, ss = [None] * n_blocks, [None] * n_blocks
+    ln = xp.expand_dims(lse_n, axis=1)
+    for r0, r1, _, z, _, _, p in blocks():
+        i = r0 // block
+        arg = xp.where(p, ln[r0:r1] - z, xp.full_like(z, -math.inf))  # −inf: softplus 0, σ 0
+        lb, sb = xp.sum(softplus(arg, xp=xp), axis=1), xp.sum(sigmoid(arg, xp=xp), axis=1)
+        ls[i] = lb if ls[i] is None else ls[i] + lb
+        ss[i] = sb if ss[i] is None else ss[i] + sb
+    return xp.concat(ls), xp.concat(ss)
+
+
+def reduce_across(per, count, st, across):
+    """The reduction of every rank's anchors' terms (the mean over the anchors with a
+    positive, or over the pairs, divides by the count summed over the ranks) and its
+    VJP ``back(g) -> per-row cotangents``: the global value, or this rank's share."""
+    xp = st.xp
+    over_count = st.reduction == "mean" and (st.positives == "per_pair"
+                                             or st.no_positive == "exclude")
+    if over_count:
+        n = across.total(xp.sum(count))
+        some = n > 0
+        safe = xp.where(some, n, xp.ones_like(n))
+        weight = xp.where(some, across.factor / safe, xp.zeros_like(safe))
+        value = across.combine(xp.sum(per)) / across.factor * weight
+    else:
+        value, weight = across.reduce(per, st.reduction), across.weight(st.reduction)
+
+    def back(g):
+        return xp.broadcast_to(g * weight, per.shape) * xp.ones_like(per)
+
+    return value, back
+
+
+def features_grad(st, g_anchor, g_u):
+    """The anchors' and the columns' gradients (this rank's rows of ``u``) → ``features``'."""
+    xp, ctx = st.xp, st.ctx
+    rows, n_anchor = g_u.shape[0], g_anchor.shape[0]
+    if n_anchor == rows:
+        gu = g_u + g_anchor
+    else:
+        gu = g_u + xp.concat([g_anchor, xp.zeros((rows - n_anchor, st.d), dtype=ctx.dtype,
+                                                 device=ctx.device)], axis=0)
+    if st.features.ndim == 3:
+        n = st.features.shape[0]
+        gu = xp.permute_dims(xp.reshape(gu, (rows // n, n, st.d)), (1, 0, 2))
+    return ctx.like(gu, st.features)
