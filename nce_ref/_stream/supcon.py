@@ -28,13 +28,19 @@ Array = Any
 __all__ = ["supcon_stream", "supcon_stream_groups"]
 
 
-def _supcon_block(z, p, r0: int, r1: int, positives: str, w, flush: bool, shift_free: bool, xp):
+def _supcon_block(z, p, r0: int, r1: int, positives: str, w, flush: bool, shift_free: bool, xp,
+                  own=None):
     """One block, generic Array API.  ``z`` (consumed) and ``p`` (bool, the anchor's own
-    column False).  Returns ``(l, npos, scale, E)`` (``E`` None without ``w``)."""
+    column False).  The anchor's own column is ``r0 + i`` (the band), or, with ``own``
+    (bool, the block's shape), where ``own`` is True (none where it is all False).
+    Returns ``(l, npos, scale, E)`` (``E`` None without ``w``)."""
     pf = xp.astype(p, z.dtype)
     npos = xp.sum(pf, axis=1)
     zsum = xp.vecdot(z, pf, axis=-1) if positives == "out" else None  # before the band: z finite
-    z = mask_band(z, r0, r1, 0, xp)
+    if own is None:
+        z = mask_band(z, r0, r1, 0, xp)
+    else:
+        z = xp.where(own, xp.full_like(z, -math.inf), z)
     nf = 1.0 - pf  # the anchor's own column is in nf, where e = 0
     if shift_free:
         h_p = h_n = None
@@ -78,9 +84,10 @@ def _supcon_block(z, p, r0: int, r1: int, positives: str, w, flush: bool, shift_
 
 def supcon_stream(a: Array, b: Array, relation, *, positives: str, weights: Array | None = None,
                   block: int, flush: bool, bound: float | None = None,
-                  root: tuple[Array, Array] | None = None, xp):
+                  root: tuple[Array, Array] | None = None, own: Array | None = None, xp):
     """Stream SupCon's rows of ``z = a bᵀ``: the anchors are the rows of ``a``, anchor ``i``
-    is also column ``i`` of ``b`` (excluded from its own row).
+    is also column ``i`` of ``b`` (excluded from its own row), or, with ``own``, column
+    ``own[i]`` (-1: none; a reference set ``b``).
 
     Parameters
     ----------
@@ -95,6 +102,9 @@ def supcon_stream(a: Array, b: Array, relation, *, positives: str, weights: Arra
         without a positive get none, whatever their weight.
     block, flush, bound, root
         As in :func:`ce_stream`.
+    own : (R,) integers, optional
+        The column excluded from each anchor's row (-1: none), instead of column ``i``;
+        then ``R`` may exceed ``C`` (the generic block, no NumPy specialisation).
 
     Returns
     -------
@@ -110,14 +120,21 @@ def supcon_stream(a: Array, b: Array, relation, *, positives: str, weights: Arra
     zdz = None
     for r0, r1, ab, z, dzdy in logit_blocks(a, b, block, root, xp):
         w = None if weights is None else weights[r0:r1]
-        if shift_free and np_owns(z, xp):
+        if own is None and shift_free and np_owns(z, xp):
             l, npos, scale, e = np_supcon_block(z, relation, r0, r1, positives, w, flush)
-        else:
+        elif own is None:
             rel = relation(r0, r1)
             cols = xp.arange(b.shape[0], device=device(z))
             rows = xp.arange(r0, r1, device=device(z))
             p = rel & (xp.expand_dims(rows, axis=1) != xp.expand_dims(cols, axis=0))
             l, npos, scale, e = _supcon_block(z, p, r0, r1, positives, w, flush, shift_free, xp)
+        else:
+            cols = xp.arange(b.shape[0], dtype=own.dtype, device=device(z))
+            mine = xp.expand_dims(own[r0:r1], axis=1) == xp.expand_dims(cols, axis=0)
+            p = relation(r0, r1) & xp.logical_not(mine)
+            l, npos, scale, e = _supcon_block(z, p, r0, r1, positives, w, flush, shift_free, xp,
+                                              own=mine)
+            mine = None
         ls.append(l)
         ns.append(npos)
         z = rel = None  # the next block's buffers replace these, not add to them

@@ -46,10 +46,11 @@ from ._objective import ce_rows, temperature_grad
 
 Array = Any
 
-__all__ = ["supcon", "POSITIVES", "NO_POSITIVE", "CONTRAST_MODES", "check_labels"]
+__all__ = ["supcon", "POSITIVES", "NO_POSITIVE", "NO_NEGATIVE", "CONTRAST_MODES", "check_labels"]
 
 POSITIVES = ("out", "in", "per_pair")
 NO_POSITIVE = ("exclude", "zero")
+NO_NEGATIVE = ("keep", "zero")
 CONTRAST_MODES = ("all", "one")
 
 
@@ -66,10 +67,12 @@ def _sample_positives(ctx, n: int, labels: Array | None, mask: Array | None) -> 
     return (y @ xp.matrix_transpose(y)) > 0.5
 
 
-@differentiable("supcon", wrt=("features", "temperature"), scalars=("temperature",))
+@differentiable("supcon", wrt=("features", "ref", "temperature"), scalars=("temperature",))
 def supcon(features: Array, labels: Array | None = None, /, *, mask: Array | None = None,
-           temperature: float | Array = 0.07, base_temperature: float | None = None,
-           positives: str = "out", no_positive: str = "exclude", similarity: str = "cosine",
+           ref: Array | None = None, ref_labels: Array | None = None,
+           ref_self: Array | None = None, temperature: float | Array = 0.07,
+           base_temperature: float | None = None, positives: str = "out",
+           no_positive: str = "exclude", no_negative: str = "keep", similarity: str = "cosine",
            contrast_mode: str = "all", reduction: str = "mean", eps: float = DEFAULT_EPS,
            method: str = "auto", block_size: int | None = None,
            memory_budget: int | None = None, check_finite: bool = True, xp=None,
@@ -236,7 +239,8 @@ def supcon(features: Array, labels: Array | None = None, /, *, mask: Array | Non
     st = setup_supcon(features, labels, mask=mask, temperature=temperature,
                 base_temperature=base_temperature, positives=positives, no_positive=no_positive,
                 similarity=similarity, contrast_mode=contrast_mode, reduction=reduction, eps=eps,
-                check_finite=check_finite, xp=xp)
+                check_finite=check_finite, xp=xp, ref=ref, ref_labels=ref_labels,
+                ref_self=ref_self, no_negative=no_negative)
     block = choose_block(st.n_anchor, st.c, st.ctx.finfo().bits // 8, block_size=block_size,
                          memory_budget=memory_budget, buffers=buffers(st.kind), like=st.features)
     if path == "dense":
@@ -250,11 +254,34 @@ def _dense_supcon(features: Array, labels: Array | None = None, /, **options):
 
 
 def setup_supcon(features, labels, *, mask, temperature, base_temperature, positives, no_positive,
-           similarity, contrast_mode, reduction, eps, check_finite, xp) -> SimpleNamespace:
-    """Validate everything (before any computation); return what both paths need."""
+           similarity, contrast_mode, reduction, eps, check_finite, xp, ref=None, ref_labels=None,
+           ref_self=None, no_negative="keep") -> SimpleNamespace:
+    """Validate everything (before any computation); return what both paths need.
+
+    Without ``ref`` the columns ``u`` are the batch's C views and the anchors its first
+    rows (``ref``, ``row_labels`` and ``own`` are None); with ``ref`` the columns are
+    the reference rows, ``row_labels`` the anchors' labels and ``own`` (A,) the column
+    of each anchor's own copy (-1: none), or None without ``ref_self``."""
     kind, eps = check_similarity(similarity, eps)
     check_option(positives, "positives", POSITIVES)
     check_option(no_positive, "no_positive", NO_POSITIVE)
+    check_option(no_negative, "no_negative", NO_NEGATIVE)
+    if ref is None:
+        for name, val in (("ref_labels", ref_labels), ("ref_self", ref_self)):
+            if val is not None:
+                raise ValueError(f"`{name}` is only valid with `ref` (the reference set); "
+                                 f"got `ref`=None")
+    else:
+        if mask is not None:
+            raise ValueError("`mask` cannot be combined with `ref`: with a reference set the "
+                             "positives are the `ref` rows whose `ref_labels` equal the anchor's "
+                             "`labels`; give `labels` and `ref_labels`")
+        if labels is None:
+            raise ValueError("`labels` are required with `ref`: the positives are the `ref` "
+                             "rows with the anchor's label")
+        if ref_labels is None:
+            raise ValueError("`ref_labels` are required with `ref`: one label (or 0/1 row) per "
+                             "`ref` row")
     check_option(contrast_mode, "contrast_mode", CONTRAST_MODES)
     check_reduction(reduction)
     if positives == "per_pair" and no_positive != "exclude":
@@ -265,9 +292,11 @@ def setup_supcon(features, labels, *, mask, temperature, base_temperature, posit
         base_temperature = check_real(base_temperature, "base_temperature", positive=True)
     if labels is not None and mask is not None:
         raise ValueError("give `labels` or `mask`, not both")
-    ctx = resolve({"features": features, "labels": labels, "mask": mask},
-                  ndims={"features": (2, 3), "labels": (1, 2), "mask": 2},
-                  floating=("features",), xp=xp, check_finite=check_finite)
+    ctx = resolve({"features": features, "labels": labels, "mask": mask, "ref": ref,
+                   "ref_labels": ref_labels, "ref_self": ref_self},
+                  ndims={"features": (2, 3), "labels": (1, 2), "mask": 2, "ref": 2,
+                         "ref_labels": (1, 2), "ref_self": (1, 2)},
+                  floating=("features", "ref"), xp=xp, check_finite=check_finite)
     xp = ctx.xp
     if features.ndim == 2:
         n, d = features.shape
@@ -293,16 +322,68 @@ def setup_supcon(features, labels, *, mask, temperature, base_temperature, posit
         require_binary(ctx, mask, "mask", "a positive-pair mask")
     tau, tau0 = scalar_param(ctx, temperature, "temperature", positive=True)
 
+    if ref is not None:
+        _check_ref(ctx, features, labels, ref, ref_labels, ref_self)
+
     f = ctx.to_compute(features)
     c = n * v
     u = f if f.ndim == 2 else xp.reshape(xp.permute_dims(f, (1, 0, 2)), (c, d))  # view-major
     n_anchor = c if contrast_mode == "all" else n
-    return SimpleNamespace(
+    st = SimpleNamespace(
         ctx=ctx, xp=xp, features=features, labels=labels, mask=mask, kind=kind, eps=eps,
-        positives=positives, no_positive=no_positive, reduction=reduction,
-        base_temperature=base_temperature, tau=tau, tau0=tau0, n=n, v=v, d=d, c=c,
-        n_anchor=n_anchor, u=u, anchors=u if n_anchor == c else u[:n, :],
-        col_labels=None if mask is not None else column_labels(ctx, labels, n, v))
+        positives=positives, no_positive=no_positive, no_negative=no_negative,
+        reduction=reduction, base_temperature=base_temperature, tau=tau, tau0=tau0, n=n, v=v,
+        d=d, c=c, n_anchor=n_anchor, u=u, anchors=u if n_anchor == c else u[:n, :],
+        col_labels=None if mask is not None else column_labels(ctx, labels, n, v),
+        ref=ref, row_labels=None, own=None)
+    if ref is None:
+        return st
+    # the reference set: the anchors (all views or the first) against the ref rows only
+    st.row_labels = st.col_labels if n_anchor == c else st.col_labels[:n]
+    st.col_labels = ref_labels
+    st.u = ctx.to_compute(ref)
+    st.c = ref.shape[0]
+    if ref_self is not None:
+        own = ref_self if ref_self.ndim == 1 else xp.reshape(xp.permute_dims(ref_self, (1, 0)),
+                                                             (c,))  # view-major, as the anchors
+        st.own = xp.astype(own[:n_anchor], xp.int64)
+    return st
+
+
+def _check_ref(ctx, features, labels, ref, ref_labels, ref_self) -> None:
+    """``ref`` (M, D), ``ref_labels`` of ``labels``' kind, ``ref_self`` (the anchors'
+    shape, integers in [-1, M))."""
+    xp = ctx.xp
+    d = features.shape[-1]
+    m = ref.shape[0]
+    if ref.shape[1] != d:
+        raise ValueError(f"`ref` must have shape (M, {d}), the features' D = {d} columns; got "
+                         f"{tuple(ref.shape)}")
+    if m < 1:
+        raise ValueError("`ref` must have at least one row (M >= 1); got M = 0")
+    check_labels(ctx, ref_labels, m, multi=True, name="ref_labels")
+    if ref_labels.ndim != labels.ndim or (labels.ndim == 2
+                                          and ref_labels.shape[1] != labels.shape[1]):
+        want = f"({m},)" if labels.ndim == 1 else f"({m}, {labels.shape[1]})"
+        raise ValueError(f"`ref_labels` must be of the same kind as `labels` ({labels.ndim}-D): "
+                         f"shape {want}; got {tuple(ref_labels.shape)}")
+    kinds = ("bool", "integral", "real floating")
+    k_lab = next(k for k in kinds if xp.isdtype(labels.dtype, k))
+    if not xp.isdtype(ref_labels.dtype, k_lab):
+        raise TypeError(f"`ref_labels` must have the same kind of dtype as `labels` ({k_lab}); "
+                        f"got {ref_labels.dtype}")
+    if ref_self is None:
+        return
+    shape = tuple(features.shape[:-1])
+    if not xp.isdtype(ref_self.dtype, "integral"):
+        raise TypeError(f"`ref_self` must be an integer array (the index in `ref` of each "
+                        f"anchor row's own copy, or -1); got dtype {ref_self.dtype}")
+    if tuple(ref_self.shape) != shape:
+        raise ValueError(f"`ref_self` must have shape {shape}, one index per row of `features`; "
+                         f"got {tuple(ref_self.shape)}")
+    if not is_lazy_array(ref_self) and bool(xp.any((ref_self < -1) | (ref_self >= m))):
+        raise ValueError(f"`ref_self` must hold indices in [-1, {m}) (-1: no copy in `ref`); "
+                         f"got values outside that range")
 
 
 def column_labels(ctx, labels, n: int, v: int, *, first_id=0):
@@ -367,9 +448,13 @@ def supcon_dense(st: SimpleNamespace):
     positives, tau, tau0 = st.positives, st.tau, st.tau0
     base_temperature = st.base_temperature
     kind, eps = st.kind, st.eps
-    rel = _sample_positives(ctx, n, st.labels, st.mask)
-    rel = xp.tile(rel, (v if n_anchor == c else 1, v))  # (A, C)
-    not_self = xp.logical_not(ctx.eye(n_anchor, c, dtype=xp.bool))
+    if st.ref is None:
+        rel = _sample_positives(ctx, n, st.labels, st.mask)
+        rel = xp.tile(rel, (v if n_anchor == c else 1, v))  # (A, C)
+        not_self = xp.logical_not(ctx.eye(n_anchor, c, dtype=xp.bool))
+    else:  # (A, M): the anchors' labels against the ref rows', no diagonal but ref_self's
+        rel = _label_relation(ctx, st.row_labels, st.col_labels)
+        not_self = _not_own(st, 0, n_anchor)
     pmask = rel & not_self
     nmask = xp.logical_not(rel) & not_self
     pf = xp.astype(pmask, ctx.dtype)
@@ -398,6 +483,9 @@ def supcon_dense(st: SimpleNamespace):
         per = xp.where(has, per, zero)
         count = xp.astype(has, ctx.dtype)
     scale = None if base_temperature is None else tau / base_temperature
+    keep = _keep(st, xp.sum(xp.astype(nmask, ctx.dtype), axis=1))
+    if keep is not None:  # no_negative="zero": no negative pair at all gives 0 (PML)
+        per = xp.where(keep, per, zero)
     value, back_red = _reduce(per, count, st)
     if scale is not None:
         value = value * scale
@@ -405,6 +493,8 @@ def supcon_dense(st: SimpleNamespace):
 
     def vjp(g):
         gl = back_red(ctx.to_compute(g))
+        if keep is not None:
+            gl = xp.where(keep, gl, zero)
         if scale is not None:
             gl = gl * scale
         gl = xp.where(has, gl, zero)
@@ -426,9 +516,51 @@ def supcon_dense(st: SimpleNamespace):
         if scale is not None:
             dtau = dtau + xp.sum(gl * per) / tau
         ga, gu = back_s(dz / tau)
-        return {"features": _features_grad(st, ga, gu), "temperature": scalar_grad(ctx, dtau, tau0)}
+        return _grads(st, ga, gu, scalar_grad(ctx, dtau, tau0))
 
     return ctx.to_out(value), vjp
+
+
+def _label_relation(ctx, rows: Array, cols: Array) -> Array:
+    """``rows[i]`` and ``cols[j]`` share a label: equal single labels, or 0/1 rows with a
+    common 1; a new (len(rows), len(cols)) bool array."""
+    xp = ctx.xp
+    if rows.ndim == 1:
+        return xp.expand_dims(rows, axis=1) == xp.expand_dims(cols, axis=0)
+    return (xp.astype(rows, ctx.dtype) @ xp.matrix_transpose(xp.astype(cols, ctx.dtype))) > 0.5
+
+
+def _not_own(st: SimpleNamespace, r0: int, r1: int) -> Array:
+    """With ``ref``: (r1 − r0, M) bool, False at anchor ``i``'s own copy ``own[i]``
+    (``ref_self``; -1 matches no column)."""
+    xp, ctx = st.xp, st.ctx
+    if st.own is None:
+        return xp.ones((r1 - r0, st.c), dtype=xp.bool, device=ctx.device)
+    cols = xp.arange(st.c, dtype=st.own.dtype, device=ctx.device)
+    return xp.expand_dims(st.own[r0:r1], axis=1) != xp.expand_dims(cols, axis=0)
+
+
+def _keep(st: SimpleNamespace, nneg: Array, across=None):
+    """``no_negative="zero"``: a 0-d bool, whether any anchor (of any rank, with
+    ``across``) has a negative; None for ``"keep"``.  ``nneg``: each anchor's count."""
+    if st.no_negative == "keep":
+        return None
+    xp = st.xp
+    total = xp.sum(xp.astype(nneg > 0, st.ctx.dtype))
+    if across is not None:
+        total = across.total(total)
+    return total > 0
+
+
+def _grads(st: SimpleNamespace, g_anchor: Array, g_cols: Array, g_tau: Array) -> dict:
+    """The gradients by argument name from the anchors' and the columns' (``u``, or
+    ``ref``) gradients."""
+    if st.ref is None:
+        return {"features": _features_grad(st, g_anchor, g_cols), "temperature": g_tau}
+    xp, ctx = st.xp, st.ctx
+    zero = xp.zeros((st.n * st.v, st.d), dtype=ctx.dtype, device=ctx.device)
+    return {"features": _features_grad(st, g_anchor, zero), "ref": ctx.like(g_cols, st.ref),
+            "temperature": g_tau}
 
 
 def _relation(st: SimpleNamespace):
@@ -437,6 +569,8 @@ def _relation(st: SimpleNamespace):
     ctx, xp = st.ctx, st.xp
     n, v = st.n, st.v
     lab, mask = st.col_labels, st.mask
+    if st.ref is not None:  # the anchors' labels against the ref rows'
+        return lambda r0, r1: _label_relation(ctx, st.row_labels[r0:r1], lab)
     if mask is None and lab.ndim == 1:  # labels, or sample ids (no labels: the views)
         col = xp.expand_dims(lab, axis=0)
         return lambda r0, r1: xp.expand_dims(lab[r0:r1], axis=1) == col
@@ -467,7 +601,7 @@ def _groups(st: SimpleNamespace, k: int):
     of the anchor's group (single labels, no ``mask``) and the groups are few enough for
     their G columns of sums to cost less than the masks they replace; else None."""
     xp = st.xp
-    if st.mask is not None or st.labels is None or st.labels.ndim != 1 \
+    if st.ref is not None or st.mask is not None or st.labels is None or st.labels.ndim != 1 \
             or is_lazy_array(st.labels):
         return None
     # group ids without a data-dependent shape: sort, count the changes, put back
@@ -539,12 +673,34 @@ def supcon_engine(st: SimpleNamespace, block: int, *, need_grad: bool, across=No
     if kernel is None:
         relation = _relation(st)
 
+        own = None
+        if st.ref is not None:  # no column is the anchor's own but ref_self's
+            own = st.own if st.own is not None else xp.full(
+                (st.n_anchor,), -1, dtype=xp.int64, device=ctx.device)
+
         def kernel(weights):
             return supcon_stream(lg.a, lg.fb, relation, positives=st.positives, weights=weights,
-                                 block=block, flush=lg.flush, bound=lg.bound, root=lg.root, xp=xp)
+                                 block=block, flush=lg.flush, bound=lg.bound, root=lg.root,
+                                 own=own, xp=xp)
+
+    # each anchor's candidates: every column but its own (the batch: itself; ref: its copy)
+    if st.ref is None:
+        n_cand = float(st.c - 1)
+    elif st.own is None:
+        n_cand = float(st.c)
+    else:
+        n_cand = st.c - xp.astype(st.own >= 0, ctx.dtype)
+    keep = None
 
     def sweep(weights):
+        nonlocal keep
         per, npos, grads = kernel(weights)
+        keep = _keep(st, n_cand - npos, across)
+        if keep is not None:  # no_negative="zero": no negative pair at all gives 0 (PML)
+            per = xp.where(keep, per, xp.zeros_like(per))
+            if grads is not None:
+                k = xp.astype(keep, ctx.dtype)
+                grads = (grads[0] * k, grads[1] * k, grads[2] * k)
         count = npos if st.positives == "per_pair" else xp.astype(npos > 0, ctx.dtype)
         return per, count, grads
 
@@ -559,8 +715,7 @@ def supcon_engine(st: SimpleNamespace, block: int, *, need_grad: bool, across=No
         g_anchor, g_u = back_f(da / lg.fold, db)
         if across is not None:
             g_u = across.owners({"features": g_u})["features"]
-        return {"features": _features_grad(st, g_anchor, g_u),
-                "temperature": scalar_grad(ctx, dtau, tau0)}
+        return _grads(st, g_anchor, g_u, scalar_grad(ctx, dtau, tau0))
 
     def finish(value):
         return ctx.to_out(ctx.result_finite(value if kb is None else value * kb, "supcon"))
