@@ -192,15 +192,19 @@ SUPCON_OPTIONS = [{}, {"positives": "in"}, {"positives": "per_pair"}, {"contrast
                   {"reduction": "none"}]
 
 
+@pytest.mark.cover()
+@pytest.mark.parametrize("algorithm", ["gather", "ring"])
+@pytest.mark.parametrize("w", [1, 2, 3, 4])
 @pytest.mark.parametrize("labels", ["single", "multi", "views"])
 @pytest.mark.parametrize("options", SUPCON_OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
-def test_supcon_equals_the_single_process_loss_with_positives_across_ranks(rng, labels, options):
-    n, v, d, w = 11, 2, 5, 3
+def test_supcon_equals_the_single_process_loss_with_positives_across_ranks(rng, labels, options, w,
+                                                                           algorithm):
+    n, v, d = 11, 2, 5
     f = rng.standard_normal((n, v, d))
     lab = {"single": rng.integers(0, 3, n), "multi": (rng.random((n, 4)) < 0.4).astype(float),
            "views": None}[labels]
-    bounds = [0, 3, 4, 11]
-    kw = dict({"temperature": 0.2}, **options)
+    bounds = _splits(n, w, rng)
+    kw = dict({"temperature": 0.2, "algorithm": algorithm, "block_size": 4}, **options)
     cts = ct = None
     if options.get("reduction") == "none":  # anchors view-major: all samples' view 0, then view 1
         ct = rng.standard_normal(n * v)
@@ -209,6 +213,7 @@ def test_supcon_equals_the_single_process_loss_with_positives_across_ranks(rng, 
     shards = [(f[bounds[r]:bounds[r + 1]], None if lab is None else lab[bounds[r]:bounds[r + 1]])
               for r in range(w)]
     out = _run(sharded.supcon, w, shards, cotangents=cts, **kw)
+    del kw["algorithm"]
     v0, g0 = nce_ref.value_and_grad(nce_ref.supcon)(f, lab, **kw, **({} if ct is None else {"cotangent": ct}))
     if ct is not None:
         v0 = np.concatenate([np.concatenate([v0[j * n + bounds[r]:j * n + bounds[r + 1]] for j in range(v)])
@@ -216,11 +221,20 @@ def test_supcon_equals_the_single_process_loss_with_positives_across_ranks(rng, 
     _assert_matches(out, (v0, g0), ["features"], per_row=ct is not None, tau=kw["temperature"])
 
 
-def test_supcon_has_no_ring_yet_and_says_so(rng):
-    f = rng.standard_normal((3, 2, 2))
-    msgs = ThreadGroup(2).run(lambda comm, x: _message(lambda: sharded.supcon(x, comm=comm, algorithm="ring")),
-                              [(f,), (f,)])
-    _assert_same_error(msgs, "algorithm='ring'")
+@pytest.mark.parametrize("positives", ["out", "in", "per_pair"])
+def test_supcon_ring_equals_gather_with_anchors_without_positives(rng, positives):
+    """Labels whose only positives live on another rank, anchors without any, one view,
+    the squared euclidean features (centred on the global mean when they travel)."""
+    f = rng.standard_normal((9, 3))
+    y = np.array([0, 1, 2, 3, 4, 5, 0, 6, 1])  # 0 and 1 pair across ranks; the rest alone
+    kw = dict(temperature=0.4, positives=positives, similarity="neg_sq_euclidean", block_size=2)
+    shards = [(f[:4], y[:4]), (f[4:], y[4:])]
+    ring = _run(sharded.supcon, 2, shards, algorithm="ring", **kw)
+    gather = _run(sharded.supcon, 2, shards, algorithm="gather", **kw)
+    _assert_matches(ring, (gather[0][0], {"features": np.concatenate([o[1]["features"] for o in gather]),
+                                          "temperature": gather[0][1]["temperature"]}),
+                    ["features"], tau=0.4)
+    _assert_matches(ring, nce_ref.value_and_grad(nce_ref.supcon)(f, y, **kw), ["features"], tau=0.4)
 
 
 def _message(call):
@@ -260,7 +274,7 @@ def _rows_of_rank(name, bounds, r, n):
 
 
 @pytest.mark.parametrize("name,algorithm", [(f, a) for f in ("info_nce", "clip", "nt_xent", "supcon")
-                                            for a in ("gather", "ring") if (f, a) != ("supcon", "ring")])
+                                            for a in ("gather", "ring")])
 def test_share_gives_the_gradient_of_the_weighted_sum_of_the_ranks_shares(rng, name, algorithm):
     """S_r = W·L_r; with per-rank upstream weights g_r the inputs get the gradient of
     Σ_r g_r S_r and each rank's temperature its own g_r ∂S_r/∂τ: the ranks' mean of
@@ -269,8 +283,7 @@ def test_share_gives_the_gradient_of_the_weighted_sum_of_the_ranks_shares(rng, n
     w, bounds = 3, [0, 2, 3, 10]
     g = np.array([1.0, -0.5, 2.0])
     shards = [tuple(x[bounds[r]:bounds[r + 1]] for x in arrays) for r in range(w)]
-    extra = {} if name == "supcon" else {"algorithm": algorithm}
-    out = _run(f_sh, w, shards, cotangents=list(g), value="share", **kw, **extra)
+    out = _run(f_sh, w, shards, cotangents=list(g), value="share", algorithm=algorithm, **kw)
     # the single-process per-term loss: S_r = W * (rank r's terms' share of the mean)
     per, back = nce_ref.vjp(f_1, *arrays, reduction="none", **kw)
     n_terms = per.shape[0]
