@@ -20,13 +20,16 @@ from .losses import (
     supcon,
     triplet,
 )
+from .memory import MemoryQueue, cross_batch_args
 from .similarity import similarity
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MemoryQueue",
     "Tuning",
     "batch_triplet",
+    "cross_batch_args",
     "dcl",
     "get_tuning",
     "info_nce",
