@@ -11,8 +11,12 @@ Array = Any
 REDUCTIONS = ("mean", "sum", "none")
 #: the reductions of the triplet losses: ``"mean_nonzero"`` averages the positive terms only
 REDUCTIONS_NONZERO = REDUCTIONS + ("mean_nonzero",)
+#: the reductions of the losses whose anchors hold several pair or triplet terms:
+#: ``"per_anchor"`` is pytorch-metric-learning's ``PerAnchorReducer(AvgNonZeroReducer())``
+REDUCTIONS_PER_ANCHOR = REDUCTIONS_NONZERO + ("per_anchor",)
 
-__all__ = ["REDUCTIONS", "REDUCTIONS_NONZERO", "check_reduction", "reduce_fwd", "mean_over_fwd"]
+__all__ = ["REDUCTIONS", "REDUCTIONS_NONZERO", "REDUCTIONS_PER_ANCHOR", "check_reduction",
+           "reduce_fwd", "mean_over_fwd", "per_anchor_fwd"]
 
 
 def check_reduction(reduction: str, allowed: tuple[str, ...] = REDUCTIONS) -> str:
@@ -56,5 +60,26 @@ def mean_over_fwd(per: Array, count: Array, *, xp):
     def back(g):
         scale = xp.where(some, g / safe, xp.zeros_like(safe))
         return xp.broadcast_to(scale, per.shape) * xp.ones_like(per)
+
+    return value, back
+
+
+def per_anchor_fwd(per: Array, count: Array, *, xp):
+    """The per-anchor mean, then the mean over the anchors whose mean is positive.
+
+    ``per`` (shape (N,)) holds each anchor's sum of its terms and ``count`` (same
+    shape, floating, piecewise constant) how many terms it sums.  With
+    ``v_i = per_i / count_i`` (0 when ``count_i = 0``) the value is
+    ``Σ_{v_i > 0} v_i / #{i : v_i > 0}``, 0 when no ``v_i`` is positive
+    (pytorch-metric-learning's ``PerAnchorReducer(AvgNonZeroReducer())``).  The terms
+    are ``>= 0``.  ``back(g) = g [v_i > 0] / (K count_i)`` with ``K = #{v_i > 0}``.
+    """
+    has = count > 0
+    safe = xp.where(has, count, xp.ones_like(count))
+    v = xp.where(has, per / safe, xp.zeros_like(per))
+    value, back_v = mean_over_fwd(v, xp.astype(v > 0, v.dtype), xp=xp)
+
+    def back(g):
+        return xp.where(v > 0, back_v(g) / safe, xp.zeros_like(v))
 
     return value, back

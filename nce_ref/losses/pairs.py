@@ -3,7 +3,9 @@ loss, with pytorch-metric-learning's conventions as named options.
 
 Both are dense references over the (N, N) score or distance matrix of the batch with
 itself: positive pairs ``i ≠ j`` with equal labels (a row is never its own positive,
-excluded by index), negative pairs with different labels.  The selections (mining, the
+excluded by index), negative pairs with different labels; or, with a reference set
+``ref`` (M, D), over the (N, M) matrix of the anchors against it (PML's ``ref_emb``),
+where only the pairs ``(i, ref_self[i])`` are excluded.  The selections (mining, the
 hinges) are piecewise constant and the gradient flows through the selected entries.
 Derivations: ``docs/derivations.md``, sections "Multi-similarity loss" and "Pairwise
 contrastive loss".
@@ -16,32 +18,40 @@ from typing import Any
 
 from .._array import check_labels, check_real, resolve
 from .._ops import logsumexp, softmax_from_lse
-from .._reduce import REDUCTIONS_NONZERO, check_reduction, mean_over_fwd, reduce_fwd
+from .._reduce import (
+    REDUCTIONS_NONZERO,
+    REDUCTIONS_PER_ANCHOR,
+    check_reduction,
+    mean_over_fwd,
+    per_anchor_fwd,
+    reduce_fwd,
+)
 from ..autodiff import differentiable
 from ..similarity import DEFAULT_EPS, check_similarity, sim_fwd, unit_rows
-from .triplet import check_distance, dist_fwd
+from .triplet import check_distance, check_ref_set, dist_fwd, pair_relations, ref_arrays
 
 Array = Any
 
 __all__ = ["multi_similarity", "pairwise_contrastive"]
 
 
-def _check_embeddings(ctx, embeddings, labels):
+def _check_embeddings(ctx, embeddings, labels, ref=None, ref_labels=None, ref_self=None):
     n, d = embeddings.shape
     if n < 1:
         raise ValueError("`embeddings` must have at least one row (N >= 1); got N = 0")
     if d < 1:
         raise ValueError("`embeddings` must have at least one column (D >= 1); got D = 0")
     check_labels(ctx, labels, n)
+    check_ref_set(ctx, n, d, ref, ref_labels, ref_self)
     return n
 
 
-def _relations(ctx, labels):
-    """``(pos, neg)``: the boolean (N, N) positive pairs (self excluded) and negative pairs."""
-    xp = ctx.xp
-    n = labels.shape[0]
-    same = xp.expand_dims(labels, axis=1) == xp.expand_dims(labels, axis=0)
-    return same & xp.logical_not(ctx.eye(n, dtype=xp.bool)), xp.logical_not(same)
+def _grads(ctx, ga, gb, embeddings, ref):
+    """The similarity's or distance's two operand gradients: both the embeddings'
+    without a reference set, the embeddings' and the reference set's with one."""
+    if ref is None:
+        return {"embeddings": ctx.like(ga + gb, embeddings)}
+    return {"embeddings": ctx.like(ga, embeddings), "ref": ctx.like(gb, ref)}
 
 
 # -- multi-similarity -----------------------------------------------------------------------
@@ -63,10 +73,12 @@ def _soft_count(x, mask, scale, ctx):
     return lse / scale, back
 
 
-@differentiable("multi_similarity", wrt=("embeddings",))
+@differentiable("multi_similarity", wrt=("embeddings", "ref"))
 def multi_similarity(embeddings: Array, labels: Array, /, *, alpha: float = 2.0, beta: float = 50.0,
                      base: float = 0.5, mining_margin: float | None = None,
-                     similarity: str = "cosine", reduction: str = "mean", eps: float = DEFAULT_EPS,
+                     similarity: str = "cosine", reduction: str = "mean",
+                     ref: Array | None = None, ref_labels: Array | None = None,
+                     ref_self: Array | None = None, eps: float = DEFAULT_EPS,
                      check_finite: bool = True, xp=None):
     r"""Multi-similarity loss (Wang et al. 2019), as pytorch-metric-learning computes it.
 
@@ -81,7 +93,10 @@ def multi_similarity(embeddings: Array, labels: Array, /, *, alpha: float = 2.0,
     with :math:`\lambda` the ``base``; an empty set adds 0.  This is PML's
     ``MultiSimilarityLoss(alpha, beta, base)`` on ``(embeddings, labels)``: its
     ``lmu.logsumexp(..., add_one=True)`` over the masked pairs of the cosine matrix,
-    reduced by the mean over all N anchors (``MeanReducer``).
+    reduced by the mean over all N anchors (``MeanReducer``).  With a reference set
+    ``ref``, :math:`S_{ij} = s(x_i, r_j)` and :math:`P_i, N_i` are the rows of ``ref``
+    with an equal and a different label (none excluded but ``ref_self[i]``): PML's
+    ``loss(embeddings, labels, ref_emb=ref, ref_labels=ref_labels)``.
 
     Parameters
     ----------
@@ -108,7 +123,15 @@ def multi_similarity(embeddings: Array, labels: Array, /, *, alpha: float = 2.0,
         ``DotProductSimilarity()``.
     reduction : {"mean", "sum", "none", "mean_nonzero"}, default "mean"
         ``"mean"``: over all N anchors (PML); ``"mean_nonzero"``: over the anchors with a
-        positive loss (PML's ``AvgNonZeroReducer``).
+        positive loss (PML's ``AvgNonZeroReducer``: ``ℓ_i > 0`` counts; 0 when none
+        is).  The loss has one term per anchor already (its log-sum-exp does not split
+        into pair terms), so PML's ``PerAnchorReducer(AvgNonZeroReducer())`` is
+        ``"mean_nonzero"`` here (PML passes its ``"element"`` losses straight through).
+    ref, ref_labels, ref_self : array, optional
+        The reference set (M, D), its labels (M,) and each anchor's own row in it (or
+        -1), as in :func:`nce_ref.batch_triplet`.  ``mining_margin`` then mines each
+        anchor's pairs with the reference rows (PML's ``MultiSimilarityMiner`` called
+        with ``ref_emb``).
     eps, check_finite, xp
         As in :func:`nce_ref.info_nce`.
 
@@ -130,7 +153,8 @@ def multi_similarity(embeddings: Array, labels: Array, /, *, alpha: float = 2.0,
     :math:`\beta(S_{ik}-\lambda)` over :math:`\{0\}\cup N_i`:
     :math:`\partial\ell_i/\partial S_{ij} = -p_{ij}` and
     :math:`\partial\ell_i/\partial S_{ik} = q_{ik}`; the similarity's VJP takes the sum of
-    both operands' gradients.
+    both operands' gradients (with ``ref``: the first to ``embeddings``, the second
+    to ``ref``).
 
     References
     ----------
@@ -147,6 +171,10 @@ def multi_similarity(embeddings: Array, labels: Array, /, *, alpha: float = 2.0,
     >>> want = np.log1p(np.exp(-2 * 0.5)) / 2 + np.log1p(np.exp(50 * -0.5)) / 50
     >>> bool(np.isclose(loss[0], want))
     True
+    >>> # against a reference set: anchor 0 with one positive row and one negative row
+    >>> r, ry = np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0, 1])
+    >>> bool(np.isclose(nce_ref.multi_similarity(x[:1], y[:1], ref=r, ref_labels=ry), want))
+    True
     """
     kind, eps = check_similarity(similarity, eps)
     check_reduction(reduction, REDUCTIONS_NONZERO)
@@ -155,14 +183,15 @@ def multi_similarity(embeddings: Array, labels: Array, /, *, alpha: float = 2.0,
     base = check_real(base, "base")
     if mining_margin is not None:
         mining_margin = check_real(mining_margin, "mining_margin", nonnegative=True)
-    ctx = resolve({"embeddings": embeddings, "labels": labels},
-                  ndims={"embeddings": 2, "labels": 1}, floating=("embeddings",), xp=xp,
+    refs = ref_arrays(ref, ref_labels, ref_self)
+    ctx = resolve({"embeddings": embeddings, "labels": labels, **refs},
+                  ndims={"embeddings": 2, "labels": 1}, floating=("embeddings", "ref"), xp=xp,
                   check_finite=check_finite)
     xp = ctx.xp
-    _check_embeddings(ctx, embeddings, labels)
+    _check_embeddings(ctx, embeddings, labels, ref, ref_labels, ref_self)
     x = ctx.to_compute(embeddings)
-    s, back_s = sim_fwd(x, x, kind=kind, eps=eps, xp=xp)
-    pos, neg = _relations(ctx, labels)
+    s, back_s = sim_fwd(x, x if ref is None else ctx.to_compute(ref), kind=kind, eps=eps, xp=xp)
+    pos, neg = pair_relations(ctx, labels, ref_labels, ref_self)
     if mining_margin is not None:
         inf = xp.full_like(s, math.inf)
         max_neg = xp.max(xp.where(neg, s, -inf), axis=1, keepdims=True)
@@ -178,19 +207,21 @@ def multi_similarity(embeddings: Array, labels: Array, /, *, alpha: float = 2.0,
         gl = back_red(ctx.to_compute(g))
         ds = beta * back_n(gl) - alpha * back_p(gl)
         ga, gb = back_s(ds)
-        return {"embeddings": ctx.like(ga + gb, embeddings)}
+        return _grads(ctx, ga, gb, embeddings, ref)
 
     return ctx.to_out(value), vjp
 
 
 # -- pairwise contrastive ---------------------------------------------------------------------
 
-@differentiable("pairwise_contrastive", wrt=("embeddings",))
+@differentiable("pairwise_contrastive", wrt=("embeddings", "ref"))
 def pairwise_contrastive(embeddings: Array, labels: Array, /, *, pos_margin: float = 0.0,
                          neg_margin: float = 1.0, distance: str = "euclidean", p: float = 2,
                          squared: bool = False, normalize: bool = False,
                          split_pos_neg: bool = False, reduction: str = "mean",
-                         eps: float = DEFAULT_EPS, check_finite: bool = True, xp=None):
+                         ref: Array | None = None, ref_labels: Array | None = None,
+                         ref_self: Array | None = None, eps: float = DEFAULT_EPS,
+                         check_finite: bool = True, xp=None):
     r"""The pairwise contrastive loss (Hadsell, Chopra and LeCun 2006) over all pairs of a
     labelled batch.
 
@@ -205,6 +236,9 @@ def pairwise_contrastive(embeddings: Array, labels: Array, /, *, pos_margin: flo
         \qquad \ell_i = \sum_{j \ne i} t_{ij}.
 
     Every ordered pair counts (both :math:`(i, j)` and :math:`(j, i)`, as in PML).
+    With a reference set ``ref``, :math:`d_{ij}` is the distance of anchor :math:`i`
+    to reference row :math:`j` and :math:`\ell_i` sums over every row of ``ref`` but
+    ``ref_self[i]`` (PML's ``loss(embeddings, labels, ref_emb=ref, ref_labels=...)``).
     The paper's loss is ``squared=True, pos_margin=0`` (:math:`\tfrac12 d^2` for the
     positives, :math:`\tfrac12\max(m - d, 0)^2` for the negatives).
     pytorch-metric-learning's ``ContrastiveLoss(pos_margin=0, neg_margin=1)`` with its
@@ -235,11 +269,24 @@ def pairwise_contrastive(embeddings: Array, labels: Array, /, *, pos_margin: flo
         Reduce the positive pairs' and the negative pairs' terms separately and add the
         two means (PML's ``MultipleReducers`` over its ``pos_loss`` and ``neg_loss``
         sub-losses); an empty side adds 0.  ``"sum"`` and ``"none"`` do not depend on it.
-    reduction : {"mean", "sum", "none", "mean_nonzero"}, default "mean"
+    reduction : {"mean", "sum", "none", "mean_nonzero", "per_anchor"}, default "mean"
         ``"mean"``: over the N(N − 1) ordered pairs (or, split, each side over its own
         pairs); ``"mean_nonzero"``: over the pairs with a positive term (PML's
-        ``AvgNonZeroReducer``, its default); 0 when there is none.  ``"none"``: shape
-        (N,), each anchor's sum :math:`\ell_i`.
+        ``AvgNonZeroReducer``, its default: a term counts when it is ``> 0``); 0 when
+        there is none.  ``"none"``: shape (N,), each anchor's sum :math:`\ell_i`.
+        ``"per_anchor"``: each anchor's mean over its pairs,
+        :math:`v_i = \ell_i / c_i` with :math:`c_i` its number of pairs (0 without
+        one), then :math:`\sum_{v_i>0} v_i / \#\{i : v_i > 0\}` (0 when none is
+        positive); with ``split_pos_neg=True`` the positive and the negative pairs
+        each so, added.  ``split_pos_neg=True, reduction="per_anchor"`` is PML's
+        ``ContrastiveLoss(reducer=PerAnchorReducer(AvgNonZeroReducer()))``.  Two PML
+        quirks are not reproduced: its reducer scatters the pair terms into an
+        N x N array, so with a reference set of M > N rows it fails (an
+        ``IndexError``), and it takes a pair term equal to ``+inf`` for an absent pair.
+    ref : array, shape (M, D), optional
+        The reference set (PML's ``ref_emb``); ``normalize`` scales its rows too.
+    ref_labels, ref_self : array, optional
+        As in :func:`nce_ref.batch_triplet`.
     eps, check_finite, xp
         As in :func:`nce_ref.triplet`.
 
@@ -259,7 +306,9 @@ def pairwise_contrastive(embeddings: Array, labels: Array, /, *, pos_margin: flo
     :math:`h'(v) = [v > 0]` (0 at the kink) or :math:`\max(v, 0)`:
     :math:`\bar d_{ij} = \bar t_{ij} h'(d_{ij} - m_+)` for a positive pair and
     :math:`-\bar t_{ij} h'(m_- - d_{ij})` for a negative one; the distance's VJP (both
-    operands are the embeddings), then the normalisation's.
+    operands are the embeddings, or the embeddings and ``ref``), then the
+    normalisation's.  ``"per_anchor"``: :math:`\bar t_{ij} = [v_i > 0] / (K c_i)`
+    with :math:`K = \#\{i : v_i > 0\}`.
 
     References
     ----------
@@ -274,26 +323,38 @@ def pairwise_contrastive(embeddings: Array, labels: Array, /, *, pos_margin: flo
     >>> # positives (0, 1) at 0.5; negatives at 3.0 and 2.5 are past the margin 1
     >>> nce_ref.pairwise_contrastive(x, y, reduction="none")
     array([0.5, 0.5, 0. ])
+    >>> # per anchor: 0.5 over 2 pairs for anchors 0 and 1, then the mean of (0.25, 0.25)
+    >>> float(nce_ref.pairwise_contrastive(x, y, reduction="per_anchor"))
+    0.25
+    >>> # against a reference set of two rows of class 0, at 0 and 2.5: anchor 0's
+    >>> # positives at 0 and 2.5, anchor 1's at 0.5 and 2, anchor 2's negative at 0.5
+    >>> r, ry = np.array([[0.0], [2.5]]), np.array([0, 0])
+    >>> nce_ref.pairwise_contrastive(x, y, ref=r, ref_labels=ry, reduction="none")
+    array([2.5, 2.5, 0.5])
     """
     p = check_distance(distance, p)
-    check_reduction(reduction, REDUCTIONS_NONZERO)
+    check_reduction(reduction, REDUCTIONS_PER_ANCHOR)
     pos_margin = check_real(pos_margin, "pos_margin", nonnegative=True)
     neg_margin = check_real(neg_margin, "neg_margin", nonnegative=True)
     eps = check_real(eps, "eps", positive=True)
     for name, v in (("squared", squared), ("normalize", normalize), ("split_pos_neg", split_pos_neg)):
         if not isinstance(v, bool):
             raise TypeError(f"`{name}` must be a bool; got {v!r}")
-    ctx = resolve({"embeddings": embeddings, "labels": labels},
-                  ndims={"embeddings": 2, "labels": 1}, floating=("embeddings",), xp=xp,
+    refs = ref_arrays(ref, ref_labels, ref_self)
+    ctx = resolve({"embeddings": embeddings, "labels": labels, **refs},
+                  ndims={"embeddings": 2, "labels": 1}, floating=("embeddings", "ref"), xp=xp,
                   check_finite=check_finite)
     xp = ctx.xp
-    _check_embeddings(ctx, embeddings, labels)
+    _check_embeddings(ctx, embeddings, labels, ref, ref_labels, ref_self)
     x = ctx.to_compute(embeddings)
-    back_unit = None
+    r = None if ref is None else ctx.to_compute(ref)
+    back_unit = back_unit_r = None
     if normalize:
         x, back_unit = unit_rows(x, eps=eps, xp=xp)
-    dist, back_d = dist_fwd(x, x, distance=distance, p=p, eps=eps, xp=xp)
-    pos, neg = _relations(ctx, labels)
+        if r is not None:
+            r, back_unit_r = unit_rows(r, eps=eps, xp=xp)
+    dist, back_d = dist_fwd(x, x if r is None else r, distance=distance, p=p, eps=eps, xp=xp)
+    pos, neg = pair_relations(ctx, labels, ref_labels, ref_self)
     zero = xp.zeros_like(dist)
     vp, vn = dist - pos_margin, neg_margin - dist
     act_p, act_n = pos & (vp > 0), neg & (vn > 0)
@@ -304,7 +365,16 @@ def pairwise_contrastive(embeddings: Array, labels: Array, /, *, pos_margin: flo
     else:
         dhp, dhn = xp.astype(act_p, dist.dtype), xp.astype(act_n, dist.dtype)
     tp, tn = xp.sum(hp, axis=1), xp.sum(hn, axis=1)
-    if reduction in ("mean", "mean_nonzero"):
+    if reduction == "per_anchor":
+        cp, cn = (xp.sum(xp.astype(m, dist.dtype), axis=1) for m in (pos, neg))
+        if split_pos_neg:
+            vp_, bp = per_anchor_fwd(tp, cp, xp=xp)
+            vn_, bn = per_anchor_fwd(tn, cn, xp=xp)
+            value = vp_ + vn_
+        else:
+            value, b_all = per_anchor_fwd(tp + tn, cp + cn, xp=xp)
+            bp = bn = b_all
+    elif reduction in ("mean", "mean_nonzero"):
         if reduction == "mean":
             cp, cn = xp.astype(pos, dist.dtype), xp.astype(neg, dist.dtype)
         else:
@@ -327,9 +397,14 @@ def pairwise_contrastive(embeddings: Array, labels: Array, /, *, pos_margin: flo
         wp, wn = xp.expand_dims(bp(g), axis=1), xp.expand_dims(bn(g), axis=1)
         dd = wp * dhp - wn * dhn
         ga, gb = back_d(dd)
-        gx = ga + gb
+        if r is None:
+            ga, gb = ga + gb, None
         if back_unit is not None:
-            gx = back_unit(gx)
-        return {"embeddings": ctx.like(gx, embeddings)}
+            ga = back_unit(ga)
+        if back_unit_r is not None:
+            gb = back_unit_r(gb)
+        if gb is None:
+            return {"embeddings": ctx.like(ga, embeddings)}
+        return _grads(ctx, ga, gb, embeddings, ref)
 
     return ctx.to_out(value), vjp

@@ -13,15 +13,25 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .._array import check_labels, check_option, check_pair, check_real, resolve
+from array_api_compat import is_lazy_array
+
+from .._array import check_labels, check_option, check_pair, check_real, check_rows, resolve
 from .._ops import sigmoid, softplus
-from .._reduce import REDUCTIONS_NONZERO, check_reduction, mean_over_fwd, reduce_fwd
+from .._reduce import (
+    REDUCTIONS_NONZERO,
+    REDUCTIONS_PER_ANCHOR,
+    check_reduction,
+    mean_over_fwd,
+    per_anchor_fwd,
+    reduce_fwd,
+)
 from ..autodiff import differentiable
 from ..similarity import DEFAULT_EPS, sim_fwd
 
 Array = Any
 
-__all__ = ["triplet", "batch_triplet", "dist_fwd", "DISTANCES", "MININGS"]
+__all__ = ["triplet", "batch_triplet", "dist_fwd", "DISTANCES", "MININGS", "ref_arrays",
+           "check_ref_set", "pair_relations"]
 
 DISTANCES = ("euclidean", "sq_euclidean", "cosine", "lp")
 MININGS = ("all", "hard", "semi_hard")
@@ -111,13 +121,86 @@ def check_distance(distance: str, p) -> float:
     return p
 
 
-def _check_common(margin, distance, p, soft, reduction, eps):
+# -- the reference set (issue 14: PML's ref_emb / ref_labels, and ref_self) -------------------
+
+def ref_arrays(ref, ref_labels, ref_self, *, labelled: bool = True) -> dict:
+    """The reference-set options checked for presence (before :func:`resolve`); returns
+    them as ``resolve``'s ``{name: array or None}`` entries.
+
+    ``ref_labels`` is required with ``ref`` (when the loss takes labels); ``ref_labels``
+    and ``ref_self`` are only valid with ``ref``.
+    """
+    if ref is None:
+        for name, v in (("ref_labels", ref_labels), ("ref_self", ref_self)):
+            if v is not None:
+                raise ValueError(f"`{name}` is only valid with `ref` (the reference set); "
+                                 "got ref=None")
+    elif labelled and ref_labels is None:
+        raise ValueError("`ref_labels` is required with `ref`: one label per reference row")
+    return {"ref": ref, "ref_labels": ref_labels, "ref_self": ref_self}
+
+
+def check_ref_set(ctx, n: int, d: int, ref, ref_labels, ref_self) -> int | None:
+    """Shapes and dtypes of the reference set against (N, D) embeddings (after
+    :func:`resolve`); returns M, or None without ``ref``.
+
+    ``ref``: (M, D), M >= 1; ``ref_labels``: (M,), as ``labels``; ``ref_self``: an
+    integer array of shape (N,) with values in [-1, M) (checked unless lazy).
+    """
+    if ref is None:
+        return None
+    xp = ctx.xp
+    if ref.ndim != 2 or ref.shape[1] != d:
+        raise ValueError(f"`ref` must have shape (M, {d}), one row per reference sample with "
+                         f"the embeddings' D = {d}; got {tuple(ref.shape)}")
+    m = ref.shape[0]
+    check_rows(m, "ref")
+    if ref_labels is not None:
+        check_labels(ctx, ref_labels, m, name="ref_labels")
+    if ref_self is not None:
+        if not xp.isdtype(ref_self.dtype, "integral"):
+            raise TypeError(f"`ref_self` must have an integer dtype (an index into `ref`, or -1); "
+                            f"got {ref_self.dtype}")
+        if tuple(ref_self.shape) != (n,):
+            raise ValueError(f"`ref_self` must have shape ({n},), one entry per anchor; got "
+                             f"{tuple(ref_self.shape)}")
+        if not is_lazy_array(ref_self) and n and not bool(
+                xp.all((ref_self >= -1) & (ref_self < m))):
+            raise ValueError(f"`ref_self` must hold indices into `ref` in [-1, {m}) (-1: no copy "
+                             "of the anchor in the reference set); got values outside")
+    return m
+
+
+def pair_relations(ctx, labels, ref_labels=None, ref_self=None):
+    """``(pos, neg)``: the boolean positive and negative pairs of the anchors (rows)
+    with the compared rows (columns).
+
+    Without a reference set (``ref_labels=None``): the batch with itself, (N, N), a row
+    never its own positive (excluded by index).  With one: (N, M), every reference row
+    with an equal label a positive and every other a negative, except the pair
+    ``(i, ref_self[i])`` (the anchor's own copy), which is neither.
+    """
+    xp = ctx.xp
+    cols = labels if ref_labels is None else ref_labels
+    same = xp.expand_dims(labels, axis=1) == xp.expand_dims(cols, axis=0)
+    diff = xp.logical_not(same)
+    if ref_labels is None:
+        return same & xp.logical_not(ctx.eye(labels.shape[0], dtype=xp.bool)), diff
+    if ref_self is None:
+        return same, diff
+    m = ref_labels.shape[0]
+    idx = xp.arange(m, dtype=ref_self.dtype, device=ctx.device)
+    other = xp.expand_dims(ref_self, axis=1) != xp.expand_dims(idx, axis=0)
+    return same & other, diff & other
+
+
+def _check_common(margin, distance, p, soft, reduction, eps, allowed=REDUCTIONS_NONZERO):
     eps = check_real(eps, "eps", positive=True)
     margin = check_real(margin, "margin", nonnegative=True)
     p = check_distance(distance, p)
     if not isinstance(soft, bool):
         raise TypeError(f"`soft` must be a bool; got {soft!r}")
-    check_reduction(reduction, REDUCTIONS_NONZERO)
+    check_reduction(reduction, allowed)
     return margin, p, eps
 
 
@@ -256,7 +339,7 @@ def _mine_hard(dist, pos, neg, margin, soft, xp):
     hn = xp.where(has_n, xp.min(dn, axis=1), zero)
     l, dl = _margin_terms(hp - hn + margin, soft=soft, xp=xp)
     l, dl = xp.where(valid, l, zero), xp.where(valid, dl, zero)
-    cols = xp.expand_dims(xp.arange(n, device=_dev(dist)), axis=0)
+    cols = xp.expand_dims(xp.arange(dist.shape[1], device=_dev(dist)), axis=0)
     one_p = cols == xp.expand_dims(xp.argmax(dp, axis=1), axis=1)
     one_n = cols == xp.expand_dims(xp.argmin(dn, axis=1), axis=1)
     dlk = xp.expand_dims(dl, axis=1)
@@ -266,8 +349,8 @@ def _mine_hard(dist, pos, neg, margin, soft, xp):
     return l, c, xp.astype(valid & (l > 0), dist.dtype), gp, gn
 
 
-def _blocks(n):
-    step = max(1, min(n, _BLOCK_ELEMENTS // (n * n)))
+def _blocks(n, m):
+    step = max(1, min(n, _BLOCK_ELEMENTS // (m * m)))
     return [(i, min(i + step, n)) for i in range(0, n, step)]
 
 
@@ -275,7 +358,7 @@ def _mine_all(dist, pos, neg, margin, soft, xp):
     """Batch-all (FaceNet): every (anchor, positive, negative) triplet, in anchor blocks
     of at most ``_BLOCK_ELEMENTS`` triplets."""
     out = []
-    for i0, i1 in _blocks(dist.shape[0]):
+    for i0, i1 in _blocks(*dist.shape):
         db, pb, nb = dist[i0:i1, :], pos[i0:i1, :], neg[i0:i1, :]
         x = xp.expand_dims(db, axis=2) - xp.expand_dims(db, axis=1) + margin  # (b, j, k)
         valid = xp.expand_dims(pb, axis=2) & xp.expand_dims(nb, axis=1)
@@ -291,10 +374,10 @@ def _mine_all(dist, pos, neg, margin, soft, xp):
 def _mine_semi_hard(dist, pos, neg, margin, soft, xp):
     """Semi-hard (FaceNet): for each (anchor, positive) pair, the nearest negative with
     ``d_ap < d_an < d_ap + margin``; a pair without one forms no triplet."""
-    n = dist.shape[0]
-    ks = xp.reshape(xp.arange(n, device=_dev(dist)), (1, 1, n))
+    n, m = dist.shape
+    ks = xp.reshape(xp.arange(m, device=_dev(dist)), (1, 1, m))
     out = []
-    for i0, i1 in _blocks(n):
+    for i0, i1 in _blocks(n, m):
         db, pb, nb = dist[i0:i1, :], pos[i0:i1, :], neg[i0:i1, :]
         dap, dan = xp.expand_dims(db, axis=2), xp.expand_dims(db, axis=1)
         semi = (xp.expand_dims(pb, axis=2) & xp.expand_dims(nb, axis=1) & (dan > dap)
@@ -321,11 +404,12 @@ def _dev(x):
     return device(x)
 
 
-@differentiable("batch_triplet", wrt=("embeddings",))
+@differentiable("batch_triplet", wrt=("embeddings", "ref"))
 def batch_triplet(embeddings: Array, labels: Array, /, *, mining: str = "all",
                   margin: float = 1.0, distance: str = "euclidean", p: float = 2,
-                  soft: bool = False, reduction: str = "mean", eps: float = DEFAULT_EPS,
-                  check_finite: bool = True, xp=None):
+                  soft: bool = False, reduction: str = "mean", ref: Array | None = None,
+                  ref_labels: Array | None = None, ref_self: Array | None = None,
+                  eps: float = DEFAULT_EPS, check_finite: bool = True, xp=None):
     r"""Triplet loss over the triplets mined from a labelled batch.
 
     Rows ``i ≠ j`` with equal labels are positive pairs, rows with different labels
@@ -354,6 +438,12 @@ def batch_triplet(embeddings: Array, labels: Array, /, *, mining: str = "all",
     Ties in the selections go to the first index.  An anchor without a positive or
     without a negative forms no triplet.
 
+    With a reference set ``ref`` (PML's ``loss(embeddings, labels, ref_emb=ref,
+    ref_labels=ref_labels)``: a gallery, a cross-batch memory), :math:`D` is the
+    (N, M) matrix of the anchors against the reference rows: the positives and
+    negatives of anchor :math:`i` are the rows of ``ref`` with an equal and a different
+    label, none excluded except its own copy ``ref[ref_self[i]]``.
+
     Parameters
     ----------
     embeddings : array, shape (N, D)
@@ -363,11 +453,26 @@ def batch_triplet(embeddings: Array, labels: Array, /, *, mining: str = "all",
     margin, distance, p, soft, eps
         As in :func:`nce_ref.triplet` (TensorFlow Addons' ``"L2"`` is
         ``distance="sq_euclidean"``).
-    reduction : {"mean", "sum", "none", "mean_nonzero"}, default "mean"
+    reduction : {"mean", "sum", "none", "mean_nonzero", "per_anchor"}, default "mean"
         ``"mean"``: the sum over the mined triplets divided by their number;
         ``"mean_nonzero"``: divided by the number of triplets with a positive loss
-        (pytorch-metric-learning's ``AvgNonZeroReducer``); both are 0 when there is
-        none.  ``"none"``: shape (N,), each anchor's sum over its triplets.
+        (pytorch-metric-learning's ``AvgNonZeroReducer``, its default: a term counts
+        when it is ``> 0``); both are 0 when there is none.  ``"none"``: shape (N,),
+        each anchor's sum over its triplets.  ``"per_anchor"``: each anchor's mean
+        over its triplets, :math:`v_i = \ell_i / c_i` (0 without a triplet), then
+        :math:`\sum_{v_i > 0} v_i / \#\{i : v_i > 0\}` (0 when none is positive):
+        the definition of PML's ``PerAnchorReducer(AvgNonZeroReducer())`` applied to
+        triplets, which PML itself refuses (its ``triplet_reduction`` raises
+        ``NotImplementedError``); for ``mining="hard"`` (one triplet per anchor) it
+        equals ``"mean_nonzero"``.
+    ref : array, shape (M, D), optional
+        The reference set (PML's ``ref_emb``).  ``None``: the batch itself.
+    ref_labels : array, shape (M,), optional
+        The reference rows' labels (PML's ``ref_labels``); required with ``ref``.
+    ref_self : integer array, shape (N,), optional
+        ``ref_self[i]``: the index in ``ref`` of anchor ``i``'s own copy (a cross-batch
+        memory that already holds the batch), or -1; that pair is neither a positive
+        nor a negative.  Only with ``ref``.
     check_finite, xp
         As in :func:`nce_ref.info_nce`.
 
@@ -386,7 +491,9 @@ def batch_triplet(embeddings: Array, labels: Array, /, *, mining: str = "all",
     :math:`O(N^3)` time and stream anchor blocks of at most 2²¹ triplets (memory
     :math:`O(N^2)`); "hard" costs :math:`O(N^2)`.  The distance matrix uses the
     centred GEMM expansion of :func:`nce_ref.similarity` (``"lp"``: the
-    :math:`N\times N\times D` differences).
+    :math:`N\times N\times D` differences).  With ``ref`` the distance VJP's two
+    gradients go to ``embeddings`` and ``ref`` separately (a cross-batch memory
+    discards the second).  ``"per_anchor"``: :math:`g_i = [v_i > 0] / (K c_i)`.
 
     References
     ----------
@@ -403,11 +510,18 @@ def batch_triplet(embeddings: Array, labels: Array, /, *, mining: str = "all",
     >>> # anchor 1: positive at 1, negative at 2 -> 0; anchor 2: 4 - 2 + 1 = 3; anchor 3: 4 - 6 + 1 -> 0
     >>> batch_triplet(x, y, mining="hard", reduction="none")
     array([0., 0., 3., 0.])
+    >>> # against a gallery of two rows, at 0.5 (label 0) and 2 (label 1):
+    >>> # anchor 1 (at 1): d_ap = 0.5, d_an = 1 -> 0.5 - 1 + 1 = 0.5; the others are past the margin
+    >>> g, gy = np.array([[0.5], [2.0]]), np.array([0, 1])
+    >>> batch_triplet(x, y, ref=g, ref_labels=gy, reduction="none")
+    array([0. , 0.5, 0. , 0. ])
     """
     check_option(mining, "mining", MININGS)
-    margin, p, eps = _check_common(margin, distance, p, soft, reduction, eps)
-    ctx = resolve({"embeddings": embeddings, "labels": labels},
-                  ndims={"embeddings": 2, "labels": 1}, floating=("embeddings",), xp=xp,
+    margin, p, eps = _check_common(margin, distance, p, soft, reduction, eps,
+                                   REDUCTIONS_PER_ANCHOR)
+    refs = ref_arrays(ref, ref_labels, ref_self)
+    ctx = resolve({"embeddings": embeddings, "labels": labels, **refs},
+                  ndims={"embeddings": 2, "labels": 1}, floating=("embeddings", "ref"), xp=xp,
                   check_finite=check_finite)
     xp = ctx.xp
     n, d = embeddings.shape
@@ -416,16 +530,18 @@ def batch_triplet(embeddings: Array, labels: Array, /, *, mining: str = "all",
     if d < 1:
         raise ValueError("`embeddings` must have at least one column (D >= 1); got D = 0")
     check_labels(ctx, labels, n)
+    check_ref_set(ctx, n, d, ref, ref_labels, ref_self)
     x = ctx.to_compute(embeddings)
-    dist, back_d = dist_fwd(x, x, distance=distance, p=p, eps=eps, xp=xp)
-    same = xp.expand_dims(labels, axis=1) == xp.expand_dims(labels, axis=0)
-    pos = same & xp.logical_not(ctx.eye(n, dtype=xp.bool))
-    neg = xp.logical_not(same)
+    r = x if ref is None else ctx.to_compute(ref)
+    dist, back_d = dist_fwd(x, r, distance=distance, p=p, eps=eps, xp=xp)
+    pos, neg = pair_relations(ctx, labels, ref_labels, ref_self)
     per, count, count_pos, gp, gn = _MINERS[mining](dist, pos, neg, margin, soft, xp)
     if reduction == "mean":
         value, back_red = mean_over_fwd(per, count, xp=xp)
     elif reduction == "mean_nonzero":
         value, back_red = mean_over_fwd(per, count_pos, xp=xp)
+    elif reduction == "per_anchor":
+        value, back_red = per_anchor_fwd(per, count, xp=xp)
     else:
         value, back_red = reduce_fwd(per, reduction, xp=xp)
     value = ctx.result_finite(value, "batch_triplet")
@@ -433,6 +549,8 @@ def batch_triplet(embeddings: Array, labels: Array, /, *, mining: str = "all",
     def vjp(g):
         gl = xp.expand_dims(back_red(ctx.to_compute(g)), axis=1)
         ga, gb = back_d(gl * (gp - gn))
-        return {"embeddings": ctx.like(ga + gb, embeddings)}
+        if ref is None:
+            return {"embeddings": ctx.like(ga + gb, embeddings)}
+        return {"embeddings": ctx.like(ga, embeddings), "ref": ctx.like(gb, ref)}
 
     return ctx.to_out(value), vjp
