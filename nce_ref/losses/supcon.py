@@ -14,6 +14,10 @@
   its own slice of the positive relation, or, for single labels of few classes on
   bounded logits, no mask at all (per-class sums from the GEMM).
 
+With ``ref`` (a reference set) the columns are the ``ref`` rows instead of the
+batch's views, the positive relation is the anchors' labels against ``ref_labels``,
+and the only excluded pair per anchor is its own copy, ``ref_self``.
+
 Derivations: ``docs/supcon_triplet.md``.
 """
 
@@ -102,6 +106,20 @@ def supcon(features: Array, labels: Array | None = None, /, *, mask: Array | Non
     With one positive per anchor (no labels, V = 2) the three are NT-Xent and the
     loss equals :func:`nce_ref.nt_xent` on the two views.
 
+    **A reference set** (``ref``: a gallery, a cross-batch memory, a queue;
+    pytorch-metric-learning's ``ref_emb``/``ref_labels``): the anchors are the same
+    rows of ``features``, but their candidates are the M rows :math:`r_m` of ``ref``
+    only, never the batch: :math:`z_{am} = s(u_a, r_m)/\tau`,
+    :math:`K_a = \{m : m \ne o_a\}` with :math:`o_a` the anchor's own copy in ``ref``
+    (``ref_self``; none by default, so no pair is excluded),
+    :math:`P_a = \{m \in K_a : y^{ref}_m = y_a\}` (for multi-label rows: a label in
+    common) and :math:`N_a = K_a \setminus P_a`; the three objectives above are then
+    unchanged.  ``supcon(f, y, ref=f, ref_labels=y, ref_self=arange(N))`` is
+    ``supcon(f, y)`` (one view).  pytorch-metric-learning's
+    ``SupConLoss()(emb, labels, ref_emb=r, ref_labels=ry)`` is
+    ``supcon(emb, labels, ref=r, ref_labels=ry, temperature=0.1)`` and its
+    ``NTXentLoss()`` the same with ``positives="per_pair"``, ``temperature=0.07``.
+
     Parameters
     ----------
     features : array, shape (N, D) or (N, V, D)
@@ -114,7 +132,21 @@ def supcon(features: Array, labels: Array | None = None, /, *, mask: Array | Non
         asymmetric, and ``mask[i, i]`` says whether the *other* views of sample i are
         its positives (SupContrast's convention: the mask is tiled as given).  The
         anchor's own row is excluded by index whatever the mask says.  Not together
-        with ``labels``.
+        with ``labels``, nor with ``ref`` (a ``ValueError``: give ``ref_labels``).
+    ref : array, shape (M, D), optional
+        The reference set (a gallery, a cross-batch memory, a queue): the anchors are
+        scored against its rows only (not against the batch), no pair excluded but
+        ``ref_self``'s.  Differentiable (``value_and_grad`` returns ``"ref"``; a
+        cross-batch memory treats it as a constant and discards that gradient).
+        Requires ``labels`` and ``ref_labels``.  None (default): the batch itself.
+    ref_labels : array, shape (M,) or (M, C), optional
+        The ``ref`` rows' labels, of the same kind as ``labels`` (single labels of a
+        dtype of the same kind, or 0/1 rows with the same C).  Required with ``ref``.
+    ref_self : integer array, shape (N,) for (N, D) features or (N, V), optional
+        For each row of ``features`` (each view), the index in ``ref`` of its own copy,
+        or -1: that pair is neither a positive nor a negative (a cross-batch memory
+        that already holds the batch; pytorch-metric-learning's ``CrossBatchMemory``
+        removes the same pairs by queue index).  Only with ``ref``.
     temperature : float or 0-d array, default 0.07
         :math:`\tau > 0`; differentiable.
     base_temperature : float, optional
@@ -130,13 +162,22 @@ def supcon(features: Array, labels: Array | None = None, /, *, mask: Array | Non
         fix; before it, NaN).  Either way a batch without any positive pair returns
         0 with zero gradient.  With ``"per_pair"`` the terms are pairs, an anchor
         without a positive has none, and only ``"exclude"`` is accepted.
+    no_negative : {"keep", "zero"}, default "keep"
+        When no anchor has any negative (every candidate pair is positive, e.g. one
+        class in the batch): ``"keep"`` (the default) returns the mathematical value,
+        a defined number (``"out"``: at least :math:`\log n_a` per anchor, so at
+        least log 2 for three samples of one class); ``"zero"`` returns 0
+        with zero gradient, as pytorch-metric-learning's ``SupConLoss`` and
+        ``NTXentLoss`` do (they return 0 unless the batch has both a positive and a
+        negative pair).  Batches with at least one negative pair are unaffected.
     similarity : {"cosine", "dot", "neg_sq_euclidean", "neg_euclidean"}, default "cosine"
         See :func:`nce_ref.similarity`.  SupContrast takes the dot product of
         features the caller has normalised: ``"cosine"`` on raw features.
     contrast_mode : {"all", "one"}, default "all"
     reduction : {"mean", "sum", "none"}, default "mean"
         ``"mean"``: over the anchors (with ``no_positive``); for ``"per_pair"``, over
-        the pairs.  ``"none"``: shape (A,) with A = N·V (``"all"``) or N (``"one"``),
+        the pairs.  ``"none"``: shape (A,) with A = N·V (``"all"``) or N (``"one"``, and
+        with ``ref`` too: the anchors are always rows of ``features``),
         each anchor's term (``"per_pair"``: the sum of its pairs' terms), 0 for an
         anchor without a positive.
     eps : float, default 1e-12
@@ -171,6 +212,10 @@ def supcon(features: Array, labels: Array | None = None, /, *, mask: Array | Non
     ------
     ValueError, TypeError
         On ``labels`` or ``mask`` of the wrong shape, dtype or values, both given,
+        ``ref`` without ``labels`` or ``ref_labels``, or with ``mask``, ``ref`` of
+        another D or without rows, ``ref_labels`` of another shape or kind, ``ref_self``
+        not integer, of another shape than the features' rows or outside [-1, M),
+        ``ref_labels`` or ``ref_self`` without ``ref``,
         N = 0, V = 0, D = 0, a non-positive temperature, unknown options, a
         ``block_size`` below 1 or not an integer, a ``memory_budget`` too small for one
         row; the message names the argument.
@@ -212,6 +257,14 @@ def supcon(features: Array, labels: Array | None = None, /, *, mask: Array | Non
     (block, C, K) per block plus elementwise passes (derivation:
     ``docs/supcon_triplet.md``, "Streaming").
 
+    With ``ref`` the same formulas run on the (A, M) matrix :math:`z = u\,r^\top/\tau`;
+    the logits' gradient :math:`\bar z` goes through the similarity VJP to both sides,
+    :math:`\bar u = \bar z\, r/\tau`, :math:`\bar r = \bar z^\top u/\tau` (before
+    the normalisation's VJP), and the engine streams the anchors' rows with the own
+    column taken from ``ref_self`` instead of the diagonal (derivation:
+    ``docs/derivations.md``, section 15).  ``no_negative="zero"`` multiplies the value and
+    the cotangent by :math:`[\exists a: N_a \ne \emptyset]`.
+
     References
     ----------
     Khosla et al., "Supervised Contrastive Learning" (NeurIPS 2020); Chen et al.,
@@ -234,6 +287,28 @@ def supcon(features: Array, labels: Array | None = None, /, *, mask: Array | Non
     >>> a = supcon(np.stack([z1, z2], axis=1), temperature=0.5)
     >>> bool(np.isclose(a, nce_ref.nt_xent(z1, z2, temperature=0.5), rtol=1e-14))
     True
+
+    A reference set: the batch against a memory of earlier embeddings that already
+    holds the batch (rows 4 to 7 of ``mem``, named by ``ref_self``), so that each
+    anchor's own copy is excluded; the loss then equals the batch's own loss against
+    the rest of the memory, and ``value_and_grad`` gives the memory's gradient too:
+
+    >>> f, y = rng.standard_normal((4, 3)), np.array([0, 1, 0, 1])
+    >>> old, y_old = rng.standard_normal((4, 3)), np.array([1, 1, 0, 2])
+    >>> mem, y_mem = np.concatenate([old, f]), np.concatenate([y_old, y])
+    >>> loss, g = nce_ref.value_and_grad(supcon)(f, y, ref=mem, ref_labels=y_mem,
+    ...                                          ref_self=np.arange(4, 8), temperature=0.1)
+    >>> sorted(g), g["ref"].shape
+    (['features', 'ref', 'temperature'], (8, 3))
+
+    With one class only there is no negative pair: the value is a defined number,
+    or 0 with ``no_negative="zero"`` (pytorch-metric-learning's convention):
+
+    >>> one = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    >>> round(float(supcon(one, np.zeros(3, dtype=int), temperature=0.1)), 6)
+    2.588638
+    >>> float(supcon(one, np.zeros(3, dtype=int), temperature=0.1, no_negative="zero"))
+    0.0
     """
     path = check_method(method, streamable=True)
     st = setup_supcon(features, labels, mask=mask, temperature=temperature,
