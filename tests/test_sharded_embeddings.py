@@ -19,7 +19,7 @@ from nce_ref.testing import atol_for, rtol_for
 
 N, D = 10, 4
 TAU = 0.7
-SPLITS = {1: [0, N], 2: [0, 3, N], 3: [0, 1, 6, N]}
+SPLITS = {1: [0, N], 2: [0, 3, N], 3: [0, 1, 6, N], 4: [0, 2, 3, 7, N]}
 
 #: (bound, extra positional: "per-sample" or a scalar baseline, keyword options)
 VARIANTS = [
@@ -58,14 +58,22 @@ def _gathered(out, name):
     return np.concatenate([np.atleast_1d(o[1][name]) for o in out])
 
 
-@pytest.mark.parametrize("w", [1, 2, 3])
+RING = [v for v in VARIANTS if v[0] != "interpolated"]
+RING_IDS = [i for i, v in zip(IDS, VARIANTS) if v[0] != "interpolated"]
+CASES = [(a, *v) for a in ("gather", "ring") for v in VARIANTS if a == "gather" or v in RING]
+CASE_IDS = [f"{a}-{i}" for a in ("gather", "ring") for i, v in zip(IDS, VARIANTS)
+            if a == "gather" or v in RING]
+
+
+@pytest.mark.cover()
+@pytest.mark.parametrize("w", [1, 2, 3, 4])
 @pytest.mark.parametrize("similarity", ["dot", "cosine", "neg_sq_euclidean", "neg_euclidean"])
-@pytest.mark.parametrize("bound,extra,kw", VARIANTS, ids=IDS)
-def test_equals_the_single_process_bound(rng, bound, extra, kw, similarity, w):
+@pytest.mark.parametrize("algorithm,bound,extra,kw", CASES, ids=CASE_IDS)
+def test_equals_the_single_process_bound(rng, algorithm, bound, extra, kw, similarity, w):
     x, y, lb = _data(rng)
     opts = dict(kw, bound=bound, similarity=similarity, temperature=TAU)
     v0, g0 = nce_ref.value_and_grad(mi.bound_from_embeddings)(x, y, *_extra(extra, lb), **opts)
-    out = _run(w, _shards(x, y, lb, extra, w), block_size=2, **opts)
+    out = _run(w, _shards(x, y, lb, extra, w), block_size=2, algorithm=algorithm, **opts)
     rtol = rtol_for("float64", temperature=TAU)
     assert all(float(o[0]) == float(out[0][0]) for o in out), "the ranks' values differ"
     np.testing.assert_allclose(float(out[0][0]), float(v0), rtol=rtol, atol=atol_for("float64"))
@@ -89,8 +97,7 @@ def test_axis_zero_and_the_ring(rng, bound, extra, kw):
     x, y, lb = _data(rng)
     opts = dict(kw, bound=bound, similarity="cosine", temperature=TAU, axis=0)
     v0, g0 = nce_ref.value_and_grad(mi.bound_from_embeddings)(x, y, *_extra(extra, lb), **opts)
-    algorithms = ["gather", "ring"] if bound == "infonce" else ["gather"]
-    for algorithm in algorithms:
+    for algorithm in ("gather", "ring"):
         out = _run(3, _shards(x, y, lb, extra, 3), algorithm=algorithm, **opts)
         np.testing.assert_allclose(float(out[1][0]), float(v0), rtol=1e-12)
         for name in ("x", "y"):
@@ -109,6 +116,14 @@ def test_share_gives_the_gradient_of_the_weighted_sum_of_the_ranks_shares(rng, b
     owner = np.repeat(np.arange(w), np.diff(b))
     opts = dict(kw, bound=bound, similarity="dot", temperature=TAU)
     out = _run(w, _shards(x, y, lb, extra, w), cotangents=list(g), value="share", **opts)
+    if (bound, extra, kw) in RING:  # the ring gives the gather's shares and gradients
+        ring = _run(w, _shards(x, y, lb, extra, w), cotangents=list(g), value="share",
+                    algorithm="ring", **opts)
+        for o, q in zip(out, ring):
+            np.testing.assert_allclose(float(q[0]), float(o[0]), rtol=1e-12, atol=1e-14)
+            for name, want in o[1].items():
+                np.testing.assert_allclose(np.asarray(q[1][name]), np.asarray(want), rtol=1e-10,
+                                           atol=1e-13, err_msg=f"ring: {name}")
     full = float(mi.bound_from_embeddings(x, y, *_extra(extra, lb), **opts))
     np.testing.assert_allclose(np.mean([float(o[0]) for o in out]), full, rtol=1e-12, atol=1e-14)
     if bound == "infonce":
@@ -190,7 +205,7 @@ def test_a_nan_on_one_rank_raises_the_same_error_everywhere(rng, bound):
     assert "rank 2" in msgs[0] and "`x`" in msgs[0]
 
 
-def test_the_ranks_must_agree_and_the_ring_is_for_infonce(rng):
+def test_the_ranks_must_agree_and_interpolated_refuses_the_ring(rng):
     x, y, _ = _data(rng)
 
     def rank(comm, xr, yr, tau):
@@ -198,8 +213,9 @@ def test_the_ranks_must_agree_and_the_ring_is_for_infonce(rng):
 
     with pytest.raises(ShardingError, match="temperature"):
         ThreadGroup(2).run(rank, [(x[:4], y[:4], 0.5), (x[4:], y[4:], 0.6)])
-    with pytest.raises(ShardingError, match="algorithm='ring'"):
-        ThreadGroup(2).run(lambda comm, a, b: sharded_bound(a, b, comm=comm, bound="nwj", algorithm="ring"),
+    with pytest.raises(ShardingError, match="algorithm='ring'.*bound='interpolated'.*leave-one-out"):
+        ThreadGroup(2).run(lambda comm, a, b: sharded_bound(a, b, 0.1, comm=comm, bound="interpolated",
+                                                            alpha=0.5, algorithm="ring"),
                            [(x[:4], y[:4]), (x[4:], y[4:])])
     with pytest.raises(ShardingError, match="`clip`"):
         ThreadGroup(2).run(lambda comm, a, b: sharded_bound(a, b, comm=comm, bound="smile"),

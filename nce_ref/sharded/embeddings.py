@@ -18,7 +18,9 @@ maximum from a gather of one number per rank, then an ``all_sum`` of the shifted
 The gradient follows in the same pass (DV's ``Λ`` is that global log-sum-exp, applied
 after the sweep); the columns' gradients are reduce-scattered to their owners.
 ``bound="infonce"`` is ``log N − L`` with ``L`` from :func:`nce_ref.sharded.info_nce`
-(``algorithm="ring"`` too; the other bounds refuse the ring).
+(``algorithm="ring"`` too).  ``algorithm="ring"`` (:mod:`._ring_bound`) passes the
+columns round the ranks instead, for every bound whose row statistic is a sum over the
+row's entries (all but ``interpolated``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from ..autodiff import vjp as vjp_of
 from ..mi.embeddings import BoundSetup, bound_block, bound_engine, setup_bound
 from ..similarity import DEFAULT_EPS
 from ._comm import Communicator, ShardingError, validated
-from .losses import ALGORITHMS, VALUES
+from ._ring_bound import bound_ring, ring_refusal
+from .losses import ALGORITHMS, VALUES, Across
 from .losses import info_nce as sharded_info_nce
 
 Array = Any
@@ -114,9 +117,12 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array = 0.0,
         :func:`nce_ref.sharded.info_nce` (a training step under DDP's gradient mean).
     algorithm : {"gather", "ring"}, default "gather"
         ``"gather"``: gather the columns (O(N·D) memory and bytes per rank), one pass of the
-        engine.  ``"ring"``: ``bound="infonce"`` only (its columns pass round the ranks,
-        :func:`nce_ref.sharded.info_nce`); the other bounds refuse it (their row statistics
-        are not InfoNCE's online log-sum-exp).
+        engine.  ``"ring"``: each rank keeps its own columns and they pass round the ranks
+        (O((N/W)·D) per rank), the rows' off-diagonal log-sum-exp (JS's objective: softplus
+        sum) accumulated online, the columns' gradients travelling home
+        (``nce_ref.sharded._ring_bound``; ``"infonce"`` through
+        :func:`nce_ref.sharded.info_nce`): every bound but ``"interpolated"``, which
+        refuses it (its row terms need each entry's leave-one-out log-mean-exp).
     block_size, memory_budget, check_finite, xp
         As in :func:`nce_ref.mi.bound_from_embeddings`, for this rank's computation.
 
@@ -129,7 +135,7 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array = 0.0,
     ------
     nce_ref.sharded.ShardingError
         On every rank, when any rank's input is invalid (a NaN, a wrong shape, an option
-        the bound does not take, ``algorithm="ring"`` for a bound other than infonce) or
+        the bound does not take, ``algorithm="ring"`` for ``bound="interpolated"``) or
         the ranks disagree on D, dtype, library, options, temperature or a scalar baseline.
 
     See Also
@@ -165,9 +171,8 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array = 0.0,
                          temperature=temperature, clip=clip, report=report,
                          log_moving_average=log_moving_average, alpha=alpha, axis=axis, eps=eps,
                          check_finite=check_finite, xp=xp, min_n=1)
-        if algorithm == "ring" and su.bound != "infonce":
-            raise ValueError(f"`algorithm='ring'` is available for bound='infonce' only; got "
-                             f"bound={su.bound!r}: use algorithm='gather'")
+        if algorithm == "ring" and ring_refusal(su.bound) is not None:
+            raise ValueError(ring_refusal(su.bound))
         return su, _meta(su, value=value, algorithm=algorithm)
 
     su, metas = validated(comm, validate)
@@ -179,6 +184,12 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array = 0.0,
     if su.bound == "infonce":
         return _infonce(su, comm, sizes, value=value, algorithm=algorithm, block_size=block_size,
                         memory_budget=memory_budget, need_grad=need_grad)
+    if algorithm == "ring":  # every rank keeps its own columns; they travel
+        block = bound_block(su, max(sizes), block_size=block_size, memory_budget=memory_budget,
+                            like=su.rows_in)
+        across = Across(comm, {}, n_total=n_total, ring=tuple(sizes))
+        return bound_ring(su, comm, sizes, across, GlobalRows(comm), block=block,
+                          need_grad=need_grad, share=value == "share")
     return _gathered(su, comm, sizes, {"x": x, "y": y}, share=value == "share",
                      block_size=block_size, memory_budget=memory_budget, need_grad=need_grad)
 
