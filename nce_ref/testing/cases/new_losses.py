@@ -1,5 +1,5 @@
 """Cases for siglip, dcl, multi_similarity and pairwise_contrastive: every option, both
-code paths of siglip, and the edge cases (N = 1, one class, all classes distinct,
+code paths of siglip and dcl, and the edge cases (N = 1, one class, all classes distinct,
 extreme scales and biases, tiny terms next to large ones, zero vectors)."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import Case
+from .triplet import ref_set
 
 _KINK = "zero distance is a kink of the euclidean distance: subgradient 0"
 _SELECT = "a selection (hinge or mining) switches within a 1e-6 step"
@@ -52,10 +53,19 @@ def _dcl(rng):
     n, d = 5, 3
     z1, z2 = rng.standard_normal((n, d)), rng.standard_normal((n, d))
     z2 = 0.7 * z1 + 0.7 * z2
-    out = [Case(f"{sim}", (z1, z2), {"similarity": sim, "temperature": 0.5, "reduction": "none"})
-           for sim in ("cosine", "dot", "neg_sq_euclidean", "neg_euclidean")]
+    out = [Case(f"{sim}, {method}", (z1, z2), {"similarity": sim, "temperature": 0.5,
+                                               "reduction": "none", "method": method,
+                                               "block_size": 3})
+           for sim in ("cosine", "dot", "neg_sq_euclidean", "neg_euclidean")
+           for method in ("dense", "streamed")]
     out += [
         Case("defaults (temperature 0.1)", (z1, z2), {}),
+        Case("von Mises weight, not detached, dense", (z1, z2),
+             {"weight": "von_mises", "detach_weight": False, "temperature": 0.4,
+              "method": "dense"}),
+        Case("von Mises weight, not detached, blocks of one row", (z1, z2),
+             {"weight": "von_mises", "detach_weight": False, "temperature": 0.4,
+              "block_size": 1, "reduction": "none"}),
         Case("von Mises weight, detached (lightly DCLW)", (z1, z2),
              {"weight": "von_mises", "temperature": 0.3}, fd=False,
              note="detach_weight=True: the gradient treats the weight as a constant, by design"),
@@ -93,6 +103,16 @@ def _multi_similarity(rng):
              kind="edge", fd=False, note="exponents ~3000: a 1e-6 step moves them by 3e-3"),
         Case("float labels", (x, y + 0.5), {"alpha": 3.0}, kind="edge"),
     ]
+    r, ry, mem, mem_y, own = ref_set(rng, x, y)
+    out += [
+        Case("ref set", (x, y), {"ref": r, "ref_labels": ry, "reduction": "none", "beta": 10.0}),
+        Case("ref set, mined (PML MultiSimilarityMiner(0.1) with ref_emb)", (x, y),
+             {"ref": r, "ref_labels": ry, "mining_margin": 0.1}, fd=False, note=_SELECT),
+        Case("memory holding the batch (ref_self), dot, mean_nonzero", (x, y),
+             {"ref": mem, "ref_labels": mem_y, "ref_self": own, "similarity": "dot",
+              "reduction": "mean_nonzero", "beta": 5.0}),
+        Case("ref set of one row", (x, y), {"ref": r[:1], "ref_labels": ry[:1]}, kind="edge"),
+    ]
     return out
 
 
@@ -123,6 +143,27 @@ def _pairwise_contrastive(rng):
              {"reduction": "none"}, kind="edge", fd=False, note=_KINK),
         Case("duplicated rows, squared distance (smooth at 0)", (np.concatenate([x[:4], x[:4]]), y),
              {"distance": "sq_euclidean", "squared": True}, kind="edge"),
+    ]
+    r, ry, mem, mem_y, own = ref_set(rng, x, y)
+    out += [
+        Case("per_anchor", (x, y), {"reduction": "per_anchor", "neg_margin": 2.0}),
+        Case("PML's PerAnchorReducer(AvgNonZeroReducer()) (split, normalised)", (x, y),
+             {"normalize": True, "split_pos_neg": True, "reduction": "per_anchor",
+              "pos_margin": 0.3, "neg_margin": 1.2}),
+        Case("ref set, PML defaults", (x, y), {"ref": r, "ref_labels": ry, "normalize": True,
+                                               "split_pos_neg": True, "reduction": "mean_nonzero"}),
+        Case("ref set, none", (x, y), {"ref": r, "ref_labels": ry, "reduction": "none",
+                                       "neg_margin": 2.0, "pos_margin": 0.2}),
+        Case("memory holding the batch (ref_self), per_anchor, split", (x, y),
+             {"ref": mem, "ref_labels": mem_y, "ref_self": own, "reduction": "per_anchor",
+              "split_pos_neg": True, "neg_margin": 2.0}),
+        Case("memory holding the batch (ref_self), squared, sum", (x, y),
+             {"ref": mem, "ref_labels": mem_y, "ref_self": own, "squared": True,
+              "reduction": "sum", "neg_margin": 1.5}),
+        Case("ref set larger than the batch, per_anchor (PML fails there)", (x[:3], y[:3]),
+             {"ref": r, "ref_labels": ry, "reduction": "per_anchor", "neg_margin": 2.0}, kind="edge"),
+        Case("per_anchor, no active term is 0", (x, np.arange(n)),
+             {"reduction": "per_anchor", "neg_margin": 0.0}, kind="edge"),
     ]
     return out
 

@@ -99,6 +99,45 @@ def _batch_triplet(rng):
              {"distance": "cosine", "mining": "hard", "margin": 0.5}, kind="edge", fd=False,
              note="inside the eps-ball the normalisation is x/eps"),
     ]
+    out += _batch_triplet_ref(rng, x, y)
+    return out
+
+
+def ref_set(rng, x, y, m=6):
+    """A reference set of ``m`` rows (labels drawn from ``y``'s) and one that holds the
+    batch itself first (a cross-batch memory after enqueueing), with ``ref_self``."""
+    r = rng.standard_normal((m, x.shape[1]))
+    ry = y[np.arange(m) % len(y)][::-1].copy()
+    mem, mem_y = np.concatenate([x, r]), np.concatenate([y, ry])
+    return r, ry, mem, mem_y, np.arange(len(x), dtype=np.int64)
+
+
+def _batch_triplet_ref(rng, x, y):
+    r, ry, mem, mem_y, own = ref_set(rng, x, y)
+    out = [Case(f"ref set, {mining}", (x, y), {"mining": mining, "ref": r, "ref_labels": ry,
+                                                "margin": 1.5 if mining == "semi_hard" else 0.8})
+           for mining in ("all", "hard", "semi_hard")]
+    out += [
+        Case("ref set, none", (x, y), {"ref": r, "ref_labels": ry, "reduction": "none"}),
+        Case("memory holding the batch (ref_self), all, per_anchor", (x, y),
+             {"ref": mem, "ref_labels": mem_y, "ref_self": own, "reduction": "per_anchor"}),
+        Case("memory holding the batch (ref_self), hard, mean_nonzero", (x, y),
+             {"ref": mem, "ref_labels": mem_y, "ref_self": own, "mining": "hard",
+              "reduction": "mean_nonzero"}),
+        Case("per_anchor, all", (x, y), {"reduction": "per_anchor", "margin": 0.5}),
+        Case("per_anchor, semi_hard, lp p=3", (x, y), {"reduction": "per_anchor", "mining": "semi_hard",
+                                                       "distance": "lp", "p": 3, "margin": 1.5}),
+        Case("ref_self all -1 (no copy in the reference set)", (x, y),
+             {"ref": r, "ref_labels": ry, "ref_self": np.full(len(x), -1, dtype=np.int64)}, kind="edge"),
+        Case("ref set of one row (no triplet)", (x, y), {"ref": r[:1], "ref_labels": ry[:1],
+                                                         "reduction": "per_anchor"}, kind="edge"),
+        Case("ref set equal to the batch without ref_self (self-pairs at distance 0)", (x, y),
+             {"ref": x.copy(), "ref_labels": y, "reduction": "none", "distance": "sq_euclidean"},
+             kind="edge"),
+        Case("per_anchor with no positive term is 0", (x + 10.0 * y[:, None], y),
+             {"reduction": "per_anchor", "margin": 0.5, "ref": x + 10.0 * y[:, None],
+              "ref_labels": y}, kind="edge"),
+    ]
     return out
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._mp import lse, mp, oracle, reduce, sim, to_f64, to_mp
-from .triplet import dist
+from .triplet import dist, per_anchor, ref_pairs
 
 
 def _softplus(v):
@@ -63,16 +63,18 @@ def _reduce_nonzero(per, terms, reduction):
 
 @oracle
 def multi_similarity(embeddings, labels, *, alpha=2.0, beta=50.0, base=0.5, mining_margin=None,
-                     similarity="cosine", reduction="mean", eps=1e-12, **_):
+                     similarity="cosine", reduction="mean", ref=None, ref_labels=None,
+                     ref_self=None, eps=1e-12, **_):
     X = to_mp(embeddings)
+    R = X if ref is None else to_mp(ref)
     lab = np.asarray(labels)
     n = len(X)
     al, be, lam = mp.mpf(float(alpha)), mp.mpf(float(beta)), mp.mpf(float(base))
-    S = [[sim(X[i], X[j], similarity, eps) for j in range(n)] for i in range(n)]
+    S = [[sim(X[i], R[j], similarity, eps) for j in range(len(R))] for i in range(n)]
+    POS, NEG = ref_pairs(n, lab, ref_labels, ref_self, len(R))
     per = []
     for i in range(n):
-        P = [j for j in range(n) if j != i and lab[j] == lab[i]]
-        N = [k for k in range(n) if lab[k] != lab[i]]
+        P, N = POS[i], NEG[i]
         if mining_margin is not None:
             m = mp.mpf(float(mining_margin))
             max_n = max((S[i][k] for k in N), default=mp.mpf("-inf"))
@@ -87,34 +89,37 @@ def multi_similarity(embeddings, labels, *, alpha=2.0, beta=50.0, base=0.5, mini
 @oracle
 def pairwise_contrastive(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0, distance="euclidean",
                          p=2, squared=False, normalize=False, split_pos_neg=False, reduction="mean",
-                         eps=1e-12, **_):
+                         ref=None, ref_labels=None, ref_self=None, eps=1e-12, **_):
     X = to_mp(embeddings)
+    R = X if ref is None else to_mp(ref)
     if normalize:
-        X = [[v / max(mp.sqrt(mp.fsum(c * c for c in row)), mp.mpf(eps)) for v in row] for row in X]
+        X, R = ([[v / max(mp.sqrt(mp.fsum(c * c for c in row)), mp.mpf(eps)) for v in row]
+                 for row in A] for A in (X, R))
     lab = np.asarray(labels)
     n = len(X)
+    POS, NEG = ref_pairs(n, lab, ref_labels, ref_self, len(R))
     mp_, mn = mp.mpf(float(pos_margin)), mp.mpf(float(neg_margin))
 
     def h(v):
         v = v if v > 0 else mp.mpf(0)
         return v * v / 2 if squared else v
 
-    per, tp, tn = [], [], []
+    per, tp, tn, per_p, per_n = [], [], [], [], []
     for i in range(n):
-        row = []
-        for j in range(n):
-            if j == i:
-                continue
-            d = dist(X[i], X[j], distance, p, eps)
-            if lab[i] == lab[j]:
-                tp.append(h(d - mp_))
-                row.append(tp[-1])
-            else:
-                tn.append(h(mn - d))
-                row.append(tn[-1])
-        per.append(mp.fsum(row))
+        rp = [h(dist(X[i], R[j], distance, p, eps) - mp_) for j in POS[i]]
+        rn = [h(mn - dist(X[i], R[k], distance, p, eps)) for k in NEG[i]]
+        tp += rp
+        tn += rn
+        per_p.append(mp.fsum(rp))
+        per_n.append(mp.fsum(rn))
+        per.append(per_p[-1] + per_n[-1])
     if reduction in ("none", "sum"):
         return reduce(per, reduction)
+    if reduction == "per_anchor":
+        cp, cn = [len(v) for v in POS], [len(v) for v in NEG]
+        if split_pos_neg:
+            return to_f64(per_anchor(per_p, cp) + per_anchor(per_n, cn))
+        return to_f64(per_anchor(per, [a + b for a, b in zip(cp, cn)]))
 
     def mean(ts):
         ts_ = ts if reduction == "mean" else [t for t in ts if t > 0]

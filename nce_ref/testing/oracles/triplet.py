@@ -27,6 +27,28 @@ def _h(x, soft):
     return x if x > 0 else mp.mpf(0)
 
 
+def ref_pairs(n, lab, ref_labels, ref_self, m_rows):
+    """``(rows, pos, neg)``: for each anchor the lists of its positive and negative
+    column indices, over the batch itself (``ref_labels is None``: the anchor itself
+    excluded) or the reference set (the row ``ref_self[i]`` excluded)."""
+    if ref_labels is None:
+        rl, own = lab, list(range(n))
+    else:
+        rl = np.asarray(ref_labels)
+        own = [-1] * n if ref_self is None else [int(v) for v in np.asarray(ref_self)]
+    pos = [[j for j in range(m_rows) if j != own[i] and rl[j] == lab[i]] for i in range(n)]
+    neg = [[k for k in range(m_rows) if k != own[i] and rl[k] != lab[i]] for i in range(n)]
+    return pos, neg
+
+
+def per_anchor(per, counts):
+    """PML's ``PerAnchorReducer(AvgNonZeroReducer())``: each anchor's mean, then the mean
+    of the positive means (0 when none is)."""
+    v = [t / c if c else mp.mpf(0) for t, c in zip(per, counts)]
+    v = [x for x in v if x > 0]
+    return mp.fsum(v) / len(v) if v else mp.mpf(0)
+
+
 def _reduce(per, count, count_pos, reduction):
     if reduction == "none":
         return to_f64(per)
@@ -55,16 +77,18 @@ def triplet(anchor, positive, negative, *, margin=1.0, distance="euclidean", p=2
 
 @oracle
 def batch_triplet(embeddings, labels, *, mining="all", margin=1.0, distance="euclidean", p=2,
-                  soft=False, reduction="mean", eps=1e-12, **_):
+                  soft=False, reduction="mean", ref=None, ref_labels=None, ref_self=None,
+                  eps=1e-12, **_):
     X = to_mp(embeddings)
+    R = X if ref is None else to_mp(ref)
     lab = np.asarray(labels)
     n = len(X)
     m = mp.mpf(float(margin))
-    D = [[dist(X[i], X[j], distance, p, eps) for j in range(n)] for i in range(n)]
-    per, count, count_pos = [], 0, 0
+    D = [[dist(X[i], R[j], distance, p, eps) for j in range(len(R))] for i in range(n)]
+    POS, NEG = ref_pairs(n, lab, ref_labels, ref_self, len(R))
+    per, count, count_pos, counts = [], 0, 0, []
     for i in range(n):
-        pos = [j for j in range(n) if j != i and lab[j] == lab[i]]
-        neg = [k for k in range(n) if lab[k] != lab[i]]
+        pos, neg = POS[i], NEG[i]
         terms = []
         if mining == "all":
             terms = [_h(D[i][j] - D[i][k] + m, soft) for j in pos for k in neg]
@@ -77,11 +101,14 @@ def batch_triplet(embeddings, labels, *, mining="all", margin=1.0, distance="euc
                 if semi:
                     terms.append(_h(D[i][j] - min(semi) + m, soft))
         per.append(mp.fsum(terms))
+        counts.append(len(terms))
         count += len(terms)
         count_pos += sum(1 for x in terms if x > 0)
+    if reduction == "per_anchor":
+        return to_f64(per_anchor(per, counts))
     return _reduce(per, count, count_pos, reduction)
 
 
 ORACLES = {"triplet": triplet, "batch_triplet": batch_triplet}
 
-__all__ = ["ORACLES"]
+__all__ = ["ORACLES", "ref_pairs", "per_anchor"]
