@@ -414,7 +414,7 @@ def setup_supcon(features, labels, *, mask, temperature, base_temperature, posit
     if ref is None:
         return st
     # the reference set: the anchors (all views or the first) against the ref rows only
-    st.row_labels = st.col_labels if n_anchor == c else st.col_labels[:n]
+    st.row_labels = st.col_labels if n_anchor == c else st.col_labels[:n, ...]
     st.col_labels = ref_labels
     st.u = ctx.to_compute(ref)
     st.c = ref.shape[0]
@@ -645,7 +645,7 @@ def _relation(st: SimpleNamespace):
     n, v = st.n, st.v
     lab, mask = st.col_labels, st.mask
     if st.ref is not None:  # the anchors' labels against the ref rows'
-        return lambda r0, r1: _label_relation(ctx, st.row_labels[r0:r1], lab)
+        return lambda r0, r1: _label_relation(ctx, st.row_labels[r0:r1, ...], lab)
     if mask is None and lab.ndim == 1:  # labels, or sample ids (no labels: the views)
         col = xp.expand_dims(lab, axis=0)
         return lambda r0, r1: xp.expand_dims(lab[r0:r1], axis=1) == col

@@ -89,6 +89,72 @@ def _supcon(rng):
         Case("bool labels", (f2, np.array([True, False, True, True, False, False, True, False])),
              {"temperature": 0.2, "positives": "in"}, kind="edge"),
     ]
+    return out + _reference_sets(rng, f, y, f2, y8)
+
+
+def _reference_sets(rng, f, y, f2, y8):
+    """``ref``/``ref_labels``/``ref_self`` (issue 14) and ``no_negative``."""
+    d = f.shape[-1]
+    r = rng.standard_normal((7, d))
+    ry = np.array([0, 1, 1, 2, 3, 0, 0])  # class 3 has no anchor; anchors' class 2: one row
+    own = np.array([[0, -1], [1, 2], [-1, 5], [3, 3], [-1, -1], [6, 4]])  # (N, V) of f
+    multi = np.array([[1, 0, 0], [0, 1, 1], [1, 1, 0], [0, 0, 1], [0, 0, 0], [1, 0, 0]])
+    rmulti = np.array([[1, 0, 0], [0, 0, 1], [0, 1, 0], [0, 0, 0], [1, 1, 1], [0, 1, 0], [1, 0, 1]])
+    same = np.zeros(6, dtype=np.int64)
+    ref = {"ref": r, "ref_labels": ry}
+    out = [Case(f"ref, positives={pm}", (f, y), {**ref, "temperature": 0.2, "positives": pm})
+           for pm in ("out", "in", "per_pair")]
+    out += [Case(f"ref, ref_self, positives={pm}", (f, y),
+                 {**ref, "ref_self": own, "temperature": 0.3, "positives": pm})
+            for pm in ("out", "in", "per_pair")]
+    out += [Case(f"ref, {k}", (f, y), {**ref, "ref_self": own, "temperature": 0.5, "similarity": k})
+            for k in KINDS[1:]]
+    out += [
+        Case("ref, contrast_mode one, ref_self, none", (f, y),
+             {**ref, "ref_self": own, "temperature": 0.2, "contrast_mode": "one",
+              "reduction": "none"}),
+        Case("ref, (N, D) layout, more anchors than ref rows, zero", (f2, y8 % 3),
+             {"ref": r[:4], "ref_labels": np.array([0, 1, 1, 2]),
+              "ref_self": np.array([-1, 0, 1, -1, -1, 3, -1, 2]), "temperature": 0.1,
+              "no_positive": "zero"}),
+        Case("ref, multi-label rows, base_temperature, sum", (f, multi),
+             {"ref": r, "ref_labels": rmulti, "temperature": 0.2, "base_temperature": 0.07,
+              "reduction": "sum"}),
+        Case("ref, float labels", (f, y * 0.5), {"ref": r, "ref_labels": ry * 0.5,
+                                                 "temperature": 0.2}),
+        Case("ref streamed, blocks of 5, in, none", (f, y),
+             {**ref, "ref_self": own, "temperature": 0.2, "positives": "in", "reduction": "none",
+              "block_size": 5}),
+        Case("ref streamed neg_euclidean, block of 1 row, per_pair", (f, y),
+             {**ref, "ref_self": own, "temperature": 0.4, "similarity": "neg_euclidean",
+              "positives": "per_pair", "block_size": 1}),
+        Case("no_negative zero with negatives (no effect)", (f, y),
+             {"temperature": 0.2, "no_negative": "zero"}),
+        Case("ref, no_negative zero with negatives (no effect), per_pair", (f, y),
+             {**ref, "temperature": 0.2, "no_negative": "zero", "positives": "per_pair"}),
+    ]
+    out += [
+        Case("ref: no anchor has a positive", (f, y + 10), {**ref, "temperature": 0.2},
+             kind="edge"),
+        Case("ref: every candidate excluded (M = 1, its own copy)", (f2[:1], y8[:1]),
+             {"ref": f2[:1], "ref_labels": y8[:1], "ref_self": np.array([0])}, kind="edge"),
+        Case("ref: the batch itself with ref_self (= no ref)", (f2, y8),
+             {"ref": f2, "ref_labels": y8, "ref_self": np.arange(8), "temperature": 0.1},
+             kind="edge"),
+        Case("ref: one class, no negative (keep)", (f, same),
+             {"ref": r, "ref_labels": np.zeros(7, dtype=np.int64), "temperature": 0.2},
+             kind="edge"),
+        Case("all labels equal, no_negative zero (PML: 0)", (f, same),
+             {"temperature": 0.1, "no_negative": "zero"}, kind="edge"),
+        Case("all labels equal, no_negative zero, in, none", (f, same),
+             {"temperature": 0.1, "no_negative": "zero", "positives": "in", "reduction": "none"},
+             kind="edge"),
+        Case("ref: one class, no_negative zero, per_pair", (f, same),
+             {"ref": r, "ref_labels": np.zeros(7, dtype=np.int64), "temperature": 0.2,
+              "no_negative": "zero", "positives": "per_pair"}, kind="edge"),
+        Case("no labels, 2 views, N = 1, no_negative zero", (f[:1],),
+             {"temperature": 0.3, "no_negative": "zero"}, kind="edge"),
+    ]
     return out
 
 
