@@ -120,6 +120,14 @@ def test_nt_xent_engine_equals_reference(rng, similarity):
     _assert_same(*_both(nce_ref.nt_xent, z1, z2, temperature=0.4, similarity=similarity), tau=0.4)
 
 
+@pytest.mark.parametrize("similarity", ["cosine", "dot", "neg_sq_euclidean", "neg_euclidean"])
+@pytest.mark.parametrize("weight", ["none", "von_mises"])
+def test_dcl_engine_equals_reference(rng, similarity, weight):
+    z1, z2 = rng.standard_normal((6, 3)), rng.standard_normal((6, 3))
+    _assert_same(*_both(nce_ref.dcl, z1, z2, temperature=0.4, similarity=similarity,
+                        weight=weight, detach_weight=False), tau=0.4)
+
+
 @pytest.mark.parametrize("positives", ["out", "in", "per_pair"])
 def test_supcon_engine_equals_reference(rng, positives):
     f = rng.standard_normal((6, 2, 3))
@@ -137,7 +145,7 @@ def test_auto_runs_the_engine_where_it_applies_and_the_reference_elsewhere(rng):
     assert float(auto) == float(dense)  # the same code: bit for bit
 
 
-@pytest.mark.parametrize("f", [nce_ref.info_nce, nce_ref.nt_xent])
+@pytest.mark.parametrize("f", [nce_ref.info_nce, nce_ref.nt_xent, nce_ref.dcl, nce_ref.siglip])
 def test_an_unknown_method_is_refused_by_name(f):
     x = np.ones((3, 2))
     with pytest.raises(ValueError, match="`method` must be one of 'auto', 'dense', 'streamed'; got 'fast'"):

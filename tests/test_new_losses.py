@@ -10,7 +10,7 @@ run as their own code where it installs, and against torch autograd transcriptio
 - the options the peers lack (the paper's squared contrastive loss, DCLW's gradient
   through its weight, every reduction) against plain torch autograd of the formula.
 
-Values and every gradient in float64; the engine against the reference for siglip.
+Values and every gradient in float64; the engine against the reference for siglip and dcl.
 """
 
 from __future__ import annotations
@@ -203,6 +203,87 @@ def test_dcl_equals_torch_autograd_with_temperature(rng, weighted, detach, reduc
         _close(g[k], ref.grad.numpy(), k)
 
 
+@pytest.mark.parametrize("similarity", ["cosine", "dot", "neg_sq_euclidean", "neg_euclidean"])
+@pytest.mark.parametrize("weighted,detach", [(False, True), (True, True), (True, False)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_dcl_engine_equals_reference(rng, similarity, weighted, detach, reduction):
+    """The engine (blocks of 1, 4 and all rows of a segment) equals the dense reference,
+    value and every gradient (temperature included), in float64."""
+    n = 7
+    z1, z2 = rng.standard_normal((n, 3)), rng.standard_normal((n, 3))
+    kw = dict(temperature=0.4, similarity=similarity, weight="von_mises" if weighted else "none",
+              detach_weight=detach, sigma=0.6, reduction=reduction)
+    ct = rng.standard_normal(2 * n) if reduction == "none" else None
+    vg = nce_ref.value_and_grad(nce_ref.dcl)
+    dense = vg(z1, z2, method="dense", cotangent=ct, **kw)
+    assert sorted(dense[1]) == ["temperature", "z1", "z2"]
+    for block in (1, 4, n):
+        streamed = vg(z1, z2, method="streamed", block_size=block, cotangent=ct, **kw)
+        _close(streamed[0], dense[0], f"value, block {block}")
+        for k in dense[1]:
+            _close(streamed[1][k], dense[1][k], f"{k}, block {block}")
+
+
+def test_dcl_auto_runs_the_engine_and_its_blocks_do_not_change_the_result(rng):
+    """``method="auto"`` is the engine (bit for bit), and a small ``block_size`` (the memory:
+    a block x 2N buffer, never (2N, 2N)) gives the whole-segment result to rounding."""
+    z1, z2 = rng.standard_normal((40, 6)), rng.standard_normal((40, 6))
+    auto = nce_ref.dcl(z1, z2, weight="von_mises")
+    assert float(auto) == float(nce_ref.dcl(z1, z2, weight="von_mises", method="streamed"))
+    vg = nce_ref.value_and_grad(nce_ref.dcl)
+    whole = vg(z1, z2, block_size=40)
+    for block in (1, 3):
+        small = vg(z1, z2, block_size=block)
+        _close(small[0], whole[0])
+        for k in whole[1]:
+            _close(small[1][k], whole[1][k], k)
+    with nce_ref.tuning(memory_budget=2 * 80 * 8 * 2):  # two rows of 2N float64 per buffer
+        _close(nce_ref.dcl(z1, z2), whole[0])
+
+
+def test_dcl_engine_float32_and_extreme_temperature(rng):
+    """float32 through the engine against the float64 reference; at τ = 1e-3 (logits ~1e3,
+    the shifted path) the engine matches the reference in float64."""
+    z1, z2 = rng.standard_normal((300, 16)), rng.standard_normal((300, 16))
+    want = nce_ref.value_and_grad(nce_ref.dcl)(z1, z2, method="dense")
+    got = nce_ref.value_and_grad(nce_ref.dcl)(z1.astype(np.float32), z2.astype(np.float32))
+    assert got[0].dtype == np.float32
+    np.testing.assert_allclose(got[0], want[0], rtol=rtol_for("float32", temperature=0.1))
+    for k in want[1]:
+        np.testing.assert_allclose(got[1][k], want[1][k], rtol=rtol_for("float32", temperature=0.1),
+                                   atol=atol_for("float32", float(np.max(np.abs(want[1][k]))) / 0.1),
+                                   err_msg=k)
+    x1, x2 = z1[:9], z2[:9]
+    kw = dict(temperature=1e-3, reduction="none", weight="von_mises", detach_weight=False,
+              cotangent=rng.standard_normal(18))
+    dense = nce_ref.value_and_grad(nce_ref.dcl)(x1, x2, method="dense", **kw)
+    streamed = nce_ref.value_and_grad(nce_ref.dcl)(x1, x2, method="streamed", block_size=4, **kw)
+    np.testing.assert_allclose(streamed[0], dense[0], rtol=rtol_for("float64", temperature=1e-3))
+    for k in dense[1]:
+        np.testing.assert_allclose(streamed[1][k], dense[1][k],
+                                   rtol=rtol_for("float64", temperature=1e-3),
+                                   atol=atol_for("float64", float(np.max(np.abs(dense[1][k])))),
+                                   err_msg=k)
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_dcl_engine_on_torch_and_jax_equals_numpy(rng, backend):
+    """The generic (Array API) kernel on torch and JAX equals NumPy's specialisation."""
+    z1, z2 = rng.standard_normal((9, 4)), rng.standard_normal((9, 4))
+    kw = dict(temperature=0.3, weight="von_mises", detach_weight=False, block_size=4)
+    want = nce_ref.value_and_grad(nce_ref.dcl)(z1, z2, method="dense", **kw)
+    if backend == "torch":
+        a, b = torch.tensor(z1), torch.tensor(z2)
+    else:
+        jax = pytest.importorskip("jax", reason="JAX is optional")
+        jax.config.update("jax_enable_x64", True)
+        a, b = jax.numpy.asarray(z1), jax.numpy.asarray(z2)
+    got = nce_ref.value_and_grad(nce_ref.dcl)(a, b, method="streamed", **kw)
+    _close(np.asarray(got[0]), want[0])
+    for k in want[1]:
+        _close(np.asarray(got[1][k]), want[1][k], k)
+
+
 # -- multi-similarity ------------------------------------------------------------------------
 
 def _labels(rng, n, classes):
@@ -349,7 +430,8 @@ def test_pairwise_contrastive_equals_torch_autograd(rng, squared, reduction, spl
     (lambda x, y: nce_ref.dcl(x[:1], y[:1]), "at least two rows"),
     (lambda x, y: nce_ref.dcl(x, y, weight="vmf"), "`weight` must be one of"),
     (lambda x, y: nce_ref.dcl(x, y, sigma=0.0), "`sigma` must be > 0"),
-    (lambda x, y: nce_ref.dcl(x, y, method="streamed"), "method='streamed'"),
+    (lambda x, y: nce_ref.dcl(x, y, block_size=0), "`block_size` must be >= 1"),
+    (lambda x, y: nce_ref.dcl(x, y, method="fast"), "`method` must be one of"),
     (lambda x, y: nce_ref.dcl(x, y, detach_weight=1), "`detach_weight` must be a bool"),
     (lambda x, y: nce_ref.multi_similarity(x, np.arange(5)), "`labels` must have shape"),
     (lambda x, y: nce_ref.multi_similarity(x, np.arange(4), alpha=0.0), "`alpha` must be > 0"),

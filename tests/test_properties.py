@@ -1,7 +1,7 @@
 """Hypothesis properties: the engine equals the reference, and the maths' invariances.
 
 For the streamed losses (``info_nce`` one-way, symmetric and with unpaired negatives,
-``nt_xent``, ``supcon`` with labels, ``mi.bound_from_embeddings`` for every bound) the
+``nt_xent``, ``dcl``, ``supcon`` with labels, ``mi.bound_from_embeddings`` for every bound) the
 engine (``method="streamed"``, ``block_size=b``) equals the reference
 (``method="dense"``) in value and every gradient (``nce_ref.value_and_grad``), over
 N in 1..200, D in 1..16, a block of one row, a block that does not divide N and the
@@ -172,6 +172,27 @@ def test_nt_xent_engine_equals_dense(p, reduction):
         return vg(nce_ref.nt_xent)(*a, **kw, method=method, **opts)
 
     _both_dtypes(call, [z1, z2], kw, tau=tau, what=f"nt_xent {kw} block {block}")
+
+
+@FEW
+@given(problems(n_min=2), st.sampled_from(["mean", "sum", "none"]),
+       st.sampled_from([("none", True), ("von_mises", True), ("von_mises", False)]))
+def test_dcl_engine_equals_dense(p, reduction, weighting):
+    rng, n, d, block, kind, tau = p
+    z1, z2 = _embed(rng, (n, d), kind), _embed(rng, (n, d), kind)
+    _separated(kind, z1, z2)
+    kw = {"temperature": tau, "similarity": kind, "reduction": reduction,
+          "weight": weighting[0], "detach_weight": weighting[1]}
+    ct = rng.uniform(0.5, 1.5, 2 * n) if reduction == "none" else None
+    assert _has_method(nce_ref.dcl)
+
+    def call(a, method):
+        opts = {"block_size": block} if method == "streamed" else {}
+        if ct is not None:
+            opts["cotangent"] = ct.astype(a[0].dtype)
+        return vg(nce_ref.dcl)(*a, **kw, method=method, **opts)
+
+    _both_dtypes(call, [z1, z2], kw, tau=tau, what=f"dcl {kw} block {block}")
 
 
 @FEW
@@ -366,7 +387,7 @@ def test_temperature_gradient_is_the_derivative_along_tau(p, which):
 
 def test_every_streamed_function_has_a_method_option_or_a_dense_formula_here():
     """Which references the properties use today (``method="dense"`` or the formula)."""
-    for fn in (nce_ref.info_nce, nce_ref.nt_xent, nce_ref.supcon):
+    for fn in (nce_ref.info_nce, nce_ref.nt_xent, nce_ref.supcon, nce_ref.dcl):
         assert _has_method(fn), fn.__name__
     if not _has_method(mi.bound_from_embeddings):
         pytest.skip("mi.bound_from_embeddings has no `method` yet: the reference is the "

@@ -211,7 +211,8 @@ def np_sigmoid_of_exp(ex):
 def np_ce_block(z, pb, w, flush: bool, shift_free: bool, lo: float):
     """:func:`.ce._block` (generic): the same arithmetic, in place (``out=``), on two halves
     of the rows in two threads (:func:`._exec.by_halves`), each half in chunks of rows in
-    cache.  ``lo`` is :func:`._policy.exp_floor` of the dtype.  Returns ``(l, e, scale)``
+    cache.  ``lo`` is :func:`._policy.exp_floor` of the dtype.  ``pb`` None: no positive
+    in the denominator (DCL), ``l = LSE`` of the kept entries.  Returns ``(l, e, scale)``
     (``e`` is ``z`` itself)."""
     import numpy as np
 
@@ -228,14 +229,19 @@ def np_ce_block(z, pb, w, flush: bool, shift_free: bool, lo: float):
             c = zs[i:i + step]
             if not shift_free:
                 mc = c.max(axis=1) if cols else np.full(c.shape[0], -np.inf, dtype=zs.dtype)
-                np.maximum(mc, ps[i:i + step], out=mc)
+                if ps is not None:
+                    np.maximum(mc, ps[i:i + step], out=mc)
                 m[i:i + step] = mc
                 c -= mc[:, None]
                 if flush:
                     np_clamp_below(c, lo)
             np.exp(c, out=c)
             c.sum(axis=1, out=r[i:i + step])
-        if shift_free:
+        if ps is None:  # LSE over the kept entries: r >= 1 shifted, normal unshifted
+            l, denom = np.log(r), r
+            if not shift_free:
+                l += m
+        elif shift_free:
             l, denom = unshifted_terms(r, ps, np)
         else:
             dlt = ps - m
@@ -252,7 +258,8 @@ def np_ce_block(z, pb, w, flush: bool, shift_free: bool, lo: float):
                 c[c < thr[i:i + step]] = 0
         return l, scale
 
-    l, scale = by_halves(lambda r0, r1: part(z[r0:r1], pb[r0:r1], None if w is None else w[r0:r1]),
+    l, scale = by_halves(lambda r0, r1: part(z[r0:r1], None if pb is None else pb[r0:r1],
+                                             None if w is None else w[r0:r1]),
                          z.shape[0], z.size)
     return l, (None if w is None else z), scale
 

@@ -67,7 +67,9 @@ def _block(z, pb, w, flush: bool, shift_free: bool, xp):
     probabilities ``e`` and the row factors ``scale`` such that
     ``dz = diag(scale) e`` (applied to the GEMMs' small operands, never to ``e``).
     """
-    if shift_free:
+    if pb is None:  # no positive in the denominator (DCL): l = LSE over the kept entries
+        l, e, denom = _lse_block(z, flush, shift_free, xp)
+    elif shift_free:
         e = xp.exp(z)
         l, denom = unshifted_terms(xp.sum(e, axis=1), pb, xp)
     else:
@@ -81,6 +83,28 @@ def _block(z, pb, w, flush: bool, shift_free: bool, xp):
         # l = (m − pos) + log1p(r + expm1(pos − m)), exact when the positive dominates (m = pos)
         l = xp.log1p(r + xp.expm1(dlt)) - dlt
         denom = r + xp.exp(dlt)
+    return _block_grad(l, e, denom, w, flush, xp)
+
+
+def _lse_block(z, flush: bool, shift_free: bool, xp):
+    """``(l, e, denom)`` of a block without a positive: ``l_i = LSE_j z_ij`` over the kept
+    entries (at least one per row), ``e = e^{z − m}``, ``denom = Σ_j e_ij`` (``m = 0``
+    unshifted: ``|z| <= bound`` keeps ``e`` normal and finite)."""
+    if shift_free:
+        e = xp.exp(z)
+        r = xp.sum(e, axis=1)
+        return xp.log(r), e, r
+    m = xp.max(z, axis=1)
+    z -= xp.expand_dims(m, axis=1)
+    if flush:
+        z = clamp_below(z, exp_floor(z.dtype, xp), xp)
+    e = xp.exp(z)
+    r = xp.sum(e, axis=1)  # >= 1: the maximum's own term
+    return m + xp.log(r), e, r
+
+
+def _block_grad(l, e, denom, w, flush: bool, xp):
+    """``(l, e, scale)`` of :func:`_block` from the terms and the denominators."""
     if w is None:
         return l, None, None
     # p_ij = e_ij / denom_i;  dz_ij = w_i p_ij = scale_i e_ij
@@ -99,8 +123,10 @@ def ce_stream(a: Array, b: Array, pos: Array, *, bands: tuple[int, ...] = (),
 
     Parameters
     ----------
-    a : (R, K), b : (C, K), pos : (R,)
-        Row operand, column operand and the positives' logits.
+    a : (R, K), b : (C, K), pos : (R,) or None
+        Row operand, column operand and the positives' logits.  None: no positive in
+        the denominator (DCL, ``losses.dcl``): ``l_i = LSE_{j kept} z_ij`` (every row
+        keeps at least one entry), ``dz = w_i softmax_kept(z_i)`` and ``dpos`` None.
     bands : offsets ``off`` such that the entry ``(i, row_offset + i + off)`` is excluded
         for every row ``i`` (its column must lie inside ``b``).
     weights : (R,), optional
@@ -119,7 +145,7 @@ def ce_stream(a: Array, b: Array, pos: Array, *, bands: tuple[int, ...] = (),
     Returns
     -------
     l : (R,)
-    grads : ``None``, or ``(da (R, K), db (C, K), dpos (R,), zdz 0-d)``.
+    grads : ``None``, or ``(da (R, K), db (C, K), dpos (R,) or None, zdz 0-d)``.
     """
     shift_free = root is None and logits_shift_free(bound, b.shape[0], a.dtype, xp)
     # unshifted and unflushed, the row sums come from the first gradient GEMM, as one more
@@ -134,21 +160,25 @@ def ce_stream(a: Array, b: Array, pos: Array, *, bands: tuple[int, ...] = (),
     for r0, r1, ab, z, dzdy in logit_blocks(a, b, block, root, xp):
         for off in bands:
             z = mask_band(z, r0, r1, row_offset + off, xp)
-        pb = pos[r0:r1]
+        pb = None if pos is None else pos[r0:r1]
         w = None if weights is None else weights[r0:r1]
         fl = flush and root is None  # with a root, flush after the chain factor below
         if b1 is not None:
             e = exp_block(z, xp)
             z = None
             eb = e @ b1
-            l, denom = unshifted_terms(eb[:, k], pb, xp)
+            if pb is None:
+                l, denom = xp.log(eb[:, k]), eb[:, k]
+            else:
+                l, denom = unshifted_terms(eb[:, k], pb, xp)
             scale = w / denom
             dab, db, part = grad_gemms(e, scale, ab, b, db, xp, eb=eb[:, :k])
             e = eb = None
             ls.append(l)
             zdz = part if zdz is None else zdz + part
             das.append(dab)
-            dps.append(w * xp.expm1(-l))
+            if pb is not None:
+                dps.append(w * xp.expm1(-l))
             continue
         if np_owns(z, xp):
             l, e, scale = np_ce_block(z, pb, w, fl, shift_free, exp_floor(z.dtype, xp))
@@ -167,11 +197,12 @@ def ce_stream(a: Array, b: Array, pos: Array, *, bands: tuple[int, ...] = (),
         part = part * (2.0 if root is not None else 1.0)
         zdz = part if zdz is None else zdz + part
         das.append(dab)
-        dps.append(w * xp.expm1(-l))
+        if pb is not None:
+            dps.append(w * xp.expm1(-l))
     l = cat(ls, xp)
     if weights is None:
         return l, None
-    return l, (cat(das, xp), untranspose(db, xp), cat(dps, xp), zdz)
+    return l, (cat(das, xp), untranspose(db, xp), cat(dps, xp) if dps else None, zdz)
 
 
 def ce_stream_symmetric(a: Array, b: Array, pos: Array, *, weights: Array | None = None,
