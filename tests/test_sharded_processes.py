@@ -8,6 +8,8 @@ or JAX devices) and asserts its own result:
   on the whole batch, parameters to 1e-12 in float64, for CLIP and SupCon;
 - ``sharded_mpi.py``: ``mpiexec -n 3``, NT-Xent by gather and by ring, value and
   gradients of every rank against the single-process function;
+- ``sharded_mpi_ring.py``: ``mpiexec -n 3``, SupCon (every positives mode) and the MI
+  bounds by gather and by ring;
 - ``sharded_jax.py``: ``jax.shard_map`` over 4 simulated host devices, the gradient of
   the mean of the devices' shares against the single-device gradient.
 """
@@ -46,6 +48,19 @@ def test_mpi_ranks_equal_the_single_process_loss():
         pytest.skip("no mpiexec found (pip install mpich)")
     out = _run([mpiexec, "-n", "3", sys.executable, str(EXAMPLES / "sharded_mpi.py")])
     assert "gather, 3 ranks" in out and "ring, 3 ranks" in out
+
+
+@pytest.mark.slow
+def test_mpi_ranks_by_the_ring_equal_the_single_process_supcon_and_bounds():
+    """SupCon (every positives mode, labels across ranks) and the MI bounds that take the
+    ring, by gather and by ring over ``mpiexec -n 3``: the example asserts each result."""
+    pytest.importorskip("mpi4py", reason="mpi4py is not installed")
+    mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+    if mpiexec is None:
+        pytest.skip("no mpiexec found (pip install mpich)")
+    out = _run([mpiexec, "-n", "3", sys.executable, str(EXAMPLES / "sharded_mpi_ring.py")])
+    for what in ("supcon out", "supcon in", "supcon per_pair", "dv", "tuba", "js", "smile"):
+        assert f"{what} ring, 3 ranks" in out, what
 
 
 @pytest.mark.slow  # about 30 s of XLA compilation on 2 cores; CI runs it with -m slow
