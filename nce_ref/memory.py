@@ -171,6 +171,13 @@ def cross_batch_args(memory: Array, memory_labels: Array | None = None, /, *,
     return out
 
 
+def _same_device(x: Array, dev) -> bool:
+    """Whether ``x`` is on ``dev``; a traced array (JAX under ``grad``/``jit``), whose
+    device is unknown (None), passes."""
+    d = xp_device(x)
+    return d is None or dev is None or bool(d == dev)
+
+
 def _compat(xp):
     """The array-api-compat namespace of the library ``xp`` (``numpy``, ``torch``,
     ``jax.numpy``, a compat namespace, array-api-strict)."""
@@ -433,7 +440,7 @@ class MemoryQueue:
             raise TypeError(f"`batch` must have the queue's dtype {self.slots.dtype}; got "
                             f"{batch.dtype} (cast it, or make the queue with that dtype)")
         dev = xp_device(self.slots)
-        if not (xp_device(batch) == dev):
+        if not _same_device(batch, dev):
             raise ValueError(f"`batch` must be on the queue's device {dev}; got {xp_device(batch)}")
         if self.slot_labels is None:
             if labels is not None:
@@ -448,7 +455,7 @@ class MemoryQueue:
             if labels.dtype != self.slot_labels.dtype:
                 raise TypeError(f"`labels` must have the queue's label dtype "
                                 f"{self.slot_labels.dtype}; got {labels.dtype}")
-            if not (xp_device(labels) == dev):
+            if not _same_device(labels, dev):
                 raise ValueError(f"`labels` must be on the queue's device {dev}; got "
                                  f"{xp_device(labels)}")
         size, ptr = self.size, self.ptr
