@@ -144,7 +144,16 @@ def cross_batch_args(memory: Array, memory_labels: Array | None = None, /, *,
     >>> args = nce_ref.cross_batch_args(memory, memory_labels, own=np.arange(2, 6))
     >>> sorted(args)
     ['ref', 'ref_labels', 'ref_self']
-    >>> loss = nce_ref.supcon(x, y, **args)   # doctest: +SKIP
+    >>> loss, g = nce_ref.value_and_grad(nce_ref.supcon)(x, y, **args, temperature=0.1)
+    >>> g["features"].shape, g["ref"].shape      # the memory's gradient: discarded
+    ((4, 3), (6, 3))
+
+    Without ``own`` each anchor meets its own copy (similarity 1) as a positive: another
+    loss (PML #141).
+
+    >>> wrong = nce_ref.supcon(x, y, ref=memory, ref_labels=memory_labels, temperature=0.1)
+    >>> round(float(loss), 4), round(float(wrong), 4)
+    (5.5273, 7.0364)
     """
     _require_array(memory, "memory")
     xp = array_api_compat.array_namespace(memory)
@@ -259,6 +268,19 @@ class MemoryQueue:
     (array([5, 1, 2, 3, 4]), array([3, 4, 0]))
     >>> queue.labels()                                               # unchanged
     array([0, 1, 2])
+
+    XBM's order: the batch enqueued first, then scored against the whole memory, its own
+    slots excluded.
+
+    >>> rng = np.random.default_rng(0)
+    >>> queue = nce_ref.MemoryQueue.empty(8, 4, xp=np, dtype=np.float64)
+    >>> for step in range(3):                      # the third batch wraps the ring
+    ...     x, y = rng.standard_normal((3, 4)), rng.integers(0, 2, 3)
+    ...     queue = queue.enqueue(x, y)
+    ...     loss, g = nce_ref.value_and_grad(nce_ref.supcon)(
+    ...         x, y, **queue.ref_args(own=len(x)), temperature=0.1)
+    >>> queue, queue.own(3)
+    (MemoryQueue(size=8, dim=4, ptr=1, filled=8, labelled=True), array([6, 7, 0]))
 
     MoCo's order on an unlabelled queue: the loss against the queue as it was, then the
     keys enqueued.
