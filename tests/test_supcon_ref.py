@@ -365,3 +365,22 @@ def test_bad_input_names_the_argument(data, kw, exc, match):
     labels = kw.pop("labels", data["y"])
     with pytest.raises(exc, match=match):
         supcon(data["f"], labels, **kw)
+
+
+# -- nce-ref verify: the PML convention --------------------------------------------------------
+
+def test_pml_convention_agrees_on_every_case_it_can_run():
+    """The PML convention sets ``no_negative="zero"``: the adapter (with ``ref_emb`` where a
+    case gives ``ref``) passes every case, the batches without a negative pair included."""
+    _pml()
+    from nce_ref.testing import conventions as conv
+    from nce_ref.testing import verify
+
+    r = verify(conv.pml_supcon, "supcon", convention="pytorch_metric_learning", cases="all",
+               dtype="float64")
+    assert r.passed, str(r)
+    ran = {x.label: x.status for x in r.results}
+    for label in ("all labels equal (no negatives)", "N = 1, V = 2 (one positive, no negative)",
+                  "ref, positives=out", "ref: one class, no negative (keep)"):
+        assert ran[label] == "pass", (label, ran.get(label))
+    assert conv.get("pytorch_metric_learning", "supcon").options["no_negative"] == "zero"

@@ -160,9 +160,10 @@ CONVENTIONS: tuple[Convention, ...] = (
                adapter=_A + "supcontrast_supcon"),
     Convention("pytorch_metric_learning", "supcon",
                "pytorch-metric-learning 2.9.0 `SupConLoss()` on (embeddings, labels)",
-               {"temperature": 0.1}, "torch",
+               {"temperature": 0.1, "no_negative": "zero"}, "torch",
                notes="AvgNonZeroReducer: anchors without a positive, and anchors whose loss is "
-                     "exactly 0, are left out of the mean",
+                     "exactly 0, are left out of the mean; a batch without a negative pair "
+                     "(or without a positive pair) gives 0 (no_negative='zero')",
                adapter=_A + "pml_supcon"),
     Convention("optax", "supcon",
                "optax 0.2.8 `losses.ntxent(embeddings, labels)`: one term per positive pair",
@@ -206,6 +207,17 @@ CONVENTIONS: tuple[Convention, ...] = (
                adapter=_A + "pml_multi_similarity",
                unsupported={"similarity": ("neg_sq_euclidean", "neg_euclidean"),
                             "reduction": ("sum", "none", "mean_nonzero")}),
+    Convention("pytorch_metric_learning", "batch_triplet",
+               "pytorch-metric-learning 2.9.0 `TripletMarginLoss(margin=0.05)` with "
+               "`LpDistance(normalize_embeddings=False)` (and `BatchHardMiner` for mining='hard')",
+               {"margin": 0.05, "reduction": "mean_nonzero"}, "torch",
+               notes="PML's default LpDistance() normalises the embeddings (normalise them "
+                     "first); AvgNonZeroReducer; its PerAnchorReducer refuses triplets; "
+                     "ref_self: the triplets with the anchor's copy removed after mining "
+                     "(CrossBatchMemory's order)",
+               adapter=_A + "pml_batch_triplet",
+               unsupported={"mining": ("semi_hard",), "distance": ("cosine", "lp"),
+                            "reduction": ("sum", "none", "per_anchor")}),
     Convention("pytorch_metric_learning", "pairwise_contrastive",
                "pytorch-metric-learning 2.9.0 `ContrastiveLoss(pos_margin, neg_margin)`",
                {"normalize": True, "reduction": "mean_nonzero", "split_pos_neg": True}, "torch",
@@ -214,7 +226,7 @@ CONVENTIONS: tuple[Convention, ...] = (
                adapter=_A + "pml_pairwise_contrastive",
                unsupported={"distance": ("sq_euclidean", "cosine", "lp"), "squared": (True,),
                             "normalize": (False,), "split_pos_neg": (False,),
-                            "reduction": ("mean", "sum", "none")}),
+                            "reduction": ("sum", "none")}),
     Convention("simclr", "nt_xent",
                "google-research/simclr `add_contrastive_loss` (loss_a + loss_b)",
                {"temperature": 0.1}, None, scale=2.0,
@@ -280,6 +292,10 @@ VARIANTS: dict[str, tuple[Variant, ...]] = {
                 {"no_positive": "zero"}),
         Variant("no_positive='exclude' (anchors without a positive left out of the mean)",
                 {"no_positive": "exclude"}),
+        Variant("no_negative='zero' (0 for a batch without a negative pair: "
+                "pytorch-metric-learning)", {"no_negative": "zero"}),
+        Variant("no_negative='keep' (the mathematical value without a negative pair)",
+                {"no_negative": "keep"}),
         Variant("base_temperature=None (no temperature/base_temperature factor)",
                 {"base_temperature": None}),
         Variant("base_temperature=0.07 (SupContrast's factor temperature/0.07)",
@@ -484,20 +500,25 @@ def _single_labels(labels, who: str) -> None:
         raise NotImplementedError(f"{who} takes one label per sample, not multi-label rows")
 
 
-def pml_supcon(features, labels=None, *, temperature=0.1):
-    """pytorch-metric-learning: ``SupConLoss(temperature)(embeddings, labels)``.
+def pml_supcon(features, labels=None, *, ref=None, ref_labels=None, temperature=0.1):
+    """pytorch-metric-learning: ``SupConLoss(temperature)(embeddings, labels)``, or with
+    a reference set ``(..., ref_emb=ref, ref_labels=ref_labels)``.
 
     nce_ref's (N, V, D) views become V·N rows (view-major) with the labels tiled;
-    without labels the views of one sample share a label.
+    without labels the views of one sample share a label.  PML has no ``ref_self``
+    (its ``CrossBatchMemory`` removes those pairs by queue index).
     """
     import torch
     from pytorch_metric_learning.losses import SupConLoss
 
     _single_labels(labels, "pytorch-metric-learning's SupConLoss")
+    _single_labels(ref_labels, "pytorch-metric-learning's SupConLoss")
     emb, lab = _views_flat(features, labels, lambda xs: torch.cat(xs),
                            lambda n: torch.arange(n, device=features.device),
                            lambda y, v: y.repeat(v))
-    return SupConLoss(temperature=temperature)(emb, lab)
+    if ref is None:
+        return SupConLoss(temperature=temperature)(emb, lab)
+    return SupConLoss(temperature=temperature)(emb, lab, ref_emb=ref, ref_labels=ref_labels)
 
 
 def optax_supcon(features, labels=None, *, temperature=0.07):
@@ -594,24 +615,94 @@ def lightly_dcl(z1, z2, *, temperature=0.1, weight="none", sigma=0.5):
         return fn(z1, z2)
 
 
+def _pml_ref(ref, ref_labels):
+    """PML's ``ref_emb``/``ref_labels`` keywords (none without a reference set)."""
+    return {} if ref is None else {"ref_emb": ref, "ref_labels": ref_labels}
+
+
+def _pml_drop_self(indices, ref_self):
+    """PML's indices without the pairs or triplets of an anchor with its own copy
+    ``ref_self[anchor]`` (what ``CrossBatchMemory`` does by queue index, after mining)."""
+    if ref_self is None:
+        return indices
+    own = ref_self.to(indices[0].device)
+    if len(indices) == 3:
+        a, p, n = indices
+        keep = (p != own[a]) & (n != own[a])
+        return a[keep], p[keep], n[keep]
+    a1, p, a2, n = indices
+    kp, kn = p != own[a1], n != own[a2]
+    return a1[kp], p[kp], a2[kn], n[kn]
+
+
 def pml_multi_similarity(embeddings, labels, *, alpha=2.0, beta=50.0, base=0.5,
-                         mining_margin=None):
+                         mining_margin=None, ref=None, ref_labels=None, ref_self=None):
     """pytorch-metric-learning: ``MultiSimilarityLoss(alpha, beta, base)(embeddings, labels)``,
-    with ``MultiSimilarityMiner(epsilon=mining_margin)``'s pairs when it is given."""
+    with ``MultiSimilarityMiner(epsilon=mining_margin)``'s pairs when it is given, and
+    ``ref_emb=ref, ref_labels=ref_labels``; ``ref_self``'s pairs are removed from the
+    (mined or all) pairs, as ``CrossBatchMemory`` does."""
     from pytorch_metric_learning.losses import MultiSimilarityLoss
     from pytorch_metric_learning.miners import MultiSimilarityMiner
+    from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
     fn = MultiSimilarityLoss(alpha=alpha, beta=beta, base=base)
-    if mining_margin is None:
-        return fn(embeddings, labels)
-    return fn(embeddings, labels, MultiSimilarityMiner(epsilon=mining_margin)(embeddings, labels))
+    kw = _pml_ref(ref, ref_labels)
+    if mining_margin is not None:
+        idx = MultiSimilarityMiner(epsilon=mining_margin)(embeddings, labels, *kw.values())
+    elif ref_self is not None:
+        idx = lmu.get_all_pairs_indices(labels, ref_labels)
+    else:
+        return fn(embeddings, labels, **kw)
+    return fn(embeddings, labels, _pml_drop_self(idx, ref_self), **kw)
 
 
-def pml_pairwise_contrastive(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0):
-    """pytorch-metric-learning: ``ContrastiveLoss(pos_margin, neg_margin)(embeddings, labels)``."""
+def pml_pairwise_contrastive(embeddings, labels, *, pos_margin=0.0, neg_margin=1.0,
+                             reduction="mean_nonzero", ref=None, ref_labels=None, ref_self=None):
+    """pytorch-metric-learning: ``ContrastiveLoss(pos_margin, neg_margin)(embeddings, labels)``
+    with the reducer of ``reduction``: ``"mean_nonzero"`` its default
+    ``AvgNonZeroReducer``, ``"mean"`` ``MeanReducer()``, ``"per_anchor"``
+    ``PerAnchorReducer(AvgNonZeroReducer())``; ``ref_emb=ref, ref_labels=ref_labels``,
+    and ``ref_self``'s pairs removed from its pairs (as ``CrossBatchMemory`` does)."""
     from pytorch_metric_learning.losses import ContrastiveLoss
+    from pytorch_metric_learning.reducers import AvgNonZeroReducer, MeanReducer, PerAnchorReducer
+    from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
-    return ContrastiveLoss(pos_margin=pos_margin, neg_margin=neg_margin)(embeddings, labels)
+    reducer = {"mean_nonzero": None, "mean": MeanReducer(),
+               "per_anchor": PerAnchorReducer(AvgNonZeroReducer())}[reduction]
+    fn = ContrastiveLoss(pos_margin=pos_margin, neg_margin=neg_margin, reducer=reducer)
+    kw = _pml_ref(ref, ref_labels)
+    if ref_self is None:
+        return fn(embeddings, labels, **kw)
+    idx = _pml_drop_self(lmu.get_all_pairs_indices(labels, ref_labels), ref_self)
+    return fn(embeddings, labels, idx, **kw)
+
+
+def pml_batch_triplet(embeddings, labels, *, mining="all", margin=0.05, soft=False,
+                      distance="euclidean", reduction="mean_nonzero", ref=None, ref_labels=None,
+                      ref_self=None):
+    """pytorch-metric-learning: ``TripletMarginLoss(margin, smooth_loss=soft,
+    distance=LpDistance(normalize_embeddings=False[, power=2]))(embeddings, labels)``
+    (its default ``LpDistance()`` normalises the embeddings first: normalise them before
+    the call to reproduce it), with ``BatchHardMiner``'s triplets for ``mining="hard"``,
+    ``MeanReducer()`` for ``reduction="mean"``, ``ref_emb=ref, ref_labels=ref_labels``,
+    and ``ref_self``'s triplets removed after mining (as ``CrossBatchMemory`` does)."""
+    from pytorch_metric_learning.distances import LpDistance
+    from pytorch_metric_learning.losses import TripletMarginLoss
+    from pytorch_metric_learning.miners import BatchHardMiner
+    from pytorch_metric_learning.reducers import MeanReducer
+    from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
+
+    dist = LpDistance(normalize_embeddings=False, power=2 if distance == "sq_euclidean" else 1)
+    fn = TripletMarginLoss(margin=margin, smooth_loss=soft, distance=dist,
+                           reducer=MeanReducer() if reduction == "mean" else None)
+    kw = _pml_ref(ref, ref_labels)
+    if mining == "hard":
+        idx = BatchHardMiner(distance=dist)(embeddings, labels, *kw.values())
+    elif ref_self is not None:
+        idx = lmu.get_all_triplets_indices(labels, ref_labels)
+    else:
+        return fn(embeddings, labels, **kw)
+    return fn(embeddings, labels, _pml_drop_self(idx, ref_self), **kw)
 
 
 ADAPTERS: dict[str, Callable] = {
@@ -630,4 +721,5 @@ ADAPTERS: dict[str, Callable] = {
     "lightly_dcl": lightly_dcl,
     "pml_multi_similarity": pml_multi_similarity,
     "pml_pairwise_contrastive": pml_pairwise_contrastive,
+    "pml_batch_triplet": pml_batch_triplet,
 }
