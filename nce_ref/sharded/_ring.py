@@ -27,12 +27,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .._stream._blocks import logit_blocks, mask_band
+from array_api_compat import is_writeable_array
+
+from .._stream._blocks import exp_inplace, logit_blocks, mask_band
 from .._stream._rows import lse_terms
 
 Array = Any
 
-__all__ = ["ring_sweep", "pack", "blocks_of"]
+__all__ = ["ring_sweep", "pack", "blocks_of", "shifted_exp", "add_into"]
 
 
 def pack(fb: Array, v: Array | None, xp) -> Array:
@@ -80,11 +82,38 @@ def blocks_of(a, shard, rooted, u, block, step, segments, xp):
 
 
 def _mask_rows(z, i0: int, i1: int, c0: int, xp):
-    """``z[i, c0 + (i − i0)] = −inf`` for block rows ``i`` in ``[i0, i1)``."""
+    """``z[i, c0 + (i − i0)] = −inf`` for block rows ``i`` in ``[i0, i1)`` (in place on a
+    writable block: its row slice is a view)."""
     if i0 == 0 and i1 == z.shape[0]:
         return mask_band(z, 0, i1, c0, xp)
     sub = mask_band(z[i0:i1, :], 0, i1 - i0, c0, xp)
+    if is_writeable_array(z):
+        return z
     return xp.concat([z[:i0, :], sub, z[i1:, :]], axis=0)
+
+
+def shifted_exp(z, shift, xp, scale=None):
+    """``e^{z − shift_i}`` (times ``scale_i``) of a block, row factors ``(R,)``: in place
+    on a writable block (NumPy, torch: the block's one buffer, no temporaries), else new."""
+    col = xp.expand_dims(shift, axis=1)
+    if not is_writeable_array(z):
+        e = xp.exp(z - col)
+        return e if scale is None else e * xp.expand_dims(scale, axis=1)
+    z -= col
+    e = exp_inplace(z, xp)
+    if scale is not None:
+        e *= xp.expand_dims(scale, axis=1)
+    return e
+
+
+def add_into(acc, part):
+    """``acc + part`` (in place on a writable ``acc``); ``acc`` None is ``part``."""
+    if acc is None:
+        return part
+    if is_writeable_array(acc):
+        acc += part
+        return acc
+    return acc + part
 
 
 def ring_sweep(comm, lg, pos: Array, *, col_sizes, segments, block: int, xp):
@@ -101,7 +130,11 @@ def ring_sweep(comm, lg, pos: Array, *, col_sizes, segments, block: int, xp):
     own = pack(lg.fb, None if not rooted else lg.root[1], xp)
     a = lg.a
 
+    cache = []  # the rows' (m, r): swept once, for the value and for the VJP
+
     def stats():
+        if cache:
+            return cache[0]
         m = pos
         r = xp.zeros_like(pos)
         for step, shard, _ in _shards(comm, own, col_sizes):
@@ -109,11 +142,13 @@ def ring_sweep(comm, lg, pos: Array, *, col_sizes, segments, block: int, xp):
             for r0, r1, _, z, _, _ in blocks_of(a, shard, rooted, u, block, step, segments, xp):
                 mz = xp.max(z, axis=1) if z.shape[1] else xp.full((r1 - r0,), -math.inf, dtype=z.dtype)
                 mb = xp.maximum(m[r0:r1], mz)
-                rb = r[r0:r1] * xp.exp(m[r0:r1] - mb) + xp.sum(xp.exp(z - xp.expand_dims(mb, axis=1)), axis=1)
+                rb = r[r0:r1] * xp.exp(m[r0:r1] - mb) + xp.sum(shifted_exp(z, mb, xp), axis=1)
+                z = None
                 parts_m.append(mb)
                 parts_r.append(rb)
             if parts_m:
                 m, r = xp.concat(parts_m), xp.concat(parts_r)
+        cache.append((m, r))
         return m, r
 
     def sweep(weights):
@@ -127,17 +162,19 @@ def ring_sweep(comm, lg, pos: Array, *, col_sizes, segments, block: int, xp):
         k = lg.fb.shape[1]
         acc = xp.zeros((own.shape[0], k), dtype=a.dtype, device=_device(a))
         for step, shard, box in _shards(comm, own, col_sizes, carry=acc):
-            db = box[0]
+            acc = None
             for r0, r1, ab, z, dzdy, fb in blocks_of(a, shard, rooted, u, block, step, segments, xp):
-                e = xp.exp(z - xp.expand_dims(m[r0:r1], axis=1)) * xp.expand_dims(scale[r0:r1], axis=1)
+                e = shifted_exp(z, m[r0:r1], xp, scale=scale[r0:r1])
+                z = None
                 if dzdy is not None:
                     e = e * dzdy
-                da[r0] = e @ fb if r0 not in da else da[r0] + e @ fb
-                db = db + xp.matrix_transpose(e) @ ab
-            box[0] = db
+                da[r0] = add_into(da.get(r0), e @ fb)
+                box[0] = add_into(box[0], xp.matrix_transpose(e) @ ab)
+                e = None
         # the accumulator has visited every rank; one more pass brings it to its owner
         back = box[0] if comm.size == 1 else comm.ring_pass(box[0], own.shape[0])
-        da = xp.concat([da[r0] for r0 in sorted(da)], axis=0)
+        box[0] = None
+        da = xp.concat([da[r0] for r0 in sorted(da)], axis=0) if len(da) > 1 else da[0]
         zdz = xp.sum(xp.vecdot(a, da, axis=-1)) * (2.0 if rooted else 1.0)
         dpos = weights * xp.expm1(-l)
         return l, [(da, back, dpos, zdz)]
