@@ -286,7 +286,7 @@ def _pml_cases():
     """(id, PML loss factory, nce_ref loss with its options)."""
     return [
         ("SupConLoss", lambda L: L.SupConLoss(temperature=TAU),
-         nce_ref.supcon, dict(temperature=TAU)),
+         nce_ref.supcon, dict(temperature=TAU, no_negative="zero")),
         ("ContrastiveLoss", lambda L: L.ContrastiveLoss(pos_margin=0.2, neg_margin=1.1),
          nce_ref.pairwise_contrastive,
          dict(pos_margin=0.2, neg_margin=1.1, normalize=True, reduction="mean_nonzero",
@@ -397,3 +397,33 @@ def test_lightly_drops_the_rows_that_do_not_fit_at_the_end_of_the_bank():
     assert q.ptr == 2
     v, g, v_l, *_ = runs[3]
     assert abs(float(v) - v_l) > 10 * rtol_for("float64") * abs(v_l)
+
+
+def test_pml_cross_batch_memory_with_two_views():
+    """SupCon's (N, V, D) views through the queue: the views enqueued view-major
+    (``concat`` of view 0, view 1: PML's layout), ``ref_self`` of shape (N, V) the own
+    slots ``own(V·N)`` reshaped; values and the gradient of the views equal PML's
+    ``CrossBatchMemory(SupConLoss)`` on the concatenated views, four steps with a wrap.
+    At step 3 the batch and the whole memory hold one class: PML returns 0 there, which
+    is ``no_negative="zero"``."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    L = pytest.importorskip("pytorch_metric_learning.losses",
+                            reason="pytorch-metric-learning is not installed")
+    n, v, size = 3, 2, 10
+    pml = L.CrossBatchMemory(L.SupConLoss(temperature=TAU), D, memory_size=size)
+    q = MemoryQueue.empty(size, D, xp=np, dtype=np.float64)
+    rng = np.random.default_rng(6)
+    vg = nce_ref.value_and_grad(nce_ref.supcon)
+    for t in range(4):
+        f, y = rng.standard_normal((n, v, D)), rng.integers(0, 2, n)
+        u, yu = np.concatenate([f[:, 0], f[:, 1]]), np.tile(y, v)
+        ut = torch.tensor(u, requires_grad=True)
+        v_pml = pml(ut, torch.tensor(yu))
+        v_pml.backward()
+        q = q.enqueue(u, yu)
+        own = np.reshape(q.own(v * n), (v, n)).T          # own[i, w]: view w of sample i
+        val, g = vg(f, y, ref=q.rows(), ref_labels=q.labels(), ref_self=own, temperature=TAU,
+                    no_negative="zero")
+        assert_close(val, v_pml.item(), err_msg=f"value, step {t}")
+        gu = ut.grad.numpy()
+        assert_close(g["features"], np.stack([gu[:n], gu[n:]], axis=1), err_msg=f"step {t}")
