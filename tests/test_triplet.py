@@ -487,3 +487,62 @@ def test_half_precision_is_computed_in_float32(backend, name, batch):
 def test_bad_input_names_the_argument(apn, call, exc, match):
     with pytest.raises(exc, match=match):
         call(*apn)
+
+
+# -- the reference set and per_anchor (issue 14) -------------------------------------------
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("reduction", ["mean", "per_anchor"])
+def test_semi_hard_with_a_reference_set_matches_torch_autograd(batch, reduction):
+    """Semi-hard mining against a memory holding the batch (no PML counterpart): the
+    selection written out in torch, both gradients by autograd."""
+    torch = pytest.importorskip("torch", reason="torch not installed: autograd oracle skipped")
+    x, y = batch
+    r = np.random.default_rng(3).standard_normal((5, 3))
+    mem, mem_y = np.concatenate([x, r]), np.concatenate([y, np.array([0, 1, 2, 0, 1])])
+    own = np.arange(9)
+    t, tr = torch.tensor(x, requires_grad=True), torch.tensor(mem, requires_grad=True)
+    d = torch.sqrt(((t[:, None, :] - tr[None, :, :]) ** 2).sum(-1) + 1e-300)
+    m = 1.5
+    same = torch.tensor(y[:, None] == mem_y[None, :])
+    self_ = torch.tensor(own[:, None] == np.arange(14)[None, :])
+    pos, neg = same & ~self_, ~same & ~self_
+    dap, dan = d[:, :, None], d[:, None, :]
+    semi = pos[:, :, None] & neg[:, None, :] & (dan > dap) & (dan < dap + m)
+    cand = torch.where(semi, dan.expand_as(semi), math.inf).min(2).values
+    has = semi.any(2)
+    terms = torch.where(has, torch.relu(d - torch.where(has, cand, 0.0) + m), 0.0)
+    if reduction == "mean":
+        loss = terms.sum() / has.sum()
+    else:
+        v = terms.sum(1) / has.sum(1).clamp(min=1)
+        loss = v[v > 0].mean()
+    loss.backward()
+    got, g = vg_b(x, y, mining="semi_hard", margin=m, ref=mem, ref_labels=mem_y, ref_self=own,
+                  reduction=reduction)
+    assert_close(got, loss.item(), rtol=1e-13)
+    assert_close(g["embeddings"], t.grad.numpy(), rtol=1e-10, atol=1e-13)
+    assert_close(g["ref"], tr.grad.numpy(), rtol=1e-10, atol=1e-13)
+
+
+def test_per_anchor_on_a_hand_built_line():
+    x = np.array([[0.0], [1.0], [3.0], [7.0], [12.0]])
+    y = np.array([0, 0, 1, 1, 0])
+    # margin 0.5; per anchor (positives x negatives triplets): 15/4, 15/4, 4/3, 0 (every
+    # term of anchor 3 is 0: it is left out), 20/4
+    per = batch_triplet(x, y, margin=0.5, reduction="none")
+    assert_close(per, [15.0, 15.0, 4.0, 0.0, 20.0], rtol=1e-15)
+    assert_close(batch_triplet(x, y, margin=0.5, reduction="per_anchor"), 83 / 24, rtol=1e-15)
+
+
+def test_verify_agrees_with_pml_triplet_margin_loss():
+    """`nce-ref verify nce_ref.testing.conventions:pml_batch_triplet --as batch_triplet
+    --convention pytorch_metric_learning --cases all`: every case, the reference-set ones
+    included, values and gradients."""
+    pytest.importorskip("torch", reason="torch not installed")
+    pytest.importorskip("pytorch_metric_learning", reason="pytorch-metric-learning not installed")
+    from nce_ref.testing import conventions, verify
+
+    report = verify(conventions.ADAPTERS["pml_batch_triplet"], "batch_triplet",
+                    convention="pytorch_metric_learning", cases="all", dtype="float64")
+    assert report.passed and "ref set, hard" in str(report), str(report)

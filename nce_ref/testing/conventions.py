@@ -206,7 +206,7 @@ CONVENTIONS: tuple[Convention, ...] = (
                      "negative pair gives PML's 0 (GenericPairLoss's shortcut)",
                adapter=_A + "pml_multi_similarity",
                unsupported={"similarity": ("neg_sq_euclidean", "neg_euclidean"),
-                            "reduction": ("sum", "none", "mean_nonzero")}),
+                            "reduction": ("sum", "none")}),
     Convention("pytorch_metric_learning", "batch_triplet",
                "pytorch-metric-learning 2.9.0 `TripletMarginLoss(margin=0.05)` with "
                "`LpDistance(normalize_embeddings=False)` (and `BatchHardMiner` for mining='hard')",
@@ -636,16 +636,20 @@ def _pml_drop_self(indices, ref_self):
 
 
 def pml_multi_similarity(embeddings, labels, *, alpha=2.0, beta=50.0, base=0.5,
-                         mining_margin=None, ref=None, ref_labels=None, ref_self=None):
+                         mining_margin=None, reduction="mean", ref=None, ref_labels=None,
+                         ref_self=None):
     """pytorch-metric-learning: ``MultiSimilarityLoss(alpha, beta, base)(embeddings, labels)``,
-    with ``MultiSimilarityMiner(epsilon=mining_margin)``'s pairs when it is given, and
-    ``ref_emb=ref, ref_labels=ref_labels``; ``ref_self``'s pairs are removed from the
+    with ``MultiSimilarityMiner(epsilon=mining_margin)``'s pairs when it is given,
+    ``AvgNonZeroReducer()`` for ``reduction="mean_nonzero"`` (its default: ``MeanReducer``),
+    and ``ref_emb=ref, ref_labels=ref_labels``; ``ref_self``'s pairs are removed from the
     (mined or all) pairs, as ``CrossBatchMemory`` does."""
     from pytorch_metric_learning.losses import MultiSimilarityLoss
     from pytorch_metric_learning.miners import MultiSimilarityMiner
+    from pytorch_metric_learning.reducers import AvgNonZeroReducer
     from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
-    fn = MultiSimilarityLoss(alpha=alpha, beta=beta, base=base)
+    fn = MultiSimilarityLoss(alpha=alpha, beta=beta, base=base,
+                             reducer=AvgNonZeroReducer() if reduction == "mean_nonzero" else None)
     kw = _pml_ref(ref, ref_labels)
     if mining_margin is not None:
         idx = MultiSimilarityMiner(epsilon=mining_margin)(embeddings, labels, *kw.values())

@@ -142,7 +142,11 @@ def _pairwise_contrastive(rng):
         Case("duplicated rows, squared distance (smooth at 0)", (np.concatenate([x[:4], x[:4]]), y),
              {"distance": "sq_euclidean", "squared": True}, kind="edge"),
     ]
-    r, ry, mem, mem_y, own = ref_set(rng, x, y)
+    r, ry, _, _, _ = ref_set(rng, x, y)
+    # a memory of M = N rows (PML's PerAnchorReducer needs M <= N): 4 older rows and
+    # the batch's last 4, which are anchors 4..7's own copies
+    mem, mem_y = np.concatenate([r[:4], x[4:]]), np.concatenate([ry[:4], y[4:]])
+    own = np.array([-1, -1, -1, -1, 4, 5, 6, 7])
     out += [
         Case("per_anchor", (x, y), {"reduction": "per_anchor", "neg_margin": 2.0}),
         Case("PML's PerAnchorReducer(AvgNonZeroReducer()) (split, normalised)", (x, y),
@@ -158,8 +162,9 @@ def _pairwise_contrastive(rng):
         Case("memory holding the batch (ref_self), squared, sum", (x, y),
              {"ref": mem, "ref_labels": mem_y, "ref_self": own, "squared": True,
               "reduction": "sum", "neg_margin": 1.5}),
-        Case("ref set larger than the batch, per_anchor (PML fails there)", (x[:3], y[:3]),
-             {"ref": r, "ref_labels": ry, "reduction": "per_anchor", "neg_margin": 2.0}, kind="edge"),
+        Case("memory holding the batch (ref_self), mean", (x, y),
+             {"ref": mem, "ref_labels": mem_y, "ref_self": own, "normalize": True,
+              "split_pos_neg": True, "reduction": "mean"}),
         Case("per_anchor, no active term is 0", (x, np.arange(n)),
              {"reduction": "per_anchor", "neg_margin": 0.0}, kind="edge"),
     ]
