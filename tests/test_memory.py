@@ -10,6 +10,8 @@ import inspect
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import nce_ref
 from nce_ref import MemoryQueue, cross_batch_args
@@ -77,6 +79,27 @@ def test_enqueue_fills_in_slot_order_then_wraps():
     q3 = q2.enqueue(np.ones((5, 2)), np.full(5, 9))      # a batch of exactly `size` rows
     assert (q3.ptr, q3.filled) == (1, 5)
     np.testing.assert_array_equal(q3.own(5), [1, 2, 3, 4, 0])
+
+
+@given(size=st.integers(1, 9), sizes=st.lists(st.integers(1, 9), min_size=1, max_size=8))
+def test_the_ring_holds_the_last_rows_enqueued(size, sizes):
+    """Whatever the batch sizes (<= size): the filled slots hold the last ``min(total,
+    size)`` rows enqueued, oldest at slot ``ptr`` once full (at 0 before), and ``own(n)``
+    finds the last batch's rows, in order.  Each row carries its serial number as label
+    and value."""
+    q = MemoryQueue.empty(size, 1, xp=np, dtype=np.float64)
+    seen: list[int] = []
+    for n in sizes:
+        n = min(n, size)
+        ids = np.arange(len(seen), len(seen) + n)
+        q = q.enqueue(ids[:, None].astype(np.float64), ids)
+        seen.extend(ids.tolist())
+        last = seen[-size:]
+        assert q.filled == len(last) and q.ptr == len(seen) % size
+        chronological = np.roll(q.labels(), -q.ptr) if q.filled == size else q.labels()
+        np.testing.assert_array_equal(chronological, last)
+        np.testing.assert_array_equal(q.rows()[:, 0], q.labels())
+        np.testing.assert_array_equal(q.labels()[q.own(n)], ids)
 
 
 def test_enqueue_returns_a_new_queue_and_writes_no_array():
