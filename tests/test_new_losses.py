@@ -141,6 +141,31 @@ def test_siglip_float32_engine_is_accurate_on_its_fast_path(rng):
                                    atol=atol_for("float32", float(np.max(np.abs(want[1][k])))))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("path", ["pairs", "one", "no bias"])
+def test_siglip_numpy_specialisation_equals_the_generic_kernel(rng, dtype, path):
+    """NumPy's in-place block (``np_sigmoid_block``: chunks of rows in cache, two threads,
+    the paired ``log1p``) gives the generic Array API kernel's result (array-api-strict),
+    on both one-``exp`` paths, with an odd number of columns and blocks that do not
+    divide N."""
+    xs = pytest.importorskip("array_api_strict", reason="array-api-strict is optional")
+    # "one": 2(t + |b|) beyond the dtype's exp range, t + |b| within it: no paired log1p
+    scale, bias = {"pairs": (10.0, -10.0), "no bias": (4.0, 0.0),
+                   "one": (30.0, -20.0) if dtype == "float32" else (300.0, -100.0)}[path]
+    x, y = (rng.standard_normal((301, 8)).astype(dtype) for _ in range(2))
+    kw = dict(scale=scale, bias=bias, block_size=100)
+    vg = nce_ref.value_and_grad(nce_ref.siglip)
+    with nce_ref.tuning(chunk_bytes=4096, thread_min_rows=2, thread_min_size=2):
+        got = vg(x, y, **kw)
+    want = vg(xs.asarray(x), xs.asarray(y), **kw)
+    rtol = rtol_for(dtype, temperature=1.0 / scale)
+    np.testing.assert_allclose(got[0], np.asarray(want[0]), rtol=rtol)
+    for k in want[1]:
+        ref = np.asarray(want[1][k])
+        np.testing.assert_allclose(got[1][k], ref, rtol=rtol,
+                                   atol=atol_for(dtype, float(np.max(np.abs(ref)))), err_msg=k)
+
+
 # -- DCL --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("n", [2, 3, 16])

@@ -16,6 +16,7 @@ Specialisations, and the generic function each one speeds up:
 - :func:`np_ce_block`: ``ce._block`` (InfoNCE's block: shift, exp, sums, row factors);
 - :func:`np_supcon_block`: ``supcon._supcon_block`` (SupCon's block, unshifted);
 - :func:`np_row_lse`: ``mi.embeddings._row_lse`` (the MI bounds' rows, unshifted);
+- :func:`np_sigmoid_block`: ``siglip._block_terms`` (SigLIP's block from one ``exp``);
 - :func:`np_fill_band`: ``_blocks.set_band`` (a diagonal band of a block);
 - :func:`np_exp`, :func:`np_exp_rows`: ``_blocks.exp_inplace``, ``_blocks.exp_block``;
 - :func:`np_exp_with_sums`: ``ce._exp_with_sums`` (CLIP's unshifted pass);
@@ -44,6 +45,7 @@ from ._exec import by_chunks, by_halves
 from ._rows import flush_threshold, supcon_factors, supcon_rows, unshifted_terms
 
 __all__ = ["np_namespace", "np_array", "np_owns", "np_ce_block", "np_supcon_block", "np_row_lse",
+           "np_sigmoid_block",
            "np_fill_band",
            "np_exp", "np_exp_rows", "np_exp_with_sums", "np_times_row_plus_col", "np_scale_by_mask",
            "np_clamp_below", "np_row_major", "np_clip", "np_multiply", "np_negate_into",
@@ -343,6 +345,51 @@ def np_supcon_block(z, relation, r0: int, r1: int, positives: str, w, flush: boo
 
     l, npos, scale = by_halves(part, n, z.size)
     return l, npos, scale, (None if w is None else z)
+
+
+def np_sigmoid_block(z, bias: float | None, c0: int, pairs: bool, want_grad: bool):
+    """SigLIP's block (``siglip._block_terms`` on its one-``exp`` path, generic there) in
+    place, by chunks of rows in cache on two threads: ``u = z + bias`` with the entries
+    ``(i, c0 + i)`` masked (``-inf``: softplus 0, σ 0), ``E = e^u`` in ``z``, the rows'
+    sums of ``softplus(u) = log1p(E)`` (``pairs``: ``log1p(E_l + E_r (1 + E_l))`` over the
+    two halves of the row, half the ``log1p``) and, with ``want_grad``,
+    ``σ(u) = E/(1 + E)`` written into ``z`` and the rows' sums of ``σ``.  The caller
+    guarantees ``E`` finite and normal (``siglip._exp_safe``): no flush.  One scratch
+    array per chunk (``1 + E``, reused for the pairs).  Returns ``(sp, rs)`` (``rs`` None
+    without ``want_grad``)."""
+    import numpy as np
+
+    n, c = z.shape
+    h = c // 2 if pairs else 0
+    ones = np.ones(c, dtype=z.dtype)
+
+    def part(r0, r1):
+        zc = z[r0:r1]
+        if bias is not None and bias != 0.0:
+            np.add(zc, bias, out=zc)
+        np_fill_band(zc, c0 + r0, -math.inf)
+        np.exp(zc, out=zc)
+        t = np.add(zc, 1.0) if want_grad else None  # 1 + E
+        if h:
+            el, er = zc[:, :h], zc[:, h:2 * h]
+            if t is not None:
+                q = np.multiply(er, t[:, :h])
+            else:
+                q = np.add(el, 1.0)
+                q *= er
+            q += el  # E_l + E_r (1 + E_l) = (1 + E_l)(1 + E_r) − 1, no cancellation
+            np.log1p(q, out=q)
+            sp = q @ ones[:h]
+            if c % 2:
+                sp += np.log1p(zc[:, c - 1])
+        else:
+            sp = np.log1p(zc) @ ones
+        if t is None:
+            return sp, None
+        np.divide(zc, t, out=zc)
+        return sp, zc @ ones
+
+    return _by_chunks_of(z, part)
 
 
 def np_row_lse(z, r0: int, *, clip: float | None, want: bool):

@@ -37,6 +37,7 @@ from .._reduce import check_reduction, reduce_fwd
 from .._stream import by_row_chunks, choose_block
 from .._stream._blocks import cat, exp_inplace, grad_gemms, logit_blocks, mask_band, untranspose
 from .._stream._logits import buffers, feature_kind, prepare_logits
+from .._stream._numpy import np_namespace, np_sigmoid_block
 from ..autodiff import differentiable
 from ..similarity import (
     DEFAULT_EPS,
@@ -243,12 +244,17 @@ def _block_terms(z, b, ones, *, fast: bool, want_grad: bool, xp):
     return softplus(z, xp=xp) @ ones, None
 
 
-def _sweep(lg, b, weights, *, fast: bool, block: int, itemsize: int, xp):
+def _sweep(lg, b, weights, *, fast: bool, block: int, itemsize: int, xp, bias_value=None):
     """Stream the row blocks of ``z = t·s`` (diagonal masked): the rows' softplus sums
     and, with ``weights`` (the cotangents of the rows' terms), the gradient:
-    ``(da, dfb, Σ_ij ū_ij z_ij, Σ_ij ū_ij)`` with ``ū = diag(w) σ(z + b)``."""
+    ``(da, dfb, Σ_ij ū_ij z_ij, Σ_ij ū_ij)`` with ``ū = diag(w) σ(z + b)``.
+
+    NumPy on the one-``exp`` path (``fast``, no root, ``bias_value`` the bias' float):
+    :func:`_sweep_numpy`."""
     k = lg.fb.shape[1]
     rooted = lg.root is not None
+    if fast and not rooted and bias_value is not None and np_namespace(xp):
+        return _sweep_numpy(lg, bias_value, weights, pairs=fast == "pairs", block=block, xp=xp)
     # without a chain factor, the rows' sums of σ come from the first gradient GEMM, as
     # one more column of fb (of ones)
     fb1 = None
@@ -303,6 +309,33 @@ def _sweep(lg, b, weights, *, fast: bool, block: int, itemsize: int, xp):
     return sp, (cat(das, xp), untranspose(db, xp), zdz, dbias)
 
 
+def _sweep_numpy(lg, bias: float, weights, *, pairs: bool, block: int, xp):
+    """:func:`_sweep` for NumPy on the one-``exp`` path: each block ``z = a fbᵀ`` (K
+    columns, the bias not among them: the three GEMMs are the floor's shapes) goes to
+    :func:`nce_ref._stream._numpy.np_sigmoid_block`, which adds the bias, masks the
+    diagonal and leaves ``σ`` in the block with the rows' sums of the softplus and of
+    ``σ``, by chunks of rows in cache on two threads; then the two gradient GEMMs."""
+    want = weights is not None
+    sps, das = [], []
+    db = zdz = dbias = None
+    for r0, r1, ab, z, _ in logit_blocks(lg.a, lg.fb, block, None, xp):
+        sp, rs = np_sigmoid_block(z, bias, r0, pairs, want)  # z: the GEMM's fresh output
+        sps.append(sp)
+        if not want:
+            continue
+        w = weights[r0:r1]
+        dab, db, part = grad_gemms(z, w, ab, lg.fb, db, xp)
+        z = None
+        das.append(dab)
+        zdz = part if zdz is None else zdz + part
+        bsum = xp.sum(w * rs)
+        dbias = bsum if dbias is None else dbias + bsum
+    sp = cat(sps, xp)
+    if not want:
+        return sp, None
+    return sp, (cat(das, xp), untranspose(db, xp), zdz, dbias)
+
+
 def _device(x):
     from array_api_compat import device
 
@@ -321,13 +354,15 @@ def _siglip_streamed(ctx, x, y, t, t0, b, b0, *, kind, eps, reduction, block, ne
     lg = prepare_logits(fa, fb, tau, None if t_value is None else 1.0 / t_value, kind=kind,
                         n_entries=n * n, dtype=ctx.dtype, xp=xp, bound_by_norms=True)
     itemsize = ctx.finfo().bits // 8
-    fast = _exp_safe(lg.bound, concrete_float(b0), ctx.dtype, xp)
+    b_value = concrete_float(b0)
+    fast = _exp_safe(lg.bound, b_value, ctx.dtype, xp)
     u_pos = t * s_pos + b
     sp_pos, sg_pos = softplus_and_sigmoid(-u_pos, xp=xp)  # softplus(−u⁺), σ(−u⁺)
 
     def grads(weights):
         """The inputs' gradients for the rows' cotangents ``weights``."""
-        sp, gr = _sweep(lg, b, weights, fast=fast, block=block, itemsize=itemsize, xp=xp)
+        sp, gr = _sweep(lg, b, weights, fast=fast, block=block, itemsize=itemsize, xp=xp,
+                       bias_value=b_value)
         da, dfb, zdz, dbias = gr
         du_pos = -weights * sg_pos
         dfa = da / lg.fold
@@ -346,7 +381,8 @@ def _siglip_streamed(ctx, x, y, t, t0, b, b0, *, kind, eps, reduction, block, ne
                 "bias": scalar_grad(ctx, mul(out["bias"]), b0)}
 
     if not need_grad or reduction == "none":
-        sp, _ = _sweep(lg, b, None, fast=fast, block=block, itemsize=itemsize, xp=xp)
+        sp, _ = _sweep(lg, b, None, fast=fast, block=block, itemsize=itemsize, xp=xp,
+                       bias_value=b_value)
         per = sp + sp_pos
         value = per if reduction == "none" else reduce_fwd(per, reduction, xp=xp)[0]
 
