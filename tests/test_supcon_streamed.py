@@ -215,6 +215,33 @@ def test_streaming_never_holds_the_score_matrix(rng):
         tracemalloc.stop()
 
 
+def test_streaming_with_a_reference_set_never_holds_the_score_matrix(rng):
+    # a (1024, 2048) float64 score matrix would be 16 MiB; the ref path's blocks of 16
+    # rows hold their own (16, M) masks, own-column comparison and buffers only
+    n, m, d = 1024, 2048, 8
+    f, r = rng.standard_normal((n, d)), rng.standard_normal((m, d))
+    y, ry = rng.integers(0, 20, n), rng.integers(0, 20, m)
+    own = np.where(rng.random(n) < 0.5, rng.integers(0, m, n), -1)
+    vg = nce_ref.value_and_grad(supcon)
+    kw = dict(ref=r, ref_labels=ry, ref_self=own, block_size=16)
+    vg(f, y, **kw)  # imports
+    tracemalloc.start()
+    try:
+        for extra in ({}, {"positives": "per_pair"}, {"similarity": "dot", "positives": "in"}):
+            tracemalloc.reset_peak()
+            vg(f, y, **kw, **extra)
+            peak = tracemalloc.get_traced_memory()[1]
+            assert peak < n * m * 8 / 4, (extra, peak)
+    finally:
+        tracemalloc.stop()
+    v_s, g_s = vg(f[:64], y[:64], ref=r[:300], ref_labels=ry[:300], ref_self=own[:64] % 300,
+                  block_size=7)
+    v_d, g_d = vg(f[:64], y[:64], ref=r[:300], ref_labels=ry[:300], ref_self=own[:64] % 300,
+                  method="dense")
+    assert_close(v_s, v_d, rtol=1e-13)
+    assert_close(g_s["ref"], g_d["ref"], rtol=1e-10, atol=1e-14)
+
+
 # -- numerics of the streamed kernel ---------------------------------------------------------
 
 @pytest.mark.parametrize("source", ["labels", "mask", "labels-one"])
