@@ -19,11 +19,12 @@ import pickle
 import time
 import traceback
 import weakref
+from collections import Counter
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait as _wait_any
 from typing import Any
 
-__all__ = ["GlooPool", "RemoteTraceback"]
+__all__ = ["GlooPool", "RemoteTraceback", "CountingCommunicator"]
 
 
 class RemoteTraceback(Exception):
@@ -346,3 +347,88 @@ def _worker_main(rank: int, world: int, port: int, conn, start_timeout: float, t
             _answer(conn, "ok", result, "", comm.broken)
     conn.close()
     os._exit(0)  # no process-group teardown: a pending collective must not hold the exit
+
+
+# -- counting what a rank sends and receives ---------------------------------------------
+
+def _nbytes(x) -> int:
+    """Bytes of the array ``x`` (any library with ``nbytes``, or ``element_size``)."""
+    if hasattr(x, "nbytes"):
+        return int(x.nbytes)
+    return int(x.numel() * x.element_size())
+
+
+def _row_bytes(x) -> int:
+    return _nbytes(x) // x.shape[0] if x.shape[0] else 0
+
+
+class CountingCommunicator:
+    """A communicator that forwards every collective to ``comm`` and counts the bytes
+    this rank sends and receives, per collective, as the direct algorithms move them
+    (no adapter's padding, a reduce-scatter as one): ``sent["ring_pass"]`` and so on.
+
+    - ``ring_pass(x, recv_rows)``: sends ``x``, receives ``recv_rows`` rows;
+    - ``gather_rows(x, sizes)``: sends ``x`` to each of the W − 1 others, receives their
+      ``Σ sizes − sizes[rank]`` rows;
+    - ``reduce_rows(dx, sizes)`` (a reduce-scatter): sends the others' rows of ``dx``,
+      receives W − 1 partial sums of its own ``sizes[rank]`` rows;
+    - ``all_sum(x)``: sends and receives ``x`` once; ``all_gather_object`` is counted in
+      ``calls`` only (metadata).
+
+    Used to check the bytes per rank that ``docs/sharded.md`` derives.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nce_ref.sharded import ThreadGroup
+    >>> from nce_ref.testing.sharded import CountingCommunicator
+    >>> def rank(comm, x):
+    ...     c = CountingCommunicator(comm)
+    ...     c.ring_pass(x, 2)
+    ...     return c.sent["ring_pass"], c.received["ring_pass"]
+    >>> ThreadGroup(2).run(rank, [(np.zeros((2, 3)),), (np.zeros((2, 3)),)])
+    [(48, 48), (48, 48)]
+    """
+
+    def __init__(self, comm):
+        self.comm = comm
+        self.sent: Counter = Counter()
+        self.received: Counter = Counter()
+        self.calls: Counter = Counter()
+
+    @property
+    def rank(self):
+        return self.comm.rank
+
+    @property
+    def size(self):
+        return self.comm.size
+
+    def _count(self, name: str, sent: int, received: int) -> None:
+        self.calls[name] += 1
+        self.sent[name] += sent
+        self.received[name] += received
+
+    def ring_pass(self, x, recv_rows: int):
+        out = self.comm.ring_pass(x, recv_rows)
+        if self.size > 1:
+            self._count("ring_pass", _nbytes(x), recv_rows * _row_bytes(x))
+        return out
+
+    def gather_rows(self, x, sizes):
+        rb, others = _row_bytes(x), sum(sizes) - sizes[self.rank]
+        self._count("gather_rows", (self.size - 1) * _nbytes(x), others * rb)
+        return self.comm.gather_rows(x, sizes)
+
+    def reduce_rows(self, dx, sizes):
+        rb, own = _row_bytes(dx), sizes[self.rank]
+        self._count("reduce_rows", (sum(sizes) - own) * rb, (self.size - 1) * own * rb)
+        return self.comm.reduce_rows(dx, sizes)
+
+    def all_sum(self, x):
+        self._count("all_sum", _nbytes(x), _nbytes(x))
+        return self.comm.all_sum(x)
+
+    def all_gather_object(self, obj):
+        self.calls["all_gather_object"] += 1
+        return self.comm.all_gather_object(obj)
