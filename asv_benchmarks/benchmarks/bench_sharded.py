@@ -7,6 +7,12 @@ gather's by the keys' share.
 (median of three), as ``common.paired_ratio`` does for the other suites; ``track_peak_rss_*``
 report each rank's peak resident memory (MiB, a fresh pool per algorithm).  Run with
 ``asv run --python=same -b Sharded``; the "fast" profile uses N = 2048.
+
+``ShardedNTXent``, ``ShardedSupCon`` and ``ShardedBound`` (DV) time both algorithms at
+N = 4096 (fast: 1024), D = 256, float32, seconds per benchmark: the ratio to the
+single-process call, and the bytes each rank sent (counted by
+:class:`nce_ref.testing.sharded.CountingCommunicator`) over what ``docs/sharded.md``
+derives (1.0 when they agree; ``tests/test_sharded_bytes.py`` checks the same exactly).
 """
 
 from __future__ import annotations
@@ -87,3 +93,125 @@ class ShardedInfoNCE:
 
     track_ratio_to_single_process.unit = "ratio"
     track_peak_rss_per_rank_mib.unit = "MiB"
+
+
+# -- nt_xent, supcon and the MI bounds: gather and ring, seconds per benchmark -----------
+
+def _small_n() -> int:
+    return 1024 if profile() == "fast" else 4096
+
+
+def _rank_counted(comm, name, arrays, kw):
+    """This rank's value_and_grad of ``nce_ref.sharded.<name>`` (torch, one thread) through
+    a counting communicator; returns (seconds, bytes this rank sent)."""
+    import torch
+
+    import nce_ref
+    from nce_ref.testing.sharded import CountingCommunicator
+
+    torch.set_num_threads(1)
+    vg = nce_ref.value_and_grad(getattr(nce_ref.sharded, name))
+    ts = [torch.from_numpy(a) for a in arrays]
+    vg(*ts, comm=comm, **kw)  # warm
+    counted = CountingCommunicator(comm)
+    t0 = time.perf_counter()
+    vg(*ts, comm=counted, **kw)
+    dt = time.perf_counter() - t0
+    sent = sum(counted.sent[k] for k in ("ring_pass", "gather_rows", "reduce_rows"))
+    return dt, sent
+
+
+def _single_numpy(name, arrays, kw):
+    import nce_ref
+
+    fn = {"nt_xent": nce_ref.nt_xent, "supcon": nce_ref.supcon,
+          "bound_from_embeddings": nce_ref.mi.bound_from_embeddings}[name]
+    vg = nce_ref.value_and_grad(fn)
+    vg(*arrays, **kw)
+    t0 = time.perf_counter()
+    vg(*arrays, **kw)
+    return time.perf_counter() - t0
+
+
+def _derived_bytes(name, algorithm, rows, kw, label_bytes=0):
+    """What rank 0 sends, by ``docs/sharded.md`` (2 ranks of ``rows`` travelling or
+    gathered rows each, D features of 4 bytes): the ring sends its shard once per round
+    (2 rounds; supcon's per_pair 3) with the labels, and the accumulator twice; gather
+    sends its rows to the other rank and the other rank's rows of the gradient."""
+    row = D * 4
+    # DV's and SMILE's log-sum-exp over every row: each rank's maximum, one float32
+    extra = 4 if name == "bound_from_embeddings" and kw.get("bound") in ("dv", "smile") else 0
+    if algorithm == "ring":
+        rounds = 3 if kw.get("positives") == "per_pair" else 2
+        return rounds * rows * (row + label_bytes) + 2 * rows * row + extra
+    return rows * (row + label_bytes) + rows * row + extra
+
+
+class _ShardedSuite:
+    """2 gloo ranks against one process (NumPy, 2 threads); ``name`` and ``_data`` per suite."""
+
+    params = (["gather", "ring"],)
+    param_names = ["algorithm"]
+    timeout = 600
+    name = ""
+    label_bytes = 0
+
+    def setup(self, algorithm):
+        from nce_ref.testing.sharded import GlooPool
+
+        self.single, self.shards, self.kw = self._data(np.random.default_rng(0), _small_n())
+        self.pool = GlooPool(2, timeout=300)
+        self.args = [(self.name, a, dict(self.kw, algorithm=algorithm)) for a in self.shards]
+
+    def teardown(self, algorithm):
+        self.pool.close()
+
+    def track_ratio_to_single_process(self, algorithm):
+        ratios = []
+        for _ in range(3):
+            t_single = _single_numpy(self.name, self.single, self.kw)
+            out = self.pool.run(_rank_counted, self.args)
+            ratios.append(max(o[0] for o in out) / t_single)
+        return float(np.median(ratios))
+
+    def track_bytes_sent_over_derived(self, algorithm):
+        out = self.pool.run(_rank_counted, self.args)
+        rows = self.shards[0][0].shape[0] * (self.shards[0][0].shape[1] if self.shards[0][0].ndim == 3 else 1)
+        if self.name == "nt_xent":
+            rows *= 2  # both views
+        derived = _derived_bytes(self.name, algorithm, rows, self.kw, self.label_bytes)
+        return float(out[0][1] / derived)
+
+    track_ratio_to_single_process.unit = "ratio"
+    track_bytes_sent_over_derived.unit = "ratio"
+
+
+def _halves(arrays):
+    h = arrays[0].shape[0] // 2
+    return [[a[:h] for a in arrays], [a[h:] for a in arrays]]
+
+
+class ShardedNTXent(_ShardedSuite):
+    name = "nt_xent"
+
+    def _data(self, rng, n):
+        z = [rng.standard_normal((n, D)).astype(np.float32) for _ in range(2)]
+        return z, _halves(z), {"temperature": 0.1}
+
+
+class ShardedSupCon(_ShardedSuite):
+    name = "supcon"
+    label_bytes = 8  # int64 labels travel with the ring's views; gather gathers them
+
+    def _data(self, rng, n):
+        f = rng.standard_normal((n // 2, 2, D)).astype(np.float32)  # N = n views
+        y = rng.integers(0, 64, n // 2)
+        return [f, y], _halves([f, y]), {"temperature": 0.1}
+
+
+class ShardedBound(_ShardedSuite):
+    name = "bound_from_embeddings"
+
+    def _data(self, rng, n):
+        x, y = (0.1 * rng.standard_normal((n, D)).astype(np.float32) for _ in range(2))
+        return [x, y], _halves([x, y]), {"bound": "dv"}
