@@ -242,10 +242,9 @@ def test_all_zero_batch_returns_zero_like_pml(data):
     """AvgNonZeroReducer over no positive term returns 0 (``sum(embeddings * 0)``): a
     zero gradient; so do mean_nonzero and per_anchor."""
     torch = _pml()
+    from pytorch_metric_learning.distances import LpDistance
     from pytorch_metric_learning.losses import ContrastiveLoss, TripletMarginLoss
     from pytorch_metric_learning.reducers import AvgNonZeroReducer, PerAnchorReducer
-
-    from pytorch_metric_learning.distances import LpDistance
 
     x, y, _, _ = data
     xs = x + 50.0 * y[:, None]  # classes far apart: every hinge is inactive
@@ -385,3 +384,24 @@ def test_per_anchor_is_refused_where_it_is_not_defined():
         multi_similarity(_X, _Y, reduction="per_anchor")
     with pytest.raises(ValueError, match="reduction"):
         triplet(_X, _X, _X, reduction="per_anchor")
+
+
+@pytest.mark.parametrize("f,kw", [
+    (batch_triplet, {"mining": "semi_hard", "margin": 1.5, "reduction": "per_anchor"}),
+    (batch_triplet, {"mining": "hard"}),
+    (multi_similarity, {"mining_margin": 0.1}),
+    (pairwise_contrastive, {"reduction": "per_anchor", "split_pos_neg": True, "neg_margin": 1.6}),
+])
+def test_permuting_the_reference_set_changes_nothing(data, f, kw):
+    """The reference rows are a set: permuting them (and ``ref_self`` with them) permutes
+    the reference gradient's rows and leaves the value and the embeddings' gradient."""
+    x, y, r, ry = data
+    mem, mem_y = np.concatenate([r, x]), np.concatenate([ry, y])
+    own = np.arange(9, 16)
+    perm = np.random.default_rng(5).permutation(16)
+    inv = np.argsort(perm)
+    v0, g0 = vg[f.__name__](x, y, ref=mem, ref_labels=mem_y, ref_self=own, **kw)
+    v1, g1 = vg[f.__name__](x, y, ref=mem[perm], ref_labels=mem_y[perm], ref_self=inv[own], **kw)
+    assert_close(v1, v0, rtol=1e-13, atol=1e-15)
+    assert_close(g1["embeddings"], g0["embeddings"], rtol=1e-10, atol=1e-13)
+    assert_close(g1["ref"], g0["ref"][perm], rtol=1e-10, atol=1e-13)

@@ -5,7 +5,10 @@ or the p-norm kernel below) → hinge or softplus of ``d_ap − d_an + margin`` 
 with the VJP composed from the pieces.  Mining (hardest positive/negative, semi-hard
 negative) selects entries of the distance matrix with masked maxima/minima and one-hot
 masks of static shape; the selection is piecewise constant and the gradient flows
-through the selected distances only.  Derivations: ``docs/supcon_triplet.md``.
+through the selected distances only.  ``batch_triplet`` scores the anchors against a
+reference set ``ref`` when one is given (an (N, M) distance matrix; PML's ``ref_emb``),
+whose helpers :func:`ref_arrays`, :func:`check_ref_set` and :func:`pair_relations` the
+pair losses share.  Derivations: ``docs/supcon_triplet.md``, ``docs/derivations.md`` §16.
 """
 
 from __future__ import annotations
