@@ -546,3 +546,19 @@ def test_verify_agrees_with_pml_triplet_margin_loss():
     report = verify(conventions.ADAPTERS["pml_batch_triplet"], "batch_triplet",
                     convention="pytorch_metric_learning", cases="all", dtype="float64")
     assert report.passed and "ref set, hard" in str(report), str(report)
+
+
+def test_blocks_with_a_reference_set_give_the_one_block_result(batch, monkeypatch):
+    """Anchor blocks of (b, M, M) triplets with M != N."""
+    x, y = batch
+    r = np.random.default_rng(4).standard_normal((11, 3))
+    ry = np.arange(11) % 3
+    kw = {"ref": r, "ref_labels": ry, "reduction": "none", "cotangent": np.arange(9.0)}
+    one = {m: vg_b(x, y, mining=m, margin=1.5, **kw) for m in ("all", "semi_hard")}
+    monkeypatch.setattr(triplet_module, "_BLOCK_ELEMENTS", 2 * 121)  # blocks of 2 anchors
+    assert len(triplet_module._blocks(9, 11)) == 5
+    for m, (v0, g0) in one.items():
+        v, g = vg_b(x, y, mining=m, margin=1.5, **kw)
+        assert_close(v, v0, rtol=1e-15, atol=0)
+        for k in ("embeddings", "ref"):
+            assert_close(g[k], g0[k], rtol=1e-14, atol=1e-15)
