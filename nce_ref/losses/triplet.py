@@ -491,8 +491,9 @@ def batch_triplet(embeddings: Array, labels: Array, /, *, mining: str = "all",
     selected triplets with positive :math:`j`, :math:`\bar D_{ik} = -g_i\sum_j h'_{ijk}`
     over those with negative :math:`k`, then the distance VJP (both operands are the
     embeddings, so its two gradients add).  "all" and "semi_hard" cost
-    :math:`O(N^3)` time and stream anchor blocks of at most 2²¹ triplets (memory
-    :math:`O(N^2)`); "hard" costs :math:`O(N^2)`.  The distance matrix uses the
+    :math:`O(N^3)` time (:math:`O(NM^2)` with a reference set of M rows) and stream
+    anchor blocks of at most 2²¹ triplets (memory :math:`O(N^2)`, :math:`O(NM + M^2)`);
+    "hard" costs :math:`O(N^2)` (:math:`O(NM)`).  The distance matrix uses the
     centred GEMM expansion of :func:`nce_ref.similarity` (``"lp"``: the
     :math:`N\times N\times D` differences).  With ``ref`` the distance VJP's two
     gradients go to ``embeddings`` and ``ref`` separately (a cross-batch memory
