@@ -155,6 +155,8 @@ def siglip(x: Array, y: Array, /, *, scale: float | Array = 10.0, bias: float | 
         return siglip_dense(ctx, x, y, t, t0, b, b0, kind=kind, eps=eps, reduction=reduction)
     block = choose_block(n, n, ctx.finfo().bits // 8, block_size=block_size,
                          memory_budget=memory_budget, buffers=buffers(kind), like=x)
+    if block_size is None:  # as many blocks, of equal rows: no short last block (its GEMMs
+        block = -(-n // -(-n // block))  # run far below the floor's rate)
     return _siglip_streamed(ctx, x, y, t, t0, b, b0, kind=kind, eps=eps, reduction=reduction,
                             block=block, need_grad=need_grad)
 
