@@ -303,3 +303,25 @@ def test_share_gives_the_gradient_of_the_weighted_sum_of_the_ranks_shares(rng, n
         mine = np.where(owner == r, w * g[owner] / n_terms, 0.0)
         np.testing.assert_allclose(float(out[r][1]["temperature"]), float(back(mine)["temperature"]),
                                    rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("library", ["array_api_strict", "torch"])
+def test_the_rings_of_supcon_and_the_bounds_run_on_other_libraries(rng, library):
+    """The rings' generic path (immutable-style, strict indexing) and the in-place one (torch)."""
+    lib = pytest.importorskip(library)
+    f, y = rng.standard_normal((7, 2, 3)), rng.integers(0, 2, 7)
+    x1, x2 = rng.standard_normal((7, 3)), rng.standard_normal((7, 3))
+    cases = [(sharded.supcon, nce_ref.supcon, (f, y), {"positives": "per_pair"}),
+             (sharded.supcon, nce_ref.supcon, (f, (rng.random((7, 3)) < 0.5).astype(np.int64)),
+              {"positives": "in", "similarity": "neg_euclidean"}),
+             (nce_ref.sharded.bound_from_embeddings, nce_ref.mi.bound_from_embeddings, (x1, x2),
+              {"bound": "smile", "clip": 0.5})]
+    for fn, ref, arrays, kw in cases:
+        v0, g0 = nce_ref.value_and_grad(ref)(*arrays, **kw)
+        shards = [tuple(lib.asarray(a[s]) for a in arrays) for s in (slice(0, 3), slice(3, 7))]
+        out = _run(fn, 2, shards, algorithm="ring", block_size=2, **kw)
+        name = "features" if "features" in g0 else "x"
+        np.testing.assert_allclose(float(out[0][0]), float(v0), rtol=1e-12)
+        np.testing.assert_allclose(np.concatenate([np.asarray(o[1][name]) for o in out]), g0[name],
+                                   rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(float(out[1][1]["temperature"]), float(g0["temperature"]), rtol=1e-10)

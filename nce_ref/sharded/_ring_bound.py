@@ -150,7 +150,7 @@ def bound_ring(su, comm, sizes, across, red, *, block: int, need_grad: bool, sha
         carry[0] = xp.zeros((own.shape[0], lg.fb.shape[1]), dtype=ctx.dtype, device=ctx.device)
         for r0, r1, ab, z, inside, dzdy, fbs in blocks():
             box, i = carry[1], r0 // block
-            e = sigmoid(z, xp=xp) if js else xp.exp(z - m_rows[r0:r1])  # 0 on the diagonal
+            e = sigmoid(z, xp=xp) if js else xp.exp(z - m_rows[r0:r1, :])  # 0 on the diagonal
             if inside is not None:
                 e = xp.where(inside, e, xp.zeros_like(e))
             g = -e * col(rho[r0:r1], axis=1)

@@ -100,7 +100,7 @@ def supcon_ring(st, comm, across, *, block: int, need_grad: bool):
     u_root = None if not rooted else lg.root[0]
     own = pack(lg.fb, None if not rooted else lg.root[1], xp)
     a, na = lg.a, st.n_anchor
-    rel = _relation(ctx, st.col_labels[:na], xp)
+    rel = _relation(ctx, st.col_labels[:na, ...], xp)
     segments = [(0, na, (0,))]
     out, pair = st.positives == "out", st.positives == "per_pair"
     kb = None if st.base_temperature is None else tau / st.base_temperature
@@ -187,9 +187,9 @@ def supcon_ring(st, comm, across, *, block: int, need_grad: bool):
         for r0, r1, ab, z, dzdy, fbs, p in blocks():
             box = carry[1]
             i = r0 // block
-            e = xp.exp(z - xp.where(p, lp[r0:r1], ln[r0:r1]))  # own column: 0
+            e = xp.exp(z - xp.where(p, lp[r0:r1, :], ln[r0:r1, :]))  # own column: 0
             if pair:
-                arg = ln[r0:r1] - z
+                arg = ln[r0:r1, :] - z
                 dz = xp.where(p, -col(w[r0:r1], axis=1) * sigmoid(arg, xp=xp),
                               e * col(c_n[r0:r1], axis=1))
             else:
@@ -244,7 +244,7 @@ def _pairs(blocks, lse_n, na, block, ctx, xp):
     ln = xp.expand_dims(lse_n, axis=1)
     for r0, r1, _, z, _, _, p in blocks():
         i = r0 // block
-        arg = xp.where(p, ln[r0:r1] - z, xp.full_like(z, -math.inf))  # −inf: softplus 0, σ 0
+        arg = xp.where(p, ln[r0:r1, :] - z, xp.full_like(z, -math.inf))  # −inf: softplus 0, σ 0
         lb, sb = xp.sum(softplus(arg, xp=xp), axis=1), xp.sum(sigmoid(arg, xp=xp), axis=1)
         ls[i] = lb if ls[i] is None else ls[i] + lb
         ss[i] = sb if ss[i] is None else ss[i] + sb
