@@ -105,3 +105,66 @@ class BatchTriplet(_FunctionBenchmark):
 
         self.prepare(backend, n, dtype, _triplet.batch_triplet, _labels(np.random.default_rng(1), n),
                      mining=mining, margin=0.5)
+
+
+def _xbm_step(rng_batch, n, dtype, backend):
+    """One cross-batch-memory step (XBM's order): the batch (N, D) as the benchmark's
+    input, a memory of 2N rows whose last N slots are the batch's own copies, the labels
+    of both (10 classes), and ``ref_self`` pointing at the copies."""
+    import numpy as np
+
+    batch = rng_batch.standard_normal((n, DIM))
+    rng = np.random.default_rng(1)
+    memory = np.concatenate([rng.standard_normal((n, DIM)), batch])
+    labels = rng.integers(0, 10, n)
+    memory_labels = np.concatenate([rng.integers(0, 10, n), labels])
+    kw = {"ref": backend.asarray(memory, dtype), "ref_labels": backend.asarray(memory_labels),
+          "ref_self": backend.asarray(np.arange(n, 2 * n))}
+    return labels, kw
+
+
+class SupConReference(_FunctionBenchmark):
+    """``supcon(batch (N, D), labels, ref=memory (2N, D), ref_labels, ref_self)``: the
+    batch against a cross-batch memory that holds its own copies (one XBM step), dense
+    reference and streamed engine; gradients of the batch, the memory and τ."""
+
+    param_names = ("backend", "n", "dtype", "method")
+    params = (BACKENDS, sizes(), DTYPES, ["dense", "streamed"])
+
+    def make(self, rng, n, dtype):
+        return (rng.standard_normal((n, DIM)),)
+
+    def setup(self, backend, n, dtype, method):
+        import inspect
+
+        import numpy as np
+
+        skip_if(_supcon is None or "ref" not in inspect.signature(_supcon.supcon).parameters,
+                "this nce_ref's supcon takes no reference set")
+        self.setup_data(backend, n, dtype)
+        labels, kw = _xbm_step(np.random.default_rng(0), n, dtype, self.backend)
+        self.prepare(backend, n, dtype, _supcon.supcon, labels, temperature=0.07,
+                     method=method, **kw)
+
+
+class BatchTripletReference(_FunctionBenchmark):
+    """``batch_triplet(batch (N, D), labels, mining="hard", ref=memory (2N, D), ref_labels,
+    ref_self)``: batch-hard mining against a cross-batch memory (one XBM step)."""
+
+    param_names = ("backend", "n", "dtype")
+    params = (BACKENDS, sizes(), DTYPES)
+
+    def make(self, rng, n, dtype):
+        return (rng.standard_normal((n, DIM)),)
+
+    def setup(self, backend, n, dtype):
+        import inspect
+
+        import numpy as np
+
+        skip_if(_triplet is None or "ref" not in inspect.signature(_triplet.batch_triplet).parameters,
+                "this nce_ref's batch_triplet takes no reference set")
+        self.setup_data(backend, n, dtype)
+        labels, kw = _xbm_step(np.random.default_rng(0), n, dtype, self.backend)
+        self.prepare(backend, n, dtype, _triplet.batch_triplet, labels, mining="hard",
+                     margin=0.5, **kw)
