@@ -13,10 +13,11 @@ contrastive loss".
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
-from .._array import check_labels, check_real, resolve
+from .._array import check_labels, check_method, check_real, resolve
 from .._ops import logsumexp, softmax_from_lse
 from .._reduce import (
     REDUCTIONS_NONZERO,
@@ -26,6 +27,7 @@ from .._reduce import (
     per_anchor_fwd,
     reduce_fwd,
 )
+from .._stream import choose_block
 from ..autodiff import differentiable
 from ..similarity import DEFAULT_EPS, check_similarity, sim_fwd, unit_rows
 from .triplet import check_distance, check_ref_set, dist_fwd, pair_relations, ref_arrays
@@ -79,7 +81,8 @@ def multi_similarity(embeddings: Array, labels: Array, /, *, alpha: float = 2.0,
                      similarity: str = "cosine", reduction: str = "mean",
                      ref: Array | None = None, ref_labels: Array | None = None,
                      ref_self: Array | None = None, eps: float = DEFAULT_EPS,
-                     check_finite: bool = True, xp=None):
+                     method: str = "auto", block_size: int | None = None,
+                     check_finite: bool = True, xp=None, need_grad: bool = True):
     r"""Multi-similarity loss (Wang et al. 2019), as pytorch-metric-learning computes it.
 
     With :math:`S_{ij} = s(x_i, x_j)`, :math:`P_i` the positives of anchor :math:`i` (same
@@ -183,15 +186,41 @@ def multi_similarity(embeddings: Array, labels: Array, /, *, alpha: float = 2.0,
     base = check_real(base, "base")
     if mining_margin is not None:
         mining_margin = check_real(mining_margin, "mining_margin", nonnegative=True)
+    path = check_method(method, streamable=True)
     refs = ref_arrays(ref, ref_labels, ref_self)
     ctx = resolve({"embeddings": embeddings, "labels": labels, **refs},
                   ndims={"embeddings": 2, "labels": 1}, floating=("embeddings", "ref"), xp=xp,
                   check_finite=check_finite)
     xp = ctx.xp
     _check_embeddings(ctx, embeddings, labels, ref, ref_labels, ref_self)
+    block = _block(ctx, embeddings, ref, block_size, 8) if path == "streamed" else None
     x = ctx.to_compute(embeddings)
-    s, back_s = sim_fwd(x, x if ref is None else ctx.to_compute(ref), kind=kind, eps=eps, xp=xp)
+    r = None if ref is None else ctx.to_compute(ref)
+    rows = functools.partial(ms_rows, alpha=alpha, beta=beta, base=base,
+                             mining_margin=mining_margin, ctx=ctx)
+    if path == "streamed":
+        return _ms_streamed(ctx, x, r, labels, ref_labels, ref_self, rows, kind=kind, eps=eps,
+                            reduction=reduction, block=block, need_grad=need_grad,
+                            embeddings=embeddings, ref=ref)
+    s, back_s = sim_fwd(x, x if r is None else r, kind=kind, eps=eps, xp=xp)
     pos, neg = pair_relations(ctx, labels, ref_labels, ref_self)
+    per, back_rows = rows(s, pos, neg)
+    value, back_red = reduce_fwd(per, reduction, xp=xp)
+    value = ctx.result_finite(value, "multi_similarity")
+
+    def vjp(g):
+        ga, gb = back_s(back_rows(back_red(ctx.to_compute(g))))
+        return _grads(ctx, ga, gb, embeddings, ref)
+
+    return ctx.to_out(value), vjp
+
+
+def ms_rows(s, pos, neg, *, alpha, beta, base, mining_margin, ctx):
+    r"""The multi-similarity terms of some anchors' rows: :math:`\ell_i` (R,) from their
+    scores ``s`` (R, M) and pairs ``pos``, ``neg`` (R, M), with the mining, and
+    ``back(gl) -> ds`` (R, M).  Every term is local to its row: the reference calls it on
+    all N rows at once, the engine on each block of rows."""
+    xp = ctx.xp
     if mining_margin is not None:
         inf = xp.full_like(s, math.inf)
         max_neg = xp.max(xp.where(neg, s, -inf), axis=1, keepdims=True)
@@ -200,16 +229,11 @@ def multi_similarity(embeddings: Array, labels: Array, /, *, alpha: float = 2.0,
         neg = neg & (s + mining_margin > min_pos)
     l_p, back_p = _soft_count(-alpha * (s - base), pos, alpha, ctx)
     l_n, back_n = _soft_count(beta * (s - base), neg, beta, ctx)
-    value, back_red = reduce_fwd(l_p + l_n, reduction, xp=xp)
-    value = ctx.result_finite(value, "multi_similarity")
 
-    def vjp(g):
-        gl = back_red(ctx.to_compute(g))
-        ds = beta * back_n(gl) - alpha * back_p(gl)
-        ga, gb = back_s(ds)
-        return _grads(ctx, ga, gb, embeddings, ref)
+    def back(gl):
+        return beta * back_n(gl) - alpha * back_p(gl)
 
-    return ctx.to_out(value), vjp
+    return l_p + l_n, back
 
 
 # -- pairwise contrastive ---------------------------------------------------------------------
@@ -221,7 +245,8 @@ def pairwise_contrastive(embeddings: Array, labels: Array, /, *, pos_margin: flo
                          split_pos_neg: bool = False, reduction: str = "mean",
                          ref: Array | None = None, ref_labels: Array | None = None,
                          ref_self: Array | None = None, eps: float = DEFAULT_EPS,
-                         check_finite: bool = True, xp=None):
+                         method: str = "auto", block_size: int | None = None,
+                         check_finite: bool = True, xp=None, need_grad: bool = True):
     r"""The pairwise contrastive loss (Hadsell, Chopra and LeCun 2006) over all pairs of a
     labelled batch.
 
@@ -340,12 +365,16 @@ def pairwise_contrastive(embeddings: Array, labels: Array, /, *, pos_margin: flo
     for name, v in (("squared", squared), ("normalize", normalize), ("split_pos_neg", split_pos_neg)):
         if not isinstance(v, bool):
             raise TypeError(f"`{name}` must be a bool; got {v!r}")
+    path = check_method(method, streamable=True)
     refs = ref_arrays(ref, ref_labels, ref_self)
     ctx = resolve({"embeddings": embeddings, "labels": labels, **refs},
                   ndims={"embeddings": 2, "labels": 1}, floating=("embeddings", "ref"), xp=xp,
                   check_finite=check_finite)
     xp = ctx.xp
     _check_embeddings(ctx, embeddings, labels, ref, ref_labels, ref_self)
+    block = (_block(ctx, embeddings, ref, block_size, 6,
+                    embeddings.shape[1] if distance == "lp" else 1)
+             if path == "streamed" else None)
     x = ctx.to_compute(embeddings)
     r = None if ref is None else ctx.to_compute(ref)
     back_unit = back_unit_r = None
@@ -353,8 +382,48 @@ def pairwise_contrastive(embeddings: Array, labels: Array, /, *, pos_margin: flo
         x, back_unit = unit_rows(x, eps=eps, xp=xp)
         if r is not None:
             r, back_unit_r = unit_rows(r, eps=eps, xp=xp)
+
+    def finish(ga, gb):
+        """The embeddings' (and ref's) gradients from the distance's operands'."""
+        if r is None:
+            ga, gb = ga + gb, None
+        if back_unit is not None:
+            ga = back_unit(ga)
+        if back_unit_r is not None:
+            gb = back_unit_r(gb)
+        if gb is None:
+            return {"embeddings": ctx.like(ga, embeddings)}
+        return _grads(ctx, ga, gb, embeddings, ref)
+
+    count = {"mean": "pairs", "per_anchor": "pairs", "mean_nonzero": "nonzero"}.get(reduction)
+    rows = functools.partial(contrastive_rows, pos_margin=pos_margin, neg_margin=neg_margin,
+                             squared=squared, count=count, xp=xp)
+    reduce = functools.partial(contrastive_reduce, reduction=reduction,
+                               split_pos_neg=split_pos_neg, xp=xp)
+    if path == "streamed":
+        return _contrastive_streamed(ctx, x, r, labels, ref_labels, ref_self, rows, reduce,
+                                     finish, distance=distance, p=p, eps=eps,
+                                     reduction=reduction, block=block, need_grad=need_grad)
     dist, back_d = dist_fwd(x, x if r is None else r, distance=distance, p=p, eps=eps, xp=xp)
     pos, neg = pair_relations(ctx, labels, ref_labels, ref_self)
+    (tp, tn, cp, cn), back_rows = rows(dist, pos, neg)
+    value, back_red = reduce(tp, tn, cp, cn)
+    value = ctx.result_finite(value, "pairwise_contrastive")
+
+    def vjp(g):
+        return finish(*back_d(back_rows(*back_red(ctx.to_compute(g)))))
+
+    return ctx.to_out(value), vjp
+
+
+def contrastive_rows(dist, pos, neg, *, pos_margin, neg_margin, squared, count, xp):
+    r"""The pairwise contrastive terms of some anchors' rows, summed per row: from their
+    distances ``dist`` (R, M) and pairs ``pos``, ``neg`` (R, M), ``(tp, tn, cp, cn)``
+    (each (R,)): the positive and the negative terms' sums and counts (``count``:
+    ``"pairs"``, the pairs; ``"nonzero"``, the positive terms; None: not counted), and
+    ``back(wp, wn) -> dd`` (R, M), the distances' cotangent for the rows' cotangents
+    ``wp`` of the positive and ``wn`` of the negative sums.  Every term is local to its
+    row: the reference calls it on all N rows at once, the engine on each block."""
     zero = xp.zeros_like(dist)
     vp, vn = dist - pos_margin, neg_margin - dist
     act_p, act_n = pos & (vp > 0), neg & (vn > 0)
@@ -365,46 +434,185 @@ def pairwise_contrastive(embeddings: Array, labels: Array, /, *, pos_margin: flo
     else:
         dhp, dhn = xp.astype(act_p, dist.dtype), xp.astype(act_n, dist.dtype)
     tp, tn = xp.sum(hp, axis=1), xp.sum(hn, axis=1)
-    if reduction == "per_anchor":
-        cp, cn = (xp.sum(xp.astype(m, dist.dtype), axis=1) for m in (pos, neg))
+    if count is None:
+        cp = cn = None
+    else:
+        mp, mn = (pos, neg) if count == "pairs" else (hp > 0, hn > 0)
+        cp, cn = (xp.sum(xp.astype(m, dist.dtype), axis=1) for m in (mp, mn))
+
+    def back(wp, wn):
+        return xp.expand_dims(wp, axis=1) * dhp - xp.expand_dims(wn, axis=1) * dhn
+
+    return (tp, tn, cp, cn), back
+
+
+def contrastive_reduce(tp, tn, cp, cn, *, reduction, split_pos_neg, xp):
+    """The reduction of :func:`pairwise_contrastive` from the rows' sums and counts of
+    :func:`contrastive_rows` (N,); returns ``(value, back)``, ``back(g) -> (wp, wn)``,
+    the rows' cotangents of the positive and the negative sums."""
+    if reduction == "per_anchor" or reduction in ("mean", "mean_nonzero"):
+        fwd = per_anchor_fwd if reduction == "per_anchor" else mean_over_fwd
         if split_pos_neg:
-            vp_, bp = per_anchor_fwd(tp, cp, xp=xp)
-            vn_, bn = per_anchor_fwd(tn, cn, xp=xp)
-            value = vp_ + vn_
-        else:
-            value, b_all = per_anchor_fwd(tp + tn, cp + cn, xp=xp)
-            bp = bn = b_all
-    elif reduction in ("mean", "mean_nonzero"):
-        if reduction == "mean":
-            cp, cn = xp.astype(pos, dist.dtype), xp.astype(neg, dist.dtype)
-        else:
-            cp, cn = xp.astype(hp > 0, dist.dtype), xp.astype(hn > 0, dist.dtype)
-        cp, cn = xp.sum(cp, axis=1), xp.sum(cn, axis=1)
-        if split_pos_neg:
-            vp_, bp = mean_over_fwd(tp, cp, xp=xp)
-            vn_, bn = mean_over_fwd(tn, cn, xp=xp)
-            value = vp_ + vn_
-        else:
-            value, b_all = mean_over_fwd(tp + tn, cp + cn, xp=xp)
-            bp = bn = b_all
+            vp_, bp = fwd(tp, cp, xp=xp)
+            vn_, bn = fwd(tn, cn, xp=xp)
+            return vp_ + vn_, lambda g: (bp(g), bn(g))
+        value, b_all = fwd(tp + tn, cp + cn, xp=xp)
     else:
         value, b_all = reduce_fwd(tp + tn, reduction, xp=xp)
-        bp = bn = b_all
+
+    def back(g):
+        w = b_all(g)
+        return w, w
+
+    return value, back
+
+
+# -- the engine: blocks of anchor rows --------------------------------------------------------
+
+def _block(ctx, x, r, block_size, buffers, per_col=1):
+    """Rows per block: ``block_size``, else as many as ``buffers`` (R, M) arrays (times
+    ``per_col``: the p-norm's (R, M, D) differences) fit the tuning's budget."""
+    m = x.shape[0] if r is None else r.shape[0]
+    return choose_block(x.shape[0], m * per_col, ctx.finfo().bits // 8, block_size=block_size,
+                        buffers=buffers, like=x)
+
+
+def block_relations(ctx, labels, ref_labels, ref_self, r0: int, r1: int):
+    """The rows ``r0:r1`` of :func:`nce_ref.losses.triplet.pair_relations`: the anchors
+    ``r0..r1-1`` against every column, the self-pair ``(i, i)`` (or ``(i, ref_self[i])``)
+    excluded by index."""
+    xp = ctx.xp
+    cols = labels if ref_labels is None else ref_labels
+    same = xp.expand_dims(labels[r0:r1], axis=1) == xp.expand_dims(cols, axis=0)
+    diff = xp.logical_not(same)
+    if ref_labels is None:
+        return same & xp.logical_not(ctx.eye(r1 - r0, labels.shape[0], k=r0, dtype=xp.bool)), diff
+    if ref_self is None:
+        return same, diff
+    idx = xp.arange(ref_labels.shape[0], dtype=ref_self.dtype, device=ctx.device)
+    other = xp.expand_dims(ref_self[r0:r1], axis=1) != xp.expand_dims(idx, axis=0)
+    return same & other, diff & other
+
+
+def _sweep(ctx, x, r, labels, ref_labels, ref_self, *, pair, rows, block, weights=None):
+    """One pass over the blocks of anchor rows ``x[r0:r1]`` against every column row
+    (``r``, or ``x`` itself): their scores or distances ``pair(a, b) -> (s, back)``, their
+    pairs (:func:`block_relations`) and ``rows(s, pos, neg) -> (outs, back)``, the per-row
+    outputs (a tuple of (R,) arrays or None).  With ``weights(r0, r1)``, the arguments of
+    the rows' ``back`` (the rows' cotangents), also the gradients ``(ga, gb)`` of the two
+    operands of ``pair``: ga (N, D) by blocks, gb (M, D) summed over the blocks.
+    Memory: a few (block, M) arrays, never (N, M)."""
+    xp = ctx.xp
+    n = x.shape[0]
+    cols = x if r is None else r
+    outs, gas, gb = [], [], None
+    for r0 in range(0, n, block):
+        r1 = min(n, r0 + block)
+        s, back_s = pair(x[r0:r1, :], cols)
+        pos, neg = block_relations(ctx, labels, ref_labels, ref_self, r0, r1)
+        out, back = rows(s, pos, neg)
+        outs.append(out)
+        if weights is not None:
+            ga, gbb = back_s(back(*weights(r0, r1)))
+            gas.append(ga)
+            gb = gbb if gb is None else gb + gbb
+    outs = tuple(None if o[0] is None else xp.concat(list(o)) for o in zip(*outs))
+    return outs, (None if weights is None else (xp.concat(gas, axis=0), gb))
+
+
+def _pair_counts(ctx, labels, ref_labels, ref_self, n: int, block: int):
+    """Each anchor's number of positive and of negative pairs (N,), from the labels only."""
+    xp = ctx.xp
+    cp, cn = [], []
+    for r0 in range(0, n, block):
+        pos, neg = block_relations(ctx, labels, ref_labels, ref_self, r0, min(n, r0 + block))
+        cp.append(xp.sum(xp.astype(pos, ctx.dtype), axis=1))
+        cn.append(xp.sum(xp.astype(neg, ctx.dtype), axis=1))
+    return xp.concat(cp), xp.concat(cn)
+
+
+def _scaled(grads, g):
+    return grads if g is None else (grads[0] * g, grads[1] * g)
+
+
+def _ms_streamed(ctx, x, r, labels, ref_labels, ref_self, rows, *, kind, eps, reduction, block,
+                 need_grad, embeddings, ref):
+    """:func:`multi_similarity` by blocks of anchor rows; returns ``(value, vjp)``.
+
+    ``"mean"`` and ``"sum"`` know the rows' cotangents (``g/N``, ``g``) before the
+    pass: one pass computes the terms and the gradient of their sum with ``g = 1``,
+    which the VJP scales.  ``"none"`` and ``"mean_nonzero"`` (whose count
+    ``#{ℓ_i > 0}`` is global) compute the terms in a first pass and the gradient in a
+    second one, in the VJP."""
+    xp = ctx.xp
+    n = x.shape[0]
+
+    def pair(a, b):
+        return sim_fwd(a, b, kind=kind, eps=eps, xp=xp)
+
+    def rows1(s, pos, neg):
+        per, back = rows(s, pos, neg)
+        return (per,), back
+
+    def sweep(gl=None):
+        w = None if gl is None else (lambda r0, r1: (gl[r0:r1],))
+        (per,), grads = _sweep(ctx, x, r, labels, ref_labels, ref_self, pair=pair, rows=rows1,
+                               block=block, weights=w)
+        return per, grads
+
+    one_pass = need_grad and reduction in ("mean", "sum")
+    if one_pass:
+        unit = reduce_fwd(xp.zeros((n,), dtype=ctx.dtype, device=ctx.device), reduction,
+                          xp=xp)[1](ctx.asarray(1.0))
+        per, grads = sweep(unit)
+    else:
+        per, grads = sweep()
+    value, back_red = reduce_fwd(per, reduction, xp=xp)
+    value = ctx.result_finite(value, "multi_similarity")
+
+    def vjp(g):
+        g = ctx.to_compute(g)
+        ga, gb = _scaled(grads, g) if one_pass else sweep(back_red(g))[1]
+        return _grads(ctx, ga, gb, embeddings, ref)
+
+    return ctx.to_out(value), vjp
+
+
+def _contrastive_streamed(ctx, x, r, labels, ref_labels, ref_self, rows, reduce, finish, *,
+                          distance, p, eps, reduction, block, need_grad):
+    """:func:`pairwise_contrastive` by blocks of anchor rows; returns ``(value, vjp)``.
+
+    ``"mean"`` (its counts are the pairs', from the labels alone: a pass over the
+    labels' blocks, no distance) and ``"sum"`` know the rows' cotangents before the
+    pass: one pass computes the rows' sums and the gradient for ``g = 1``, which the
+    VJP scales.  ``"none"``, ``"mean_nonzero"`` and ``"per_anchor"`` (global counts of
+    the positive terms, or of the anchors with a positive mean) compute the sums in a
+    first pass and the gradient in a second one, in the VJP."""
+    xp = ctx.xp
+    n = x.shape[0]
+
+    def pair(a, b):
+        return dist_fwd(a, b, distance=distance, p=p, eps=eps, xp=xp)
+
+    def sweep(w=None):
+        weights = None if w is None else (lambda r0, r1: (w[0][r0:r1], w[1][r0:r1]))
+        return _sweep(ctx, x, r, labels, ref_labels, ref_self, pair=pair, rows=rows,
+                      block=block, weights=weights)
+
+    one_pass = need_grad and reduction in ("mean", "sum")
+    if one_pass:
+        zero = xp.zeros((n,), dtype=ctx.dtype, device=ctx.device)
+        counts = (_pair_counts(ctx, labels, ref_labels, ref_self, n, block)
+                  if reduction == "mean" else (None, None))
+        unit = reduce(zero, zero, *counts)[1](ctx.asarray(1.0))
+        sums, grads = sweep(unit)
+    else:
+        sums, grads = sweep()
+    value, back_red = reduce(*sums)
     value = ctx.result_finite(value, "pairwise_contrastive")
 
     def vjp(g):
         g = ctx.to_compute(g)
-        wp, wn = xp.expand_dims(bp(g), axis=1), xp.expand_dims(bn(g), axis=1)
-        dd = wp * dhp - wn * dhn
-        ga, gb = back_d(dd)
-        if r is None:
-            ga, gb = ga + gb, None
-        if back_unit is not None:
-            ga = back_unit(ga)
-        if back_unit_r is not None:
-            gb = back_unit_r(gb)
-        if gb is None:
-            return {"embeddings": ctx.like(ga, embeddings)}
-        return _grads(ctx, ga, gb, embeddings, ref)
+        return finish(*(_scaled(grads, g) if one_pass else sweep(back_red(g))[1]))
 
     return ctx.to_out(value), vjp
