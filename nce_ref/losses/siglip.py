@@ -35,7 +35,15 @@ from .._array import (
 from .._ops import flush_below, sigmoid, softplus, softplus_and_sigmoid, softplus_and_sigmoid_of_exp
 from .._reduce import check_reduction, reduce_fwd
 from .._stream import by_row_chunks, choose_block
-from .._stream._blocks import cat, exp_inplace, grad_gemms, logit_blocks, mask_band, untranspose
+from .._stream._blocks import (
+    accumulate,
+    cat,
+    exp_inplace,
+    grad_gemms,
+    logit_blocks,
+    mask_band,
+    untranspose,
+)
 from .._stream._logits import buffers, feature_kind, prepare_logits
 from .._stream._numpy import np_namespace, np_sigmoid_block
 from ..autodiff import differentiable
@@ -316,7 +324,9 @@ def _sweep_numpy(lg, bias: float, weights, *, pairs: bool, block: int, xp):
     columns, the bias not among them: the three GEMMs are the floor's shapes) goes to
     :func:`nce_ref._stream._numpy.np_sigmoid_block`, which adds the bias, masks the
     diagonal and leaves ``σ`` in the block with the rows' sums of the softplus and of
-    ``σ``, by chunks of rows in cache on two threads; then the two gradient GEMMs."""
+    ``σ``, by chunks of rows in cache on two threads; then the two gradient GEMMs,
+    ``ā = diag(w) σ fb`` and ``f̄b += σᵀ diag(w) a``, both row-major (``σᵀ`` as the GEMM's
+    transposed operand: as fast here as ``aᵀσ``, and no transposed copy afterwards)."""
     want = weights is not None
     sps, das = [], []
     db = zdz = dbias = None
@@ -326,16 +336,20 @@ def _sweep_numpy(lg, bias: float, weights, *, pairs: bool, block: int, xp):
         if not want:
             continue
         w = weights[r0:r1]
-        dab, db, part = grad_gemms(z, w, ab, lg.fb, db, xp)
+        wk = xp.expand_dims(w, axis=1)
+        dab = z @ lg.fb
+        dab *= wk  # our own GEMM output, in place
+        db = accumulate(db, xp.matrix_transpose(z) @ (ab * wk))
         z = None
         das.append(dab)
+        part = xp.sum(xp.vecdot(ab, dab, axis=-1))  # Σ ū∘z (see grad_gemms)
         zdz = part if zdz is None else zdz + part
         bsum = xp.sum(w * rs)
         dbias = bsum if dbias is None else dbias + bsum
     sp = cat(sps, xp)
     if not want:
         return sp, None
-    return sp, (cat(das, xp), untranspose(db, xp), zdz, dbias)
+    return sp, (cat(das, xp), db, zdz, dbias)
 
 
 def _device(x):
@@ -368,16 +382,33 @@ def _siglip_streamed(ctx, x, y, t, t0, b, b0, *, kind, eps, reduction, block, ne
         da, dfb, zdz, dbias = gr
         du_pos = -weights * sg_pos
         dfa = da / lg.fold
-        dfa, dfb, ga_p, gc_p = back_pos(t * du_pos, dfa, dfb)
-        ga, gc = back_f(dfa, dfb)
-        if ga_p is not None:
+        ds_pos = t * du_pos
+        if kind in ("cosine", "dot"):  # row-wise chain: NumPy runs it by chunks in cache
+            def chain(rows):
+                if rows is None:
+                    fa_r, fb_r = back_pos(ds_pos, dfa, dfb)[:2]
+                    ga, gc = back_f(fa_r, fb_r)
+                else:
+                    fa_r, fb_r = back_pos(ds_pos[rows], dfa[rows, ...], dfb[rows, ...],
+                                          rows=rows)[:2]
+                    ga, gc = back_f(fa_r, fb_r, rows=rows)
+                return {"x": ga, "y": gc}
+
+            out = by_row_chunks(chain, n, 6 * dfa.shape[1] * itemsize, xp)
+            ga, gc = out["x"], out["y"]
+        else:
+            dfa, dfb, ga_p, gc_p = back_pos(ds_pos, dfa, dfb)
+            ga, gc = back_f(dfa, dfb)
             ga, gc = ga + ga_p, gc + gc_p
         dscale = zdz / t + xp.sum(du_pos * s_pos)
         return sp, {"x": ga, "y": gc, "scale": dscale, "bias": dbias + xp.sum(du_pos)}
 
     def finish(out, g=None):
+        # NumPy: the registry's cotangent 1 costs no pass (elsewhere, no host read of g)
+        unit = g is None or (np_namespace(xp) and concrete_float(g) == 1.0)
+
         def mul(v):
-            return v if g is None else v * g
+            return v if unit else v * g
         return {"x": ctx.like(mul(out["x"]), x), "y": ctx.like(mul(out["y"]), y),
                 "scale": scalar_grad(ctx, mul(out["scale"]), t0),
                 "bias": scalar_grad(ctx, mul(out["bias"]), b0)}
