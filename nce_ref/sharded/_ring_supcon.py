@@ -30,15 +30,18 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from array_api_compat import is_writeable_array
+
 from .._array import concrete_float, scalar_grad
 from .._ops import sigmoid, softplus
+from .._stream._blocks import exp_inplace
 from .._stream._logits import feature_kind, prepare_logits
 from ..similarity import bilinear_features
-from ._ring import blocks_of, pack
+from ._ring import add_into, blocks_of, pack
 
 Array = Any
 
-__all__ = ["supcon_ring", "travel"]
+__all__ = ["supcon_ring", "travel", "home", "isub", "imul"]
 
 
 def travel(comm, arrays: list, sizes, carry=None):
@@ -69,6 +72,22 @@ def _relation(ctx, lab_a, xp):
         return lambda r0, r1, lab: xp.expand_dims(lab_a[r0:r1], axis=1) == xp.expand_dims(lab, axis=0)
     ya = xp.astype(lab_a, ctx.dtype)
     return lambda r0, r1, lab: (ya[r0:r1, :] @ xp.matrix_transpose(xp.astype(lab, ctx.dtype))) > 0.5
+
+
+def isub(z, t, xp):
+    """``z − t`` into ``z`` (our own block) where the library allows it."""
+    if is_writeable_array(z):
+        z -= t
+        return z
+    return z - t
+
+
+def imul(z, t, xp):
+    """``z · t`` into ``z`` (our own block) where the library allows it."""
+    if is_writeable_array(z):
+        z *= t
+        return z
+    return z * t
 
 
 def _safe(m, xp):
@@ -136,20 +155,24 @@ def supcon_ring(st, comm, across, *, block: int, need_grad: bool):
                     st_[k][i] = xp.full((r1 - r0,), v, dtype=ctx.dtype, device=ctx.device)
             if z.shape[1] == 0:
                 continue
-            full = xp.full_like(z, ninf)
-            mp = xp.maximum(st_["mp"][i], xp.max(xp.where(p, z, full), axis=1))
-            mn = xp.maximum(st_["mn"][i], xp.max(xp.where(p, full, z), axis=1))
-            hp, hn = _safe(mp, xp), _safe(mn, xp)
             col = xp.expand_dims
-            e = xp.exp(z - xp.where(p, col(hp, axis=1), col(hn, axis=1)))  # own column: 0
-            pf = xp.astype(p, ctx.dtype)
-            st_["rp"][i] = st_["rp"][i] * xp.exp(st_["mp"][i] - hp) + xp.vecdot(e, pf, axis=-1)
-            st_["rn"][i] = st_["rn"][i] * xp.exp(st_["mn"][i] - hn) + xp.vecdot(e, 1.0 - pf,
-                                                                                   axis=-1)
+            one_inf = xp.full((1, 1), ninf, dtype=z.dtype, device=ctx.device)
+            zero = xp.zeros((1, 1), dtype=z.dtype, device=ctx.device)
+            mp = xp.maximum(st_["mp"][i], xp.max(xp.where(p, z, one_inf), axis=1))
+            mn = xp.maximum(st_["mn"][i], xp.max(xp.where(p, one_inf, z), axis=1))
+            hp, hn = _safe(mp, xp), _safe(mn, xp)
+            st_["n"][i] = st_["n"][i] + xp.sum(xp.astype(p, ctx.dtype), axis=1)
+            if out:  # before z is overwritten
+                st_["zs"][i] = st_["zs"][i] + xp.sum(xp.where(p, z, zero), axis=1)
+            # e^{z − h}, h = hP on P and hN off it; the own column (−inf) gives 0
+            e = exp_inplace(isub(z, xp.where(p, col(hp, axis=1), col(hn, axis=1)), xp), xp)
+            z = None
+            st_["rp"][i] = (st_["rp"][i] * xp.exp(st_["mp"][i] - hp)
+                            + xp.sum(xp.where(p, e, zero), axis=1))
+            st_["rn"][i] = (st_["rn"][i] * xp.exp(st_["mn"][i] - hn)
+                            + xp.sum(xp.where(p, zero, e), axis=1))
             st_["mp"][i], st_["mn"][i] = mp, mn
-            st_["n"][i] = st_["n"][i] + xp.sum(pf, axis=1)
-            if out:
-                st_["zs"][i] = st_["zs"][i] + xp.sum(xp.where(p, z, xp.zeros_like(z)), axis=1)
+            e = None
         cat = {k: (xp.concat(v) if n_blocks > 1 else v[0]) if v[0] is not None else zero
                for k, v in st_.items()}
         lse_p = _lse(_safe(cat["mp"], xp), cat["rp"], xp)
@@ -187,20 +210,25 @@ def supcon_ring(st, comm, across, *, block: int, need_grad: bool):
         for r0, r1, ab, z, dzdy, fbs, p in blocks():
             box = carry[1]
             i = r0 // block
-            e = xp.exp(z - xp.where(p, lp[r0:r1, :], ln[r0:r1, :]))  # own column: 0
+            wk = col(w[r0:r1], axis=1)
+            sig = sigmoid(ln[r0:r1, :] - z, xp=xp) if pair else None  # before z is overwritten
+            # e^{z − LSE_P} on P, e^{z − LSE_N} off it (own column: 0), then the row factors
+            dz = exp_inplace(isub(z, xp.where(p, lp[r0:r1, :], ln[r0:r1, :]), xp), xp)
+            z = None
             if pair:
-                arg = ln[r0:r1, :] - z
-                dz = xp.where(p, -col(w[r0:r1], axis=1) * sigmoid(arg, xp=xp),
-                              e * col(c_n[r0:r1], axis=1))
+                dz = imul(dz, col(c_n[r0:r1], axis=1), xp)
+                dz = xp.where(p, -wk * sig, dz)
+                sig = None
             else:
-                dz = e * xp.where(p, col(c_p[r0:r1], axis=1), col(c_n[r0:r1], axis=1))
+                dz = imul(dz, xp.where(p, col(c_p[r0:r1], axis=1), col(c_n[r0:r1], axis=1)), xp)
                 if out:
-                    dz = dz - xp.astype(p, ctx.dtype) * col(w[r0:r1] / n_safe[r0:r1], axis=1)
+                    zero = xp.zeros((1, 1), dtype=dz.dtype, device=ctx.device)
+                    dz = isub(dz, xp.where(p, wk / col(n_safe[r0:r1], axis=1), zero), xp)
             if dzdy is not None:
-                dz = dz * dzdy
-            part = dz @ fbs
-            da[i] = part if da[i] is None else da[i] + part
-            box[0] = box[0] + xp.matrix_transpose(dz) @ ab
+                dz = imul(dz, dzdy, xp)
+            da[i] = add_into(da[i], dz @ fbs)
+            box[0] = add_into(box[0], xp.matrix_transpose(dz) @ ab)
+            dz = None
         back = home(comm, carry[1][0], own.shape[0])
         carry[0] = carry[1] = None
         da = xp.concat(da, axis=0) if n_blocks > 1 else da[0]
