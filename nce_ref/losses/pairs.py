@@ -18,7 +18,6 @@ import math
 from typing import Any
 
 from .._array import check_labels, check_method, check_real, resolve
-from .._ops import logsumexp, softmax_from_lse
 from .._reduce import (
     REDUCTIONS_NONZERO,
     REDUCTIONS_PER_ANCHOR,
@@ -60,17 +59,22 @@ def _grads(ctx, ga, gb, embeddings, ref):
 
 def _soft_count(x, mask, scale, ctx):
     """``(1/scale) log(1 + Σ_{mask} e^{x})`` per row and its VJP ``back(g) -> dx``
-    (``softmax`` over ``{0} ∪ mask``, divided by ``scale``); 0 for an empty row."""
+    (``softmax`` over ``{0} ∪ mask``, divided by ``scale``); 0 for an empty row.
+
+    The log-sum-exp over the kept entries and the "1 +" (an entry 0, always kept),
+    shifted by ``m = max(0, max_{mask} x)``: the sum is at least 1 (the entry at the
+    shift gives ``e^0``), so no overflow and no ``log 0``; the softmax reuses the
+    exponentials."""
     xp = ctx.xp
-    n = x.shape[0]
-    zero = xp.zeros((n, 1), dtype=x.dtype, device=ctx.device)
-    xa = xp.concat([zero, x], axis=1)
-    ma = xp.concat([xp.ones((n, 1), dtype=xp.bool, device=ctx.device), mask], axis=1)
-    lse = logsumexp(xa, ma, axis=1, xp=xp)
+    xm = xp.where(mask, x, xp.asarray(-math.inf, dtype=x.dtype, device=ctx.device))
+    m = xp.max(xm, axis=1, keepdims=True)
+    m = xp.maximum(m, xp.zeros_like(m))
+    e = xp.exp(xm - m)  # masked entries: exp(-inf) = 0
+    total = xp.exp(-m) + xp.sum(e, axis=1, keepdims=True)
+    lse = xp.squeeze(m + xp.log(total), axis=1)
 
     def back(g):
-        p = softmax_from_lse(xa, xp.expand_dims(lse, axis=1), ma, xp=xp)[:, 1:]
-        return p * xp.expand_dims(g / scale, axis=1)
+        return e * (xp.expand_dims(g / scale, axis=1) / total)
 
     return lse / scale, back
 
