@@ -9,8 +9,11 @@ paired in one process (the issue's target: within 1.3x of the latter at N = 4096
 D = 256, float32 on the CPU); ``track_ratio_to_torch`` is over torch autograd of
 OpenCLIP's formula.  ``DCL`` streams the (2N, 2N) matrix of two views (its ratios to the
 floor at 2N rows and to torch autograd of lightly's formula; ``method="dense"`` for the
-reference's cost).  The pair losses are dense references on (N, D) embeddings with N/8
-classes, timed up to N = 4096.
+reference's cost).  The pair losses (``MultiSimilarity``, ``PairwiseContrastive``) on
+(N, D) embeddings with N/8 classes: streamed over blocks of anchor rows
+(``method="auto"``) or the dense reference on the N x N matrix (``method="dense"``, timed
+up to N = 4096); their ``track_ratio_to_floor`` is over the three-GEMM floor of the
+N x N matrix.
 """
 
 from __future__ import annotations
@@ -163,34 +166,38 @@ def _labels(n):
 
 class MultiSimilarity(_AgainstFloor, _FunctionBenchmark):
     """``nce_ref.multi_similarity(embeddings, labels)`` (PML's defaults), with and without
-    the miner's selection."""
+    the miner's selection; streamed (``method="auto"``) or dense."""
 
-    param_names = ("backend", "n", "dtype", "mining_margin")
-    params = (BACKENDS, sizes(), DTYPES, [None, 0.1])
+    param_names = ("backend", "n", "dtype", "mining_margin", "method")
+    params = (BACKENDS, sizes(), DTYPES, [None, 0.1], ["auto", "dense"])
 
     def make(self, rng, n, dtype):
         return (rng.standard_normal((n, 256)),)
 
-    def setup(self, backend, n, dtype, mining_margin):
+    def setup(self, backend, n, dtype, mining_margin, method):
         skip_if(_pairs is None, "this nce_ref has no multi_similarity")
-        skip_if(n > DENSE_MAX_N, "dense reference")
+        skip_if(method == "dense" and n > DENSE_MAX_N, "dense reference")
+        kw = {} if method == "auto" else {"method": method}  # older versions: no method option
         self.prepare(backend, n, dtype, _pairs.multi_similarity, _labels(n),
-                     mining_margin=mining_margin)
+                     mining_margin=mining_margin, **kw)
 
 
 class PairwiseContrastive(_AgainstFloor, _FunctionBenchmark):
     """``nce_ref.pairwise_contrastive(embeddings, labels)``: the default, and PML's
-    convention (normalised euclidean, ``mean_nonzero`` per side)."""
+    convention (normalised euclidean, ``mean_nonzero`` per side); streamed
+    (``method="auto"``) or dense."""
 
-    param_names = ("backend", "n", "dtype", "convention")
-    params = (BACKENDS, sizes(), DTYPES, ["default", "pml"])
+    param_names = ("backend", "n", "dtype", "convention", "method")
+    params = (BACKENDS, sizes(), DTYPES, ["default", "pml"], ["auto", "dense"])
 
     def make(self, rng, n, dtype):
         return (rng.standard_normal((n, 256)),)
 
-    def setup(self, backend, n, dtype, convention):
+    def setup(self, backend, n, dtype, convention, method):
         skip_if(_pairs is None, "this nce_ref has no pairwise_contrastive")
-        skip_if(n > DENSE_MAX_N, "dense reference")
+        skip_if(method == "dense" and n > DENSE_MAX_N, "dense reference")
         kw = {} if convention == "default" else dict(normalize=True, reduction="mean_nonzero",
                                                      split_pos_neg=True)
+        if method != "auto":  # older versions: no method option
+            kw["method"] = method
         self.prepare(backend, n, dtype, _pairs.pairwise_contrastive, _labels(n), **kw)
