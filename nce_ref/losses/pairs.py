@@ -1,12 +1,29 @@
 """Pair losses on a labelled batch: the multi-similarity loss and the pairwise contrastive
 loss, with pytorch-metric-learning's conventions as named options.
 
-Both are dense references over the (N, N) score or distance matrix of the batch with
-itself: positive pairs ``i ≠ j`` with equal labels (a row is never its own positive,
-excluded by index), negative pairs with different labels; or, with a reference set
-``ref`` (M, D), over the (N, M) matrix of the anchors against it (PML's ``ref_emb``),
-where only the pairs ``(i, ref_self[i])`` are excluded.  The selections (mining, the
-hinges) are piecewise constant and the gradient flows through the selected entries.
+Both are defined on the (N, N) score or distance matrix of the batch with itself:
+positive pairs ``i ≠ j`` with equal labels (a row is never its own positive, excluded
+by index), negative pairs with different labels; or, with a reference set ``ref``
+(M, D), on the (N, M) matrix of the anchors against it (PML's ``ref_emb``), where only
+the pairs ``(i, ref_self[i])`` are excluded.  The selections (mining, the hinges) are
+piecewise constant and the gradient flows through the selected entries.
+
+Every term is local to an anchor's row, and written once, as a function of some rows:
+:func:`ms_rows` (two masked log-sum-exps per row, and the mining's per-row max/min) and
+:func:`contrastive_rows` (the hinges, summed and counted per row, then
+:func:`contrastive_reduce`).  The public functions run them on the path their
+``method`` names:
+
+- the **reference** (``method="dense"``): the whole (N, M) matrix (``sim_fwd`` /
+  ``dist_fwd``, ``pair_relations``), the row function on all rows at once, the
+  reduction, and the composition of their VJPs;
+- the **engine** (``method="streamed"``, and ``"auto"``, which covers every option):
+  blocks of anchor rows against all M columns (:func:`block_relations`), memory
+  O(block·M), never (N, M).  One pass where the rows' cotangents are known before it
+  (``"mean"``, ``"sum"``: the gradient for ``g = 1``, scaled by the VJP); otherwise the
+  rows' sums in a first pass, the reduction's global counts, and the gradient in a
+  second pass (in the VJP).
+
 Derivations: ``docs/derivations.md``, sections "Multi-similarity loss" and "Pairwise
 contrastive loss".
 """
@@ -139,7 +156,20 @@ def multi_similarity(embeddings: Array, labels: Array, /, *, alpha: float = 2.0,
         -1), as in :func:`nce_ref.batch_triplet`.  ``mining_margin`` then mines each
         anchor's pairs with the reference rows (PML's ``MultiSimilarityMiner`` called
         with ``ref_emb``).
-    eps, check_finite, xp
+    eps
+        As in :func:`nce_ref.info_nce`.
+    method : {"auto", "dense", "streamed"}, default "auto"
+        ``"dense"``: the reference, on the whole (N, N) (or (N, M)) score matrix;
+        ``"streamed"`` and ``"auto"`` (the engine covers every option): blocks of
+        anchor rows against every column, never the N x N matrix.  The engine makes
+        one pass for ``"mean"`` and ``"sum"``, and for ``"none"`` and
+        ``"mean_nonzero"`` (whose count of positive terms is global) a pass for the
+        value and another for the gradient.
+    block_size : int, optional
+        Anchor rows per block of the engine.  Default: as many as fit the
+        :class:`nce_ref.Tuning`'s memory budget (a few (block, M) arrays).  Results
+        equal the dense computation to rounding.
+    check_finite, xp
         As in :func:`nce_ref.info_nce`.
 
     Returns
@@ -150,8 +180,8 @@ def multi_similarity(embeddings: Array, labels: Array, /, *, alpha: float = 2.0,
     ------
     ValueError, TypeError
         On a wrong shape, N = 0, D = 0, non-positive ``alpha``/``beta``, a negative
-        ``mining_margin``, non-finite options, unknown options; the message names the
-        argument.
+        ``mining_margin``, non-finite options, unknown options, a ``block_size`` that
+        is not a positive integer; the message names the argument.
 
     Notes
     -----
@@ -181,6 +211,10 @@ def multi_similarity(embeddings: Array, labels: Array, /, *, alpha: float = 2.0,
     >>> # against a reference set: anchor 0 with one positive row and one negative row
     >>> r, ry = np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0, 1])
     >>> bool(np.isclose(nce_ref.multi_similarity(x[:1], y[:1], ref=r, ref_labels=ry), want))
+    True
+    >>> # the engine, one anchor row per block, equals the dense reference
+    >>> a = nce_ref.multi_similarity(x, y, method="streamed", block_size=1)
+    >>> bool(np.isclose(a, nce_ref.multi_similarity(x, y, method="dense"), rtol=1e-14))
     True
     """
     kind, eps = check_similarity(similarity, eps)
@@ -316,7 +350,21 @@ def pairwise_contrastive(embeddings: Array, labels: Array, /, *, pos_margin: flo
         The reference set (PML's ``ref_emb``); ``normalize`` scales its rows too.
     ref_labels, ref_self : array, optional
         As in :func:`nce_ref.batch_triplet`.
-    eps, check_finite, xp
+    eps
+        As in :func:`nce_ref.triplet`.
+    method : {"auto", "dense", "streamed"}, default "auto"
+        ``"dense"``: the reference, on the whole (N, N) (or (N, M)) distance matrix
+        (``distance="lp"``: its (N, M, D) differences); ``"streamed"`` and ``"auto"``
+        (the engine covers every option): blocks of anchor rows against every column,
+        never the N x N matrix.  The engine makes one pass for ``"mean"`` (its counts
+        of pairs come from the labels alone) and ``"sum"``, and for ``"none"``,
+        ``"mean_nonzero"`` and ``"per_anchor"`` (whose counts are global) a pass for
+        the value and another for the gradient.
+    block_size : int, optional
+        Anchor rows per block of the engine.  Default: as many as fit the
+        :class:`nce_ref.Tuning`'s memory budget (a few (block, M) arrays; (block, M, D)
+        for ``"lp"``).  Results equal the dense computation to rounding.
+    check_finite, xp
         As in :func:`nce_ref.triplet`.
 
     Returns
@@ -327,7 +375,8 @@ def pairwise_contrastive(embeddings: Array, labels: Array, /, *, pos_margin: flo
     ------
     ValueError, TypeError
         On a wrong shape, N = 0, D = 0, negative or non-finite margins, ``p < 1``,
-        unknown options; the message names the argument.
+        unknown options, a ``block_size`` that is not a positive integer; the message
+        names the argument.
 
     Notes
     -----
@@ -359,6 +408,10 @@ def pairwise_contrastive(embeddings: Array, labels: Array, /, *, pos_margin: flo
     >>> # positives at 0 and 2.5, anchor 1's at 0.5 and 2, anchor 2's negative at 0.5
     >>> r, ry = np.array([[0.0], [2.5]]), np.array([0, 0])
     >>> nce_ref.pairwise_contrastive(x, y, ref=r, ref_labels=ry, reduction="none")
+    array([2.5, 2.5, 0.5])
+    >>> # the engine in blocks of two anchor rows (2, then 1) equals the dense reference
+    >>> nce_ref.pairwise_contrastive(x, y, ref=r, ref_labels=ry, reduction="none",
+    ...                              method="streamed", block_size=2)
     array([2.5, 2.5, 0.5])
     """
     p = check_distance(distance, p)
