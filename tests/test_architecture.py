@@ -135,6 +135,29 @@ def test_supcon_engine_equals_reference(rng, positives):
     _assert_same(*_both(nce_ref.supcon, f, labels, temperature=0.5, positives=positives), tau=0.5)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none", "mean_nonzero"])
+@pytest.mark.parametrize("similarity", ["cosine", "dot", "neg_sq_euclidean", "neg_euclidean"])
+def test_multi_similarity_engine_equals_reference(rng, similarity, reduction):
+    x = rng.standard_normal((7, 3)) / 2
+    y = np.array([0, 1, 0, 2, 1, 0, 1])
+    kw = {"similarity": similarity, "reduction": reduction, "mining_margin": 0.1, "beta": 5.0}
+    if reduction == "none":
+        kw["cotangent"] = rng.standard_normal(7)
+    _assert_same(*_both(nce_ref.multi_similarity, x, y, **kw))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none", "mean_nonzero", "per_anchor"])
+@pytest.mark.parametrize("distance", ["euclidean", "sq_euclidean", "cosine", "lp"])
+def test_pairwise_contrastive_engine_equals_reference(rng, distance, reduction):
+    x, r = rng.standard_normal((7, 3)), rng.standard_normal((5, 3))
+    y, ry = np.array([0, 1, 0, 2, 1, 0, 1]), np.array([0, 1, 2, 2, 0])
+    kw = {"distance": distance, "reduction": reduction, "split_pos_neg": True,
+          "neg_margin": 1.0 if distance == "cosine" else 2.5}
+    if reduction == "none":
+        kw["cotangent"] = rng.standard_normal(7)
+    _assert_same(*_both(nce_ref.pairwise_contrastive, x, y, ref=r, ref_labels=ry, **kw))
+
+
 def test_auto_runs_the_engine_where_it_applies_and_the_reference_elsewhere(rng):
     q, k = rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
     paired = rng.standard_normal((5, 4, 3))
@@ -145,7 +168,8 @@ def test_auto_runs_the_engine_where_it_applies_and_the_reference_elsewhere(rng):
     assert float(auto) == float(dense)  # the same code: bit for bit
 
 
-@pytest.mark.parametrize("f", [nce_ref.info_nce, nce_ref.nt_xent, nce_ref.dcl, nce_ref.siglip])
+@pytest.mark.parametrize("f", [nce_ref.info_nce, nce_ref.nt_xent, nce_ref.dcl, nce_ref.siglip,
+                               nce_ref.multi_similarity, nce_ref.pairwise_contrastive])
 def test_an_unknown_method_is_refused_by_name(f):
     x = np.ones((3, 2))
     with pytest.raises(ValueError, match="`method` must be one of 'auto', 'dense', 'streamed'; got 'fast'"):

@@ -1,7 +1,8 @@
 """Hypothesis properties: the engine equals the reference, and the maths' invariances.
 
 For the streamed losses (``info_nce`` one-way, symmetric and with unpaired negatives,
-``nt_xent``, ``dcl``, ``supcon`` with labels, ``mi.bound_from_embeddings`` for every bound) the
+``nt_xent``, ``dcl``, ``supcon`` with labels, ``mi.bound_from_embeddings`` for every bound,
+``multi_similarity`` and ``pairwise_contrastive``, these two in float64 only) the
 engine (``method="streamed"``, ``block_size=b``) equals the reference
 (``method="dense"``) in value and every gradient (``nce_ref.value_and_grad``), over
 N in 1..200, D in 1..16, a block of one row, a block that does not divide N and the
@@ -225,6 +226,88 @@ def test_supcon_with_labels_engine_equals_dense(p, views, classes, positives, co
     _both_dtypes(call, [f, labels], kw, tau=tau, what=f"supcon {kw} block {block}")
 
 
+def _same_in_float64(got, want, *, beta, what):
+    """The engine's value and gradients against the reference's, both in float64, by the
+    table (the pair losses' masks and hinges are piecewise constant: a float32 rounding
+    may move a pair across a margin, so they are compared in one dtype)."""
+    (v, g), (wv, wg) = got, want
+    np.testing.assert_allclose(v, wv, rtol=rtol_for("float64", temperature=1.0 / beta),
+                               atol=atol_for("float64"), err_msg=f"{what}: value")
+    assert set(g) == set(wg), (sorted(g), sorted(wg))
+    for name, ref in wg.items():
+        scale = float(np.max(np.abs(ref), initial=1.0)) * beta
+        np.testing.assert_allclose(g[name], ref, rtol=rtol_for("float64", temperature=1.0 / beta),
+                                   atol=atol_for("float64", scale), err_msg=f"{what}: gradient of {name}")
+
+
+def _pair_problem(rng, n, d, kind, classes, with_ref, m, draw_self):
+    """(args, options): a labelled batch, with a reference set of ``m`` rows whose
+    first rows are copies of anchors (``ref_self``) when ``draw_self``."""
+    x = _embed(rng, (n, d), kind)
+    labels = rng.integers(0, classes, n)
+    if not with_ref:
+        _separated(kind, x)
+        return [x, labels], {}
+    r = _embed(rng, (m, d), kind)
+    ry = rng.integers(0, classes, m)
+    kw = {"ref": r, "ref_labels": ry}
+    if draw_self:
+        k = min(n, m)
+        r[:k], ry[:k] = x[:k], labels[:k]
+        kw["ref_self"] = np.concatenate([np.arange(k), np.full(n - k, -1)])
+        _separated(kind, x, r[k:])
+    else:
+        _separated(kind, x, r)
+    return [x, labels], kw
+
+
+@FEW
+@given(problems(n_max=80), st.integers(1, 6), st.sampled_from(["mean", "sum", "none", "mean_nonzero"]),
+       st.sampled_from([None, 0.1]), st.booleans(), st.integers(1, 40), st.booleans())
+def test_multi_similarity_engine_equals_dense(p, classes, reduction, mining, with_ref, m, draw_self):
+    rng, n, d, block, kind, _ = p
+    args, kw = _pair_problem(rng, n, d, kind, classes, with_ref, m, draw_self)
+    beta = 50.0 if kind == "cosine" else 5.0
+    kw.update(similarity=kind, reduction=reduction, mining_margin=mining, beta=beta)
+    ct = rng.uniform(0.5, 1.5, n) if reduction == "none" else None
+    assert _has_method(nce_ref.multi_similarity)
+
+    def call(method):
+        opts = {"block_size": block} if method == "streamed" else {}
+        if ct is not None:
+            opts["cotangent"] = ct
+        return vg(nce_ref.multi_similarity)(*args, **kw, method=method, **opts)
+
+    _same_in_float64(call("streamed"), call("dense"), beta=beta,
+                     what=f"multi_similarity {sorted(kw)} block {block}")
+
+
+@FEW
+@given(problems(n_max=80), st.integers(1, 6),
+       st.sampled_from(["mean", "sum", "none", "mean_nonzero", "per_anchor"]),
+       st.sampled_from(["euclidean", "sq_euclidean", "cosine", "lp"]), st.booleans(),
+       st.booleans(), st.booleans(), st.booleans(), st.integers(1, 40), st.booleans())
+def test_pairwise_contrastive_engine_equals_dense(p, classes, reduction, distance, squared,
+                                                  normalize, split, with_ref, m, draw_self):
+    rng, n, d, block, kind, _ = p
+    args, kw = _pair_problem(rng, n, d, "neg_euclidean", classes, with_ref, m, draw_self)
+    kw.update(distance=distance, reduction=reduction, squared=squared, normalize=normalize,
+              split_pos_neg=split, pos_margin=0.3, neg_margin=0.6 if distance == "cosine" else 1.0)
+    if distance == "lp":
+        kw["p"] = 3.0
+    ct = rng.uniform(0.5, 1.5, n) if reduction == "none" else None
+    assert _has_method(nce_ref.pairwise_contrastive)
+
+    def call(method):
+        opts = {"block_size": block} if method == "streamed" else {}
+        if ct is not None:
+            opts["cotangent"] = ct
+        return vg(nce_ref.pairwise_contrastive)(*args, **kw, method=method, **opts)
+
+    _same_in_float64(call("streamed"), call("dense"), beta=1.0,
+                     what=f"pairwise_contrastive {kw.get('distance')} {reduction} block {block}")
+
+
 def _bound_options(bound, rng, n, s, draw_alpha, js_report):
     """(extra positional args, options) of one bound, away from its kinks."""
     if bound in ("tuba", "interpolated"):
@@ -387,7 +470,8 @@ def test_temperature_gradient_is_the_derivative_along_tau(p, which):
 
 def test_every_streamed_function_has_a_method_option_or_a_dense_formula_here():
     """Which references the properties use today (``method="dense"`` or the formula)."""
-    for fn in (nce_ref.info_nce, nce_ref.nt_xent, nce_ref.supcon, nce_ref.dcl):
+    for fn in (nce_ref.info_nce, nce_ref.nt_xent, nce_ref.supcon, nce_ref.dcl,
+               nce_ref.multi_similarity, nce_ref.pairwise_contrastive):
         assert _has_method(fn), fn.__name__
     if not _has_method(mi.bound_from_embeddings):
         pytest.skip("mi.bound_from_embeddings has no `method` yet: the reference is the "
