@@ -1,5 +1,5 @@
 """Cases for siglip, dcl, multi_similarity and pairwise_contrastive: every option, both
-code paths of siglip and dcl, and the edge cases (N = 1, one class, all classes distinct,
+code paths of each (``method``), and the edge cases (N = 1, one class, all classes distinct,
 extreme scales and biases, tiny terms next to large ones, zero vectors)."""
 
 from __future__ import annotations
@@ -84,14 +84,20 @@ def _multi_similarity(rng):
     n, d = 8, 3
     x = rng.standard_normal((n, d))
     y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
-    out = [Case(f"{sim}", (x, y), {"similarity": sim, "reduction": "none", "alpha": 1.5,
-                                   "beta": 4.0, "base": 0.3 if sim in ("cosine", "dot") else -2.0})
-           for sim in ("cosine", "dot", "neg_sq_euclidean", "neg_euclidean")]
+    # both code paths: the dense reference and the engine in blocks of 3 rows (3, 3, 2)
+    out = [Case(f"{sim}, {method}", (x, y),
+                {"similarity": sim, "reduction": "none", "alpha": 1.5, "beta": 4.0,
+                 "base": 0.3 if sim in ("cosine", "dot") else -2.0, "method": method,
+                 **({"block_size": 3} if method == "streamed" else {})})
+           for sim in ("cosine", "dot", "neg_sq_euclidean", "neg_euclidean")
+           for method in ("dense", "streamed")]
     out += [
         Case("PML defaults (alpha 2, beta 50, base 0.5)", (x, y), {}),
         Case("mined (PML MultiSimilarityMiner(0.1))", (x, y), {"mining_margin": 0.1}, fd=False,
              note=_SELECT),
         Case("sum, mean_nonzero", (x, y), {"reduction": "mean_nonzero", "beta": 10.0}),
+        Case("mean_nonzero, streamed in blocks of 3 (two passes)", (x, y),
+             {"reduction": "mean_nonzero", "beta": 10.0, "method": "streamed", "block_size": 3}),
         Case("N = 1", (x[:1], y[:1]), {}, kind="edge"),
         Case("one class (no negative)", (x, np.zeros(n, dtype=np.int64)), {"reduction": "none"},
              kind="edge"),
@@ -118,9 +124,13 @@ def _pairwise_contrastive(rng):
     n, d = 8, 3
     x = rng.standard_normal((n, d))
     y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
-    out = [Case(f"{dist}", (x, y), {"distance": dist, "reduction": "none", "pos_margin": 0.2,
-                                    "neg_margin": 2.0 if dist != "cosine" else 1.0})
-           for dist in ("euclidean", "sq_euclidean", "cosine")]
+    # both code paths: the dense reference and the engine in blocks of 3 rows (3, 3, 2)
+    out = [Case(f"{dist}, {method}", (x, y),
+                {"distance": dist, "reduction": "none", "pos_margin": 0.2,
+                 "neg_margin": 2.0 if dist != "cosine" else 1.0, "method": method,
+                 **({"block_size": 3} if method == "streamed" else {})})
+           for dist in ("euclidean", "sq_euclidean", "cosine")
+           for method in ("dense", "streamed")]
     out += [
         Case("lp p=1.5", (x, y), {"distance": "lp", "p": 1.5, "neg_margin": 2.5}),
         Case("squared (the paper)", (x, y), {"squared": True, "neg_margin": 2.0}),
@@ -149,6 +159,11 @@ def _pairwise_contrastive(rng):
     own = np.array([-1, -1, -1, -1, 4, 5, 6, 7])
     out += [
         Case("per_anchor", (x, y), {"reduction": "per_anchor", "neg_margin": 2.0}),
+        Case("per_anchor, split, streamed in blocks of 3 (two passes)", (x, y),
+             {"reduction": "per_anchor", "split_pos_neg": True, "neg_margin": 2.0,
+              "method": "streamed", "block_size": 3}),
+        Case("split mean, dense", (x, y), {"split_pos_neg": True, "neg_margin": 1.5,
+                                           "method": "dense"}),
         Case("PML's PerAnchorReducer(AvgNonZeroReducer()) (split, normalised)", (x, y),
              {"normalize": True, "split_pos_neg": True, "reduction": "per_anchor",
               "pos_margin": 0.3, "neg_margin": 1.2}),
