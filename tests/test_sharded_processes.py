@@ -11,7 +11,8 @@ or JAX devices) and asserts its own result:
 - ``sharded_mpi_ring.py``: ``mpiexec -n 3``, SupCon (every positives mode) and the MI
   bounds by gather and by ring;
 - ``sharded_jax.py``: ``jax.shard_map`` over 4 simulated host devices, the gradient of
-  the mean of the devices' shares against the single-device gradient.
+  the mean of the devices' shares against the single-device gradient (CLIP by gather;
+  SupCon and DV by the ring).
 """
 
 from __future__ import annotations
@@ -63,9 +64,10 @@ def test_mpi_ranks_by_the_ring_equal_the_single_process_supcon_and_bounds():
         assert f"{what} ring, 3 ranks" in out, what
 
 
-@pytest.mark.slow  # about 30 s of XLA compilation on 2 cores; CI runs it with -m slow
+@pytest.mark.slow  # about 90 s of XLA compilation on 2 cores; CI runs it with -m slow
 def test_jax_shard_map_devices_equal_the_single_device_gradient():
     pytest.importorskip("jax", reason="JAX is not installed")
     out = _run([sys.executable, str(EXAMPLES / "sharded_jax.py")],
                env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
     assert "4 devices: value" in out
+    assert "supcon by the ring, 4 devices" in out and "bound_from_embeddings by the ring, 4 devices" in out
