@@ -125,8 +125,9 @@ def supcon_ring(st, comm, across, *, block: int, need_grad: bool):
     kb = None if st.base_temperature is None else tau / st.base_temperature
 
     def blocks():
-        """``(step, r0, r1, ab, z, dzdy, fb_shard, p)`` over every shard and row block,
-        the anchor's own column −inf in ``z`` and False in ``p``; ``box`` the carry."""
+        """``(r0, r1, ab, z, dzdy, fb_shard, p)`` over every shard and row block, the
+        anchor's own column −inf in ``z`` and False in ``p``; ``carry[0]``, when set, is
+        the accumulator that travels with the shards (``carry[1]`` its current box)."""
         for step, (shard, lab), box in travel(comm, [own, st.col_labels], sizes, carry=carry[0]):
             carry[1] = box
             for r0, r1, ab, z, dzdy, fbs in blocks_of(a, shard, rooted, u_root, block, step,
@@ -157,20 +158,20 @@ def supcon_ring(st, comm, across, *, block: int, need_grad: bool):
                 continue
             col = xp.expand_dims
             one_inf = xp.full((1, 1), ninf, dtype=z.dtype, device=ctx.device)
-            zero = xp.zeros((1, 1), dtype=z.dtype, device=ctx.device)
+            nil = xp.zeros((1, 1), dtype=z.dtype, device=ctx.device)
             mp = xp.maximum(st_["mp"][i], xp.max(xp.where(p, z, one_inf), axis=1))
             mn = xp.maximum(st_["mn"][i], xp.max(xp.where(p, one_inf, z), axis=1))
             hp, hn = _safe(mp, xp), _safe(mn, xp)
             st_["n"][i] = st_["n"][i] + xp.sum(xp.astype(p, ctx.dtype), axis=1)
             if out:  # before z is overwritten
-                st_["zs"][i] = st_["zs"][i] + xp.sum(xp.where(p, z, zero), axis=1)
+                st_["zs"][i] = st_["zs"][i] + xp.sum(xp.where(p, z, nil), axis=1)
             # e^{z − h}, h = hP on P and hN off it; the own column (−inf) gives 0
             e = exp_inplace(isub(z, xp.where(p, col(hp, axis=1), col(hn, axis=1)), xp), xp)
             z = None
             st_["rp"][i] = (st_["rp"][i] * xp.exp(st_["mp"][i] - hp)
-                            + xp.sum(xp.where(p, e, zero), axis=1))
+                            + xp.sum(xp.where(p, e, nil), axis=1))
             st_["rn"][i] = (st_["rn"][i] * xp.exp(st_["mn"][i] - hn)
-                            + xp.sum(xp.where(p, zero, e), axis=1))
+                            + xp.sum(xp.where(p, nil, e), axis=1))
             st_["mp"][i], st_["mn"][i] = mp, mn
             e = None
         cat = {k: (xp.concat(v) if n_blocks > 1 else v[0]) if v[0] is not None else zero
