@@ -74,26 +74,21 @@ def _grads(ctx, ga, gb, embeddings, ref):
 
 # -- multi-similarity -----------------------------------------------------------------------
 
-def _soft_count(x, mask, scale, ctx):
-    """``(1/scale) log(1 + Σ_{mask} e^{x})`` per row and its VJP ``back(g) -> dx``
-    (``softmax`` over ``{0} ∪ mask``, divided by ``scale``); 0 for an empty row.
+def _soft_count(x, mask, ctx):
+    """``log(1 + Σ_{mask} e^{x})`` per row (R,), 0 for an empty row, and the softmax over
+    ``{0} ∪ mask`` without its 0 entry, as ``(e, total)``: ``p = e / total``.
 
     The log-sum-exp over the kept entries and the "1 +" (an entry 0, always kept),
-    shifted by ``m = max(0, max_{mask} x)``: the sum is at least 1 (the entry at the
+    shifted by ``m = max(0, max_{mask} x)``: ``total`` is at least 1 (the entry at the
     shift gives ``e^0``), so no overflow and no ``log 0``; the softmax reuses the
-    exponentials."""
+    exponentials ``e`` (0 off the mask)."""
     xp = ctx.xp
     xm = xp.where(mask, x, xp.asarray(-math.inf, dtype=x.dtype, device=ctx.device))
     m = xp.max(xm, axis=1, keepdims=True)
     m = xp.maximum(m, xp.zeros_like(m))
     e = xp.exp(xm - m)  # masked entries: exp(-inf) = 0
     total = xp.exp(-m) + xp.sum(e, axis=1, keepdims=True)
-    lse = xp.squeeze(m + xp.log(total), axis=1)
-
-    def back(g):
-        return e * (xp.expand_dims(g / scale, axis=1) / total)
-
-    return lse / scale, back
+    return xp.squeeze(m + xp.log(total), axis=1), e, total
 
 
 @differentiable("multi_similarity", wrt=("embeddings", "ref"))
@@ -260,18 +255,21 @@ def ms_rows(s, pos, neg, *, alpha, beta, base, mining_margin, ctx):
     all N rows at once, the engine on each block of rows."""
     xp = ctx.xp
     if mining_margin is not None:
-        inf = xp.full_like(s, math.inf)
+        inf = xp.asarray(math.inf, dtype=s.dtype, device=ctx.device)
         max_neg = xp.max(xp.where(neg, s, -inf), axis=1, keepdims=True)
         min_pos = xp.min(xp.where(pos, s, inf), axis=1, keepdims=True)
         pos = pos & (s - mining_margin < max_neg)
         neg = neg & (s + mining_margin > min_pos)
-    l_p, back_p = _soft_count(-alpha * (s - base), pos, alpha, ctx)
-    l_n, back_n = _soft_count(beta * (s - base), neg, beta, ctx)
+    sb = s - base
+    lse_p, e_p, total_p = _soft_count(-alpha * sb, pos, ctx)
+    lse_n, e_n, total_n = _soft_count(beta * sb, neg, ctx)
 
     def back(gl):
-        return beta * back_n(gl) - alpha * back_p(gl)
+        # ∂ℓ_i/∂S_ij = -p_ij (positives), q_ik (negatives): the 1/α and 1/β cancel
+        gl = xp.expand_dims(gl, axis=1)
+        return e_n * (gl / total_n) - e_p * (gl / total_p)
 
-    return l_p + l_n, back
+    return lse_p / alpha + lse_n / beta, back
 
 
 # -- pairwise contrastive ---------------------------------------------------------------------
