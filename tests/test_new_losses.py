@@ -291,7 +291,7 @@ def test_dcl_engine_float32_and_extreme_temperature(rng):
                                    err_msg=k)
 
 
-@pytest.mark.parametrize("backend", ["torch", "jax"])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("jax", marks=pytest.mark.slow)])
 def test_dcl_engine_on_torch_and_jax_equals_numpy(rng, backend):
     """The generic (Array API) kernel on torch and JAX equals NumPy's specialisation."""
     z1, z2 = rng.standard_normal((9, 4)), rng.standard_normal((9, 4))
