@@ -660,7 +660,9 @@ def _contrastive_streamed(ctx, x, r, labels, ref_labels, ref_self, rows, reduce,
         counts = (_pair_counts(ctx, labels, ref_labels, ref_self, n, block)
                   if reduction == "mean" else (None, None))
         unit = reduce(zero, zero, *counts)[1](ctx.asarray(1.0))
-        sums, grads = sweep(unit)
+        rows = functools.partial(rows, count=None)  # the counts are known
+        (tp, tn, _, _), grads = sweep(unit)
+        sums = (tp, tn, *counts)
     else:
         sums, grads = sweep()
     value, back_red = reduce(*sums)
