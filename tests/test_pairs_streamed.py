@@ -221,3 +221,15 @@ def test_pairwise_contrastive_streamed_equals_pml(rng):
         reduction="mean_nonzero", split_pos_neg=True, method="streamed", block_size=4)
     assert_close(v, want.item(), rtol=1e-12, atol=1e-15)
     assert_close(g["embeddings"], X.grad.numpy(), rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("fn,kw", [(multi_similarity, {"mining_margin": 0.1}),
+                                   (pairwise_contrastive, {"reduction": "per_anchor"})],
+                         ids=["multi_similarity", "pairwise_contrastive"])
+def test_streamed_runs_under_jax_jit(data, fn, kw):
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    x, y = jax.numpy.asarray(data["x"]), jax.numpy.asarray(data["y"])
+    got = jax.jit(lambda a, b: fn(a, b, method="streamed", block_size=4, **kw))(x, y)
+    want = fn(data["x"], data["y"], method="dense", **kw)
+    assert_close(np.asarray(got), want)
