@@ -237,6 +237,26 @@ def test_supcon_ring_equals_gather_with_anchors_without_positives(rng, positives
     _assert_matches(ring, nce_ref.value_and_grad(nce_ref.supcon)(f, y, **kw), ["features"], tau=0.4)
 
 
+@pytest.mark.parametrize("algorithm", ["gather", "ring"])
+@pytest.mark.parametrize("positives", ["out", "in", "per_pair"])
+@pytest.mark.parametrize("classes", [1, 3], ids=["no-negative", "negatives"])
+def test_supcon_no_negative_zero_is_decided_across_ranks(rng, classes, positives, algorithm):
+    """PML's 0 (``no_negative="zero"``): one class over every rank gives 0 and zero
+    gradients; with one rank's negatives only, every rank keeps its terms, as the single
+    process does."""
+    f = rng.standard_normal((7, 2, 3))
+    y = np.zeros(7, dtype=int) if classes == 1 else np.array([0, 0, 0, 0, 0, 1, 2])
+    kw = dict(temperature=0.3, positives=positives, no_negative="zero", block_size=3)
+    shards = [(f[:4], y[:4]), (f[4:], y[4:])]  # rank 0 alone has no negative in its own rows
+    out = _run(sharded.supcon, 2, shards, algorithm=algorithm, **kw)
+    want = nce_ref.value_and_grad(nce_ref.supcon)(f, y, **kw)
+    _assert_matches(out, want, ["features"], tau=0.3)
+    keep = nce_ref.supcon(f, y, **dict(kw, no_negative="keep"))
+    assert (float(out[0][0]) == 0.0) == (classes == 1)
+    # without a negative, "out" and "in" keep a positive value; per_pair's terms are all 0
+    assert (float(keep) > 0) == (positives != "per_pair" or classes > 1)
+
+
 def _message(call):
     try:
         call()

@@ -195,6 +195,10 @@ def supcon_ring(st, comm, across, *, block: int, need_grad: bool):
         per = softplus(t, xp=xp) + xp.log(n_safe)
     per = xp.where(has, per, xp.zeros_like(per))
     count = npos if pair else xp.astype(has, ctx.dtype)
+    if st.no_negative == "zero":  # PML: no anchor of any rank with a negative gives 0
+        keep = across.total(xp.sum(xp.astype(has_n, ctx.dtype))) > 0
+        per = xp.where(keep, per, xp.zeros_like(per))
+        has = xp.logical_and(has, keep)  # and the rows' cotangents vanish (pass 3)
 
     def grads(w):
         """Pass 3: the rows' cotangents ``w`` → (da, db home, Σ dz∘z)."""
@@ -270,10 +274,14 @@ def _pairs(blocks, lse_n, na, block, ctx, xp):
     """Pass 2 of ``per_pair``: ``Σ_P softplus(LSE_N − z)`` and ``Σ_P σ(LSE_N − z)`` per row."""
     n_blocks = -(-na // block)
     ls, ss = [None] * n_blocks, [None] * n_blocks
-    ln = xp.expand_dims(lse_n, axis=1)
+    # a row without negatives (LSE_N = −inf) has every pair term 0: keep its −inf out of the
+    # subtraction (−inf − −inf at the own column would be NaN)
+    has_n = xp.expand_dims(xp.isfinite(lse_n), axis=1)
+    ln = xp.expand_dims(_safe(lse_n, xp), axis=1)
     for r0, r1, _, z, _, _, p in blocks():
         i = r0 // block
-        arg = xp.where(p, ln[r0:r1, :] - z, xp.full_like(z, -math.inf))  # −inf: softplus 0, σ 0
+        keep = xp.logical_and(p, has_n[r0:r1, :])
+        arg = xp.where(keep, ln[r0:r1, :] - z, xp.full_like(z, -math.inf))  # −inf: softplus 0, σ 0
         lb, sb = xp.sum(softplus(arg, xp=xp), axis=1), xp.sum(sigmoid(arg, xp=xp), axis=1)
         ls[i] = lb if ls[i] is None else ls[i] + lb
         ss[i] = sb if ss[i] is None else ss[i] + sb

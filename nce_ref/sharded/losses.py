@@ -405,9 +405,10 @@ def nt_xent(z1: Array, z2: Array, /, *, comm: Communicator, temperature: float |
                 sharded=True)
 def supcon(features: Array, labels: Array | None = None, /, *, comm: Communicator,
            temperature: float | Array = 0.07, base_temperature: float | None = None,
-           positives: str = "out", no_positive: str = "exclude", similarity: str = "cosine",
-           contrast_mode: str = "all", reduction: str = "mean", eps: float = DEFAULT_EPS,
-           value: str = "global", algorithm: str = "gather", block_size: int | None = None,
+           positives: str = "out", no_positive: str = "exclude", no_negative: str = "keep",
+           similarity: str = "cosine", contrast_mode: str = "all", reduction: str = "mean",
+           eps: float = DEFAULT_EPS, value: str = "global", algorithm: str = "gather",
+           block_size: int | None = None,
            memory_budget: int | None = None, check_finite: bool = True, xp=None,
            need_grad: bool = True):
     r""":func:`nce_ref.supcon` of a batch sharded over the ranks of ``comm``.
@@ -433,6 +434,9 @@ def supcon(features: Array, labels: Array | None = None, /, *, comm: Communicato
         sum accumulated online (``nce_ref.sharded._ring_supcon``; O((N/W)·V·D)).
     temperature, base_temperature, positives, no_positive, similarity, contrast_mode, reduction, eps
         As in :func:`nce_ref.supcon`; the same on every rank.
+    no_negative : {"keep", "zero"}, default "keep"
+        As in :func:`nce_ref.supcon`: ``"zero"`` gives 0, with zero gradients, when no
+        anchor of any rank has a negative (pytorch-metric-learning's ``SupConLoss``).
 
     Returns
     -------
@@ -460,9 +464,10 @@ def supcon(features: Array, labels: Array | None = None, /, *, comm: Communicato
                           base_temperature=base_temperature, positives=positives,
                           no_positive=no_positive, similarity=similarity,
                           contrast_mode=contrast_mode, reduction=reduction, eps=eps,
-                          check_finite=check_finite, xp=xp)
+                          check_finite=check_finite, xp=xp, no_negative=no_negative)
         options = {"similarity": st.kind, "eps": st.eps, "positives": positives,
-                   "no_positive": no_positive, "contrast_mode": contrast_mode,
+                   "no_positive": no_positive, "no_negative": no_negative,
+                   "contrast_mode": contrast_mode,
                    "reduction": reduction, "base_temperature": st.base_temperature,
                    "algorithm": algorithm, "value": value, "views": st.v,
                    "labels": None if labels is None else f"{labels.ndim}-d {labels.dtype}",
