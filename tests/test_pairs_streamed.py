@@ -233,3 +233,15 @@ def test_streamed_runs_under_jax_jit(data, fn, kw):
     got = jax.jit(lambda a, b: fn(a, b, method="streamed", block_size=4, **kw))(x, y)
     want = fn(data["x"], data["y"], method="dense", **kw)
     assert_close(np.asarray(got), want)
+
+
+@pytest.mark.parametrize("fn", [multi_similarity, pairwise_contrastive])
+def test_one_block_vjp_reuses_the_first_pass_and_can_be_called_again(data, fn, rng):
+    """With one block (every row), the second pass of a two-pass reduction reuses the
+    first pass's block; a second call of the VJP computes it again, equal."""
+    x, y = data["x"], data["y"]
+    _, back = nce_ref.vjp(fn, x, y, reduction="none", method="streamed")
+    _, back_dense = nce_ref.vjp(fn, x, y, reduction="none", method="dense")
+    for _ in range(2):
+        ct = rng.uniform(0.5, 1.5, N)
+        assert_close(back(ct)["embeddings"], back_dense(ct)["embeddings"])

@@ -549,23 +549,33 @@ def block_relations(ctx, labels, ref_labels, ref_self, r0: int, r1: int):
     return same & other, diff & other
 
 
-def _sweep(ctx, x, r, labels, ref_labels, ref_self, *, pair, rows, block, weights=None):
+def _sweep(ctx, x, r, labels, ref_labels, ref_self, *, pair, rows, block, weights=None,
+           keep=None):
     """One pass over the blocks of anchor rows ``x[r0:r1]`` against every column row
     (``r``, or ``x`` itself): their scores or distances ``pair(a, b) -> (s, back)``, their
     pairs (:func:`block_relations`) and ``rows(s, pos, neg) -> (outs, back)``, the per-row
     outputs (a tuple of (R,) arrays or None).  With ``weights(r0, r1)``, the arguments of
     the rows' ``back`` (the rows' cotangents), also the gradients ``(ga, gb)`` of the two
     operands of ``pair``: ga (N, D) by blocks, gb (M, D) summed over the blocks.
-    Memory: a few (block, M) arrays, never (N, M)."""
+    Memory: a few (block, M) arrays, never (N, M).
+
+    ``keep`` (a dict) carries a pass's only block to the next pass: where one block
+    holds every row (it fits the budget), the second pass of a two-pass reduction
+    reuses the first one's scores and VJPs instead of computing them again."""
     xp = ctx.xp
     n = x.shape[0]
     cols = x if r is None else r
     outs, gas, gb = [], [], None
     for r0 in range(0, n, block):
         r1 = min(n, r0 + block)
-        s, back_s = pair(x[r0:r1, :], cols)
-        pos, neg = block_relations(ctx, labels, ref_labels, ref_self, r0, r1)
-        out, back = rows(s, pos, neg)
+        if keep and r1 - r0 == n:
+            out, back_s, back = keep.pop("block")
+        else:
+            s, back_s = pair(x[r0:r1, :], cols)
+            pos, neg = block_relations(ctx, labels, ref_labels, ref_self, r0, r1)
+            out, back = rows(s, pos, neg)
+            if keep is not None and weights is None and r1 - r0 == n:
+                keep["block"] = (out, back_s, back)
         outs.append(out)
         if weights is not None:
             ga, gbb = back_s(back(*weights(r0, r1)))
@@ -609,10 +619,12 @@ def _ms_streamed(ctx, x, r, labels, ref_labels, ref_self, rows, *, kind, eps, re
         per, back = rows(s, pos, neg)
         return (per,), back
 
+    keep = {}
+
     def sweep(gl=None):
         w = None if gl is None else (lambda r0, r1: (gl[r0:r1],))
         (per,), grads = _sweep(ctx, x, r, labels, ref_labels, ref_self, pair=pair, rows=rows1,
-                               block=block, weights=w)
+                               block=block, weights=w, keep=keep)
         return per, grads
 
     one_pass = need_grad and reduction in ("mean", "sum")
@@ -649,10 +661,12 @@ def _contrastive_streamed(ctx, x, r, labels, ref_labels, ref_self, rows, reduce,
     def pair(a, b):
         return dist_fwd(a, b, distance=distance, p=p, eps=eps, xp=xp)
 
+    keep = {}
+
     def sweep(w=None):
         weights = None if w is None else (lambda r0, r1: (w[0][r0:r1], w[1][r0:r1]))
         return _sweep(ctx, x, r, labels, ref_labels, ref_self, pair=pair, rows=rows,
-                      block=block, weights=weights)
+                      block=block, weights=weights, keep=keep)
 
     one_pass = need_grad and reduction in ("mean", "sum")
     if one_pass:
