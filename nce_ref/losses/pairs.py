@@ -22,7 +22,8 @@ Every term is local to an anchor's row, and written once, as a function of some 
   O(block·M), never (N, M).  One pass where the rows' cotangents are known before it
   (``"mean"``, ``"sum"``: the gradient for ``g = 1``, scaled by the VJP); otherwise the
   rows' sums in a first pass, the reduction's global counts, and the gradient in a
-  second pass (in the VJP).
+  second pass (in the VJP; where one block holds every row, it reuses the first pass's
+  block).
 
 Derivations: ``docs/derivations.md``, sections "Multi-similarity loss" and "Pairwise
 contrastive loss".
