@@ -355,7 +355,8 @@ def np_sigmoid_block(z, bias: float | None, c0: int, pairs: bool, want_grad: boo
     two halves of the row, half the ``log1p``) and, with ``want_grad``,
     ``σ(u) = E/(1 + E)`` written into ``z`` and the rows' sums of ``σ``.  The caller
     guarantees ``E`` finite and normal (``siglip._exp_safe``): no flush.  One scratch
-    array per chunk (``1 + E``, reused for the pairs).  Returns ``(sp, rs)`` (``rs`` None
+    array per chunk (``1 + E``, reused for the pairs); row sums by ``vecdot`` (no BLAS
+    threads of its own, unlike a matrix-vector product).  Returns ``(sp, rs)`` (``rs`` None
     without ``want_grad``)."""
     import numpy as np
 
@@ -379,15 +380,15 @@ def np_sigmoid_block(z, bias: float | None, c0: int, pairs: bool, want_grad: boo
                 q *= er
             q += el  # E_l + E_r (1 + E_l) = (1 + E_l)(1 + E_r) − 1, no cancellation
             np.log1p(q, out=q)
-            sp = q @ ones[:h]
+            sp = np.vecdot(q, ones[:h])
             if c % 2:
                 sp += np.log1p(zc[:, c - 1])
         else:
-            sp = np.log1p(zc) @ ones
+            sp = np.vecdot(np.log1p(zc), ones)
         if t is None:
             return sp, None
         np.divide(zc, t, out=zc)
-        return sp, zc @ ones
+        return sp, np.vecdot(zc, ones)
 
     return _by_chunks_of(z, part)
 
