@@ -472,7 +472,7 @@ def column_labels(ctx, labels, n: int, v: int, *, first_id=0):
     return xp.tile(lab, (v,)) if lab.ndim == 1 else xp.tile(lab, (v, 1))
 
 
-def _reduce(per, count, st, across=None):
+def reduce_anchors(per, count, st, across=None):
     """The reduction of the anchors' terms and its VJP (``no_positive``, ``per_pair``);
     with ``across``, of every rank's anchors (the count over ranks; the value the global
     one or this rank's share, ``across.combine``)."""
@@ -497,7 +497,7 @@ def _reduce(per, count, st, across=None):
     return value, back
 
 
-def _features_grad(st, g_anchor, g_u):
+def features_grad(st, g_anchor, g_u):
     """Gradients of the anchors and of ``u`` (the caller's own rows of it) → the gradient
     of ``features``."""
     xp, ctx = st.xp, st.ctx
@@ -561,7 +561,7 @@ def supcon_dense(st: SimpleNamespace):
     keep = _keep(st, xp.sum(xp.astype(nmask, ctx.dtype), axis=1))
     if keep is not None:  # no_negative="zero": no negative pair at all gives 0 (PML)
         per = xp.where(keep, per, zero)
-    value, back_red = _reduce(per, count, st)
+    value, back_red = reduce_anchors(per, count, st)
     if scale is not None:
         value = value * scale
     value = ctx.result_finite(value, "supcon")
@@ -631,10 +631,10 @@ def _grads(st: SimpleNamespace, g_anchor: Array, g_cols: Array, g_tau: Array) ->
     """The gradients by argument name from the anchors' and the columns' (``u``, or
     ``ref``) gradients."""
     if st.ref is None:
-        return {"features": _features_grad(st, g_anchor, g_cols), "temperature": g_tau}
+        return {"features": features_grad(st, g_anchor, g_cols), "temperature": g_tau}
     xp, ctx = st.xp, st.ctx
     zero = xp.zeros((st.n * st.v, st.d), dtype=ctx.dtype, device=ctx.device)
-    return {"features": _features_grad(st, g_anchor, zero), "ref": ctx.like(g_cols, st.ref),
+    return {"features": features_grad(st, g_anchor, zero), "ref": ctx.like(g_cols, st.ref),
             "temperature": g_tau}
 
 
@@ -797,7 +797,7 @@ def supcon_engine(st: SimpleNamespace, block: int, *, need_grad: bool, across=No
 
     if not need_grad:
         per, count, _ = sweep(None)
-        return finish(_reduce(per, count, st, across)[0]), None
+        return finish(reduce_anchors(per, count, st, across)[0]), None
     if st.reduction == "none":
         per, _, _ = sweep(None)
 
@@ -810,7 +810,7 @@ def supcon_engine(st: SimpleNamespace, block: int, *, need_grad: bool, across=No
     # a scalar reduction gives every anchor the same cotangent: sweep once with unit
     # weights (the gradient fused in), scale by the reduction's cotangent afterwards
     per, count, (da, db, zdz) = sweep(xp.ones((st.n_anchor,), dtype=ctx.dtype, device=ctx.device))
-    value, back_red = _reduce(per, count, st, across)
+    value, back_red = reduce_anchors(per, count, st, across)
 
     def vjp_scalar(g):
         k = back_red(ctx.to_compute(g))[0]

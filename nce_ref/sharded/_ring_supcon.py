@@ -36,6 +36,7 @@ from .._array import concrete_float, scalar_grad
 from .._ops import sigmoid, softplus
 from .._stream._blocks import exp_inplace
 from .._stream._logits import feature_kind, prepare_logits
+from ..losses.supcon import features_grad, reduce_anchors
 from ..similarity import bilinear_features
 from ._ring import add_into, blocks_of, pack
 
@@ -259,7 +260,7 @@ def supcon_ring(st, comm, across, *, block: int, need_grad: bool):
             return grads_of(gl, xp.sum(gl * per))
 
         return finish(per), (vjp_rows if need_grad else None)
-    value, back_red = reduce_across(per, count, st, across)
+    value, back_red = reduce_anchors(per, count, st, across)
 
     def vjp(g):
         gl = back_red(ctx.to_compute(g))
@@ -286,40 +287,3 @@ def _pairs(blocks, lse_n, na, block, ctx, xp):
         ls[i] = lb if ls[i] is None else ls[i] + lb
         ss[i] = sb if ss[i] is None else ss[i] + sb
     return xp.concat(ls), xp.concat(ss)
-
-
-def reduce_across(per, count, st, across):
-    """The reduction of every rank's anchors' terms (the mean over the anchors with a
-    positive, or over the pairs, divides by the count summed over the ranks) and its
-    VJP ``back(g) -> per-row cotangents``: the global value, or this rank's share."""
-    xp = st.xp
-    over_count = st.reduction == "mean" and (st.positives == "per_pair"
-                                             or st.no_positive == "exclude")
-    if over_count:
-        n = across.total(xp.sum(count))
-        some = n > 0
-        safe = xp.where(some, n, xp.ones_like(n))
-        weight = xp.where(some, across.factor / safe, xp.zeros_like(safe))
-        value = across.combine(xp.sum(per)) / across.factor * weight
-    else:
-        value, weight = across.reduce(per, st.reduction), across.weight(st.reduction)
-
-    def back(g):
-        return xp.broadcast_to(g * weight, per.shape) * xp.ones_like(per)
-
-    return value, back
-
-
-def features_grad(st, g_anchor, g_u):
-    """The anchors' and the columns' gradients (this rank's rows of ``u``) → ``features``'."""
-    xp, ctx = st.xp, st.ctx
-    rows, n_anchor = g_u.shape[0], g_anchor.shape[0]
-    if n_anchor == rows:
-        gu = g_u + g_anchor
-    else:
-        gu = g_u + xp.concat([g_anchor, xp.zeros((rows - n_anchor, st.d), dtype=ctx.dtype,
-                                                 device=ctx.device)], axis=0)
-    if st.features.ndim == 3:
-        n = st.features.shape[0]
-        gu = xp.permute_dims(xp.reshape(gu, (rows // n, n, st.d)), (1, 0, 2))
-    return ctx.like(gu, st.features)
