@@ -35,6 +35,8 @@ import functools
 import math
 from typing import Any
 
+from array_api_compat import device
+
 from .._array import check_labels, check_method, check_real, resolve
 from .._reduce import (
     REDUCTIONS_NONZERO,
@@ -480,24 +482,25 @@ def contrastive_rows(dist, pos, neg, *, pos_margin, neg_margin, squared, count, 
     ``back(wp, wn) -> dd`` (R, M), the distances' cotangent for the rows' cotangents
     ``wp`` of the positive and ``wn`` of the negative sums.  Every term is local to its
     row: the reference calls it on all N rows at once, the engine on each block."""
-    zero = xp.zeros_like(dist)
+    zero = xp.zeros((), dtype=dist.dtype, device=device(dist))
     vp, vn = dist - pos_margin, neg_margin - dist
-    act_p, act_n = pos & (vp > 0), neg & (vn > 0)
+    act_p, act_n = pos & (vp > 0), neg & (vn > 0)  # disjoint: pos and neg are
     hp, hn = xp.where(act_p, vp, zero), xp.where(act_n, vn, zero)
     if squared:
-        dhp, dhn = hp, hn
+        dhp, dhn = hp, hn  # h'(v) = max(v, 0)
         hp, hn = 0.5 * hp * hp, 0.5 * hn * hn
-    else:
-        dhp, dhn = xp.astype(act_p, dist.dtype), xp.astype(act_n, dist.dtype)
     tp, tn = xp.sum(hp, axis=1), xp.sum(hn, axis=1)
     if count is None:
         cp = cn = None
     else:
         mp, mn = (pos, neg) if count == "pairs" else (hp > 0, hn > 0)
-        cp, cn = (xp.sum(xp.astype(m, dist.dtype), axis=1) for m in (mp, mn))
+        cp, cn = (xp.astype(xp.count_nonzero(m, axis=1), dist.dtype) for m in (mp, mn))
 
     def back(wp, wn):
-        return xp.expand_dims(wp, axis=1) * dhp - xp.expand_dims(wn, axis=1) * dhn
+        wp, wn = xp.expand_dims(wp, axis=1), xp.expand_dims(wn, axis=1)
+        if squared:
+            return wp * dhp - wn * dhn
+        return xp.where(act_p, wp, xp.where(act_n, -wn, zero))  # h'(v) = [v > 0]
 
     return (tp, tn, cp, cn), back
 
