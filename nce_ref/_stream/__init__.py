@@ -24,12 +24,16 @@ Modules:
 Kernels and their callers:
 
 - :func:`ce_stream`: ``info_nce`` (one direction, in-batch and unpaired negatives),
-  ``nt_xent``, ``mi.bound_from_embeddings(bound="infonce")`` (through ``info_nce``);
+  ``nt_xent``, ``mi.bound_from_embeddings(bound="infonce")`` (through ``info_nce``),
+  ``dcl`` (``pos=None``: no positive in the denominator);
 - :func:`ce_stream_symmetric`: ``info_nce(symmetric=True)`` (CLIP);
-- :func:`supcon_stream`: ``supcon`` with a mask or several labels per sample;
-- :func:`supcon_stream_groups`: ``supcon`` with single labels;
+- :func:`supcon_stream`: ``supcon`` with a mask, several labels per sample, or a
+  reference set (``own=``: each anchor's own column by index);
+- :func:`supcon_stream_groups`: ``supcon`` with single labels and no reference set;
 - the other MI bounds stream their rows in ``mi.embeddings`` over ``_blocks``,
-  ``_exec`` and ``_numpy``.
+  ``_exec`` and ``_numpy``; ``siglip`` in ``losses.siglip`` over ``_blocks`` and
+  ``_numpy.np_sigmoid_block``; ``multi_similarity`` and ``pairwise_contrastive`` in
+  ``losses.pairs`` (blocks of anchor rows, generic code only).
 """
 
 from ._config import Tuning, get_tuning, tuning
