@@ -244,12 +244,13 @@ def test_streaming_with_a_reference_set_never_holds_the_score_matrix(rng):
 
 # -- numerics of the streamed kernel ---------------------------------------------------------
 
-@pytest.mark.parametrize("source", ["labels", "mask", "labels-one"])
+@pytest.mark.parametrize("source", ["labels", "mask", "labels-one", "ref"])
 def test_numpy_fast_path_equals_the_generic_kernel(rng, source):
     # NumPy runs the in-place, threaded, chunked paths; array-api-strict the generic ones.
     # Single labels take the group kernel (_stream.supcon_stream_groups: sums from the GEMMs,
     # P's diagonal blocks, or with contrast_mode="one" the chunked mask); a mask the
-    # per-entry kernel (_stream._numpy.np_supcon_block)
+    # per-entry kernel (_stream._numpy.np_supcon_block), as does a reference set (its own
+    # columns by index, some anchors without one)
     from backends import get
 
     strict = get("array_api_strict")
@@ -267,6 +268,12 @@ def _fast_path_equals_the_generic_kernel(rng, source, strict):
         args, extra = (f,), {"mask": y[:, None] == y[None, :]}
     elif source == "labels-one":
         extra = {"contrast_mode": "one"}
+    elif source == "ref":
+        memory = np.concatenate([rng.standard_normal((90, 8)), f[:, 0, :]])  # view 0's copies
+        own = np.where(np.arange(300).reshape(2, 150).T == np.arange(150)[:, None],
+                       np.arange(90, 240)[:, None], -1)  # (150, 2): view 0 -> its copy
+        extra = {"ref": memory, "ref_labels": np.concatenate([rng.integers(0, 6, 90), y]),
+                 "ref_self": own}
     anchors = 150 if source == "labels-one" else 300
     for pm in ("out", "in", "per_pair"):
         for red in ("mean", "none"):
@@ -276,8 +283,8 @@ def _fast_path_equals_the_generic_kernel(rng, source, strict):
             g = back(ct)
             vs, back_s = nce_ref.vjp(supcon, *(strict.asarray(x) for x in args), **kw,
                                      **{k: strict.asarray(x) for k, x in extra.items()
-                                        if k == "mask"},
-                                     **{k: x for k, x in extra.items() if k != "mask"})
+                                        if isinstance(x, np.ndarray)},
+                                     **{k: x for k, x in extra.items() if not isinstance(x, np.ndarray)})
             gs = back_s(None if ct is None else strict.asarray(ct))
             assert_close(strict.to_numpy(vs), v, rtol=1e-13, atol=1e-13)
             for k in g:

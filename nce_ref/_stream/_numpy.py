@@ -266,11 +266,13 @@ def np_ce_block(z, pb, w, flush: bool, shift_free: bool, lo: float):
     return l, (None if w is None else z), scale
 
 
-def np_supcon_block(z, relation, r0: int, r1: int, positives: str, w, flush: bool):
+def np_supcon_block(z, relation, r0: int, r1: int, positives: str, w, flush: bool, own=None):
     """:func:`.supcon._supcon_block` (generic) without a shift: the same arithmetic in
     place, on two halves of the rows in two threads, each half in chunks of rows small
     enough for every pass to stay in cache (the chunk's mask from ``relation``, float
-    buffers per thread, reused).  ``z`` becomes ``E``.
+    buffers per thread, reused).  ``z`` becomes ``E``.  The anchor's own column is
+    ``r0 + i`` (the band), or, with ``own`` (the block's rows' column indices, -1 for
+    none: a reference set), ``own[i]``.
 
     ``"per_pair"``: with ``e = e^z`` unshifted, a pair's term is
     ``softplus(LSE_N − z_p) = log1p(sN / e_p)`` and its ``σ = 1 − e^{−term}``."""
@@ -284,13 +286,17 @@ def np_supcon_block(z, relation, r0: int, r1: int, positives: str, w, flush: boo
         k = zs.shape[0]
         ps = relation(r0 + q0, r0 + q0 + k)
         ar = np.arange(k)
-        own = (ar, r0 + q0 + ar)  # the anchor's own column
-        ps[own] = False
+        if own is None:
+            mine = (ar, r0 + q0 + ar)  # the anchor's own column: the band
+        else:
+            oc = own[q0:q0 + k]
+            mine = (ar[oc >= 0], oc[oc >= 0])  # by index; -1: none
+        ps[mine] = False
         pf = buf[:k]
         np.copyto(pf, ps, casting="unsafe")
         npos = np.vecdot(pf, ones)
         zsum = np.vecdot(zs, pf) if positives == "out" else None  # before the band: z finite
-        np_fill_band(zs, r0 + q0, -math.inf)
+        zs[mine] = -math.inf
         np.exp(zs, out=zs)
         s_p = np.vecdot(zs, pf)
         np.subtract(1.0, pf, out=pf)  # now N (with the anchor's own column, where e = 0)
@@ -299,9 +305,9 @@ def np_supcon_block(z, relation, r0: int, r1: int, positives: str, w, flush: boo
         if positives == "per_pair":
             sns = np.where(s_n > 0, s_n, 1.0)
             v = buf2[:k]
-            zs[own] = 1.0  # no division by 0 there (restored below; its term is masked)
+            zs[mine] = 1.0  # no division by 0 there (restored below; its term is masked)
             np.divide(sns[:, None], zs, out=v)
-            zs[own] = 0.0
+            zs[mine] = 0.0
             np.log1p(v, out=v)  # softplus(LSE_N − z) on every entry
             np.subtract(1.0, pf, out=pf)  # P again
             v *= pf  # the pairs' terms; 0 elsewhere (pairs without negatives: log1p(0))

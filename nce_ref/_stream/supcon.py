@@ -120,8 +120,9 @@ def supcon_stream(a: Array, b: Array, relation, *, positives: str, weights: Arra
     zdz = None
     for r0, r1, ab, z, dzdy in logit_blocks(a, b, block, root, xp):
         w = None if weights is None else weights[r0:r1]
-        if own is None and shift_free and np_owns(z, xp):
-            l, npos, scale, e = np_supcon_block(z, relation, r0, r1, positives, w, flush)
+        if shift_free and np_owns(z, xp):  # (``own``, if any, is then NumPy too: only read)
+            l, npos, scale, e = np_supcon_block(z, relation, r0, r1, positives, w, flush,
+                                                own=None if own is None else own[r0:r1])
         elif own is None:
             rel = relation(r0, r1)
             cols = xp.arange(b.shape[0], device=device(z))
