@@ -105,16 +105,21 @@ def test_supcon_ring_bytes(rng, positives, rounds):
 
 
 @pytest.mark.parametrize("bound,kw", [("dv", {}), ("tuba", {}), ("js", {"report": "objective"}),
-                                      ("smile", {"clip": 1.0}), ("loo_upper", {})])
+                                      ("smile", {"clip": 1.0}), ("loo_upper", {}),
+                                      ("interpolated", {"alpha": 0.5})])
 def test_bound_ring_bytes(rng, bound, kw):
+    """Two rounds of the columns (the row statistics, the gradient round); interpolated
+    three (its top-two row summaries, then its per-entry terms, then the gradient)."""
     sizes, w = [3, 1, 4], 3
     n = sum(sizes)
     x, y = rng.standard_normal((n, D)), rng.standard_normal((n, D))
     bounds = np.cumsum([0, *sizes])
     shards = [(x[bounds[r]:bounds[r + 1]], y[bounds[r]:bounds[r + 1]]) for r in range(w)]
     out = _counted(sharded_bound, w, shards, algorithm="ring", bound=bound, block_size=2, **kw)
+    rounds = 3 if bound == "interpolated" else 2
     for r, c in enumerate(out):
-        assert (c.sent["ring_pass"], c.received["ring_pass"]) == _ring_bytes(sizes, r, 2, D * B, D * B)
+        want = _ring_bytes(sizes, r, rounds, D * B, D * B)
+        assert (c.sent["ring_pass"], c.received["ring_pass"]) == want
         assert c.calls["reduce_rows"] == 0
         # DV and SMILE's log-sum-exp over the rows: one number from each other rank
         assert c.received["gather_rows"] == ((w - 1) * B if bound in ("dv", "smile") else 0)

@@ -50,7 +50,7 @@ for positives in ("out", "in", "per_pair"):
         check(f"supcon {positives} {algorithm}", got, want, ["features"])
 
 for bound, kw in (("dv", {}), ("tuba", {}), ("js", {"report": "objective"}),
-                  ("smile", {"clip": 2.0})):
+                  ("smile", {"clip": 2.0}), ("interpolated", {"alpha": 0.5})):
     kw = dict(kw, bound=bound, temperature=0.5)
     want = nce_ref.value_and_grad(mi.bound_from_embeddings)(x, y, **kw)
     for algorithm in ("gather", "ring"):

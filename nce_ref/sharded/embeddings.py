@@ -19,8 +19,8 @@ The gradient follows in the same pass (DV's ``Λ`` is that global log-sum-exp, a
 after the sweep); the columns' gradients are reduce-scattered to their owners.
 ``bound="infonce"`` is ``log N − L`` with ``L`` from :func:`nce_ref.sharded.info_nce`
 (``algorithm="ring"`` too).  ``algorithm="ring"`` (:mod:`._ring_bound`) passes the
-columns round the ranks instead, for every bound whose row statistic is a sum over the
-row's entries (all but ``interpolated``).
+columns round the ranks instead, for every bound (``interpolated``: two forward rounds,
+its leave-one-out statistics from per-row top-two summaries).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from ..autodiff import vjp as vjp_of
 from ..mi.embeddings import BoundSetup, bound_block, bound_engine, setup_bound
 from ..similarity import DEFAULT_EPS
 from ._comm import Communicator, ShardingError, validated
-from ._ring_bound import bound_ring, ring_refusal
+from ._ring_bound import bound_ring
 from .losses import ALGORITHMS, VALUES, Across
 from .losses import info_nce as sharded_info_nce
 
@@ -121,8 +121,9 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array = 0.0,
         (O((N/W)·D) per rank), the rows' off-diagonal log-sum-exp (JS's objective: softplus
         sum) accumulated online, the columns' gradients travelling home
         (``nce_ref.sharded._ring_bound``; ``"infonce"`` through
-        :func:`nce_ref.sharded.info_nce`): every bound but ``"interpolated"``, which
-        refuses it (its row terms need each entry's leave-one-out log-mean-exp).
+        :func:`nce_ref.sharded.info_nce`): every bound; ``"interpolated"`` passes the
+        columns round twice before the gradient round (each row's top-two summary, then
+        the per-entry leave-one-out terms' row sums).
     block_size, memory_budget, check_finite, xp
         As in :func:`nce_ref.mi.bound_from_embeddings`, for this rank's computation.
 
@@ -135,7 +136,7 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array = 0.0,
     ------
     nce_ref.sharded.ShardingError
         On every rank, when any rank's input is invalid (a NaN, a wrong shape, an option
-        the bound does not take, ``algorithm="ring"`` for ``bound="interpolated"``) or
+        the bound does not take) or
         the ranks disagree on D, dtype, library, options, temperature or a scalar baseline.
 
     See Also
@@ -150,7 +151,9 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array = 0.0,
     one ``all_sum`` of the value's per-row sum; for DV, SMILE and MINE one gather of a
     1-element maximum and one 1-element ``all_sum``; in the backward pass one 4-element
     ``all_sum`` (the temperature's and the baseline's parts, and the share's mean
-    cotangent).
+    cotangent).  The ring (``docs/derivations.md`` §10): no gather; R rounds of the
+    columns (R = 2: the row statistics and the gradient; interpolated 3), each sending
+    the shards of W − 1 owners, and the columns' gradient accumulators' W passes home.
 
     Examples
     --------
@@ -171,8 +174,6 @@ def bound_from_embeddings(x: Array, y: Array, log_baseline: float | Array = 0.0,
                          temperature=temperature, clip=clip, report=report,
                          log_moving_average=log_moving_average, alpha=alpha, axis=axis, eps=eps,
                          check_finite=check_finite, xp=xp, min_n=1)
-        if algorithm == "ring" and ring_refusal(su.bound) is not None:
-            raise ValueError(ring_refusal(su.bound))
         return su, _meta(su, value=value, algorithm=algorithm)
 
     su, metas = validated(comm, validate)
