@@ -44,6 +44,7 @@ from ._blocks import (
     add_t,
     cat,
     exp_block,
+    exp_inplace,
     grad_gemms,
     logit_blocks,
     mask_band,
@@ -70,14 +71,14 @@ def _block(z, pb, w, flush: bool, shift_free: bool, xp):
     if pb is None:  # no positive in the denominator (DCL): l = LSE over the kept entries
         l, e, denom = _lse_block(z, flush, shift_free, xp)
     elif shift_free:
-        e = xp.exp(z)
+        e = exp_inplace(z, xp)
         l, denom = unshifted_terms(xp.sum(e, axis=1), pb, xp)
     else:
         m = xp.maximum(xp.max(z, axis=1), pb) if z.shape[1] else pb
         z -= xp.expand_dims(m, axis=1)  # our own buffer: in place where the library allows it
         if flush:
             z = clamp_below(z, exp_floor(z.dtype, xp), xp)
-        e = xp.exp(z)
+        e = exp_inplace(z, xp)
         r = xp.sum(e, axis=1)
         dlt = pb - m
         # l = (m − pos) + log1p(r + expm1(pos − m)), exact when the positive dominates (m = pos)
@@ -91,14 +92,14 @@ def _lse_block(z, flush: bool, shift_free: bool, xp):
     entries (at least one per row), ``e = e^{z − m}``, ``denom = Σ_j e_ij`` (``m = 0``
     unshifted: ``|z| <= bound`` keeps ``e`` normal and finite)."""
     if shift_free:
-        e = xp.exp(z)
+        e = exp_inplace(z, xp)
         r = xp.sum(e, axis=1)
         return xp.log(r), e, r
     m = xp.max(z, axis=1)
     z -= xp.expand_dims(m, axis=1)
     if flush:
         z = clamp_below(z, exp_floor(z.dtype, xp), xp)
-    e = xp.exp(z)
+    e = exp_inplace(z, xp)
     r = xp.sum(e, axis=1)  # >= 1: the maximum's own term
     return m + xp.log(r), e, r
 
@@ -339,7 +340,7 @@ def _exp_with_sums(z, xp):
     chunk's sums while it is in cache, :func:`.np_exp_with_sums`)."""
     if np_owns(z, xp):
         return np_exp_with_sums(z)
-    e = xp.exp(z)
+    e = exp_inplace(z, xp)
     return e, (xp.sum(e, axis=1), xp.sum(e, axis=0))
 
 
