@@ -298,6 +298,56 @@ def test_torch_gloo(pool, W):
             raise AssertionError(f"{name}: {e}") from e
 
 
+@pytest.mark.parametrize("W", [2, 3])
+def test_torch_gloo_takes_and_returns_numpy_arrays(pool, W):
+    """NumPy arrays through gloo (non-contiguous, Fortran order): the same results, as
+    NumPy arrays of the same dtype; read-only inputs are copied, not written."""
+    for name, (prog, args, check) in _cases(W).items():
+        nargs = [tuple(np.asfortranarray(a) if isinstance(a, np.ndarray) else a for a in t)
+                 for t in args]
+        for t in nargs:
+            for a in t:
+                if isinstance(a, np.ndarray):
+                    a.flags.writeable = False
+        res = pool.run(prog, nargs, size=W, comm_timeout=10.0, return_exceptions=True)
+        for r, v in enumerate(res):
+            if isinstance(v, BaseException) and not isinstance(v, ShardingError):
+                raise AssertionError(f"{name}: rank {r} raised") from v
+            if name in ("gather_rows", "reduce_rows", "ring_pass", "all_sum"):
+                assert isinstance(v, np.ndarray) and v.dtype == np.float64, (name, type(v))
+        try:
+            check(res)
+        except AssertionError as e:
+            raise AssertionError(f"{name} (NumPy): {e}") from e
+
+
+def prog_info_nce_numpy(comm, q, k, algorithm):
+    """A rank of the sharded CLIP loss on NumPy shards over gloo (NumPy kernels)."""
+    import nce_ref
+
+    v, g = nce_ref.value_and_grad(nce_ref.sharded.info_nce)(
+        q, k, comm=comm, algorithm=algorithm, symmetric=True, temperature=0.3, block_size=3)
+    assert isinstance(g["query"], np.ndarray) and isinstance(g["key"], np.ndarray)
+    return float(v), g["query"], g["key"], float(g["temperature"])
+
+
+@pytest.mark.parametrize("algorithm", ["gather", "ring"])
+def test_torch_gloo_runs_the_sharded_loss_on_numpy_arrays(pool, algorithm):
+    import nce_ref
+
+    rng = np.random.default_rng(5)
+    q, k = rng.standard_normal((11, 4)), rng.standard_normal((11, 4))
+    bounds = [0, 3, 7, 11]
+    args = [(q[a:b], k[a:b], algorithm) for a, b in zip(bounds[:-1], bounds[1:])]
+    out = pool.run(prog_info_nce_numpy, args, size=3)
+    v0, g0 = nce_ref.value_and_grad(nce_ref.info_nce)(q, k, symmetric=True, temperature=0.3)
+    assert all(o[0] == out[0][0] for o in out)
+    np.testing.assert_allclose(out[0][0], v0, rtol=1e-13)
+    np.testing.assert_allclose(np.concatenate([o[1] for o in out]), g0["query"], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(np.concatenate([o[2] for o in out]), g0["key"], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(out[0][3], float(g0["temperature"]), rtol=1e-12)
+
+
 def test_torch_argument_errors(pool):
     """Raised on every rank before any collective (the group stays usable)."""
     import torch
@@ -307,7 +357,8 @@ def test_torch_argument_errors(pool):
              (prog_gather, (x, [1, 1]), ValueError, r"`x` has 2 rows on rank \d; sizes\[\d\] = 1"),
              (prog_reduce, (x, [1, 2]), ValueError, r"`dx` has 2 rows on rank \d; sum\(sizes\) = 3"),
              (prog_ring, (x, -1), ValueError, r"`recv_rows` must be a non-negative int"),
-             (prog_all_sum, (np.zeros(2),), TypeError, r"`x` must be a torch.Tensor; got ndarray")]
+             (prog_all_sum, ([0.0, 0.0],), TypeError,
+              r"`x` must be a torch.Tensor or a NumPy array; got list")]
     starts = pool.starts
     for prog, args, cls, match in cases:
         for e in pool.run(prog, [args] * 2, size=2, return_exceptions=True):

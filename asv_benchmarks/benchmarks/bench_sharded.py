@@ -33,19 +33,23 @@ def _n() -> int:
     return 2048 if profile() == "fast" else 16384
 
 
-def _rank_call(comm, q, k, algorithm):
-    """This rank's value_and_grad (torch tensors, one thread); returns the seconds."""
+def _rank_call(comm, q, k, algorithm, ranks="torch"):
+    """This rank's value_and_grad, one thread: on torch tensors, or (``ranks="numpy"``)
+    on the NumPy arrays themselves (gloo moves them through ``torch.from_numpy``; the
+    rank runs the NumPy kernels); returns the seconds and the peak RSS."""
     import torch
 
     import nce_ref
 
     torch.set_num_threads(1)
     vg = nce_ref.value_and_grad(nce_ref.sharded.info_nce)
-    qt, kt = torch.from_numpy(q), torch.from_numpy(k)
-    vg(qt, kt, comm=comm, algorithm=algorithm, temperature=0.07)  # warm
-    t0 = time.perf_counter()
-    vg(qt, kt, comm=comm, algorithm=algorithm, temperature=0.07)
-    return time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    qt, kt = (q, k) if ranks == "numpy" else (torch.from_numpy(q), torch.from_numpy(k))
+    with nce_ref.tuning(threads=1):
+        vg(qt, kt, comm=comm, algorithm=algorithm, temperature=0.07)  # warm
+        t0 = time.perf_counter()
+        vg(qt, kt, comm=comm, algorithm=algorithm, temperature=0.07)
+        t = time.perf_counter() - t0
+    return t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _status_mib(key):
@@ -96,11 +100,14 @@ def _single(q, k, library):
 
 
 class ShardedInfoNCE:
-    params = (["gather", "ring"], ["numpy", "torch"])
-    param_names = ["algorithm", "single_process"]
+    """``ranks``: the arrays each rank computes on (torch tensors, or NumPy arrays through
+    the same gloo group); ``single_process``: the library of the one-process call."""
+
+    params = (["gather", "ring"], ["numpy", "torch"], ["torch", "numpy"])
+    param_names = ["algorithm", "single_process", "ranks"]
     timeout = 900
 
-    def setup(self, algorithm, single):
+    def setup(self, algorithm, single, ranks="torch"):
         from nce_ref.testing.sharded import GlooPool
 
         rng = np.random.default_rng(0)
@@ -109,12 +116,13 @@ class ShardedInfoNCE:
         self.k = rng.standard_normal((n, D)).astype(np.float32)
         self.pool = GlooPool(2, timeout=600)
         h = n // 2
-        self.args = [(self.q[:h], self.k[:h], algorithm), (self.q[h:], self.k[h:], algorithm)]
+        self.args = [(self.q[:h], self.k[:h], algorithm, ranks),
+                     (self.q[h:], self.k[h:], algorithm, ranks)]
 
-    def teardown(self, algorithm, single):
+    def teardown(self, algorithm, single, ranks="torch"):
         self.pool.close()
 
-    def track_ratio_to_single_process(self, algorithm, single):
+    def track_ratio_to_single_process(self, algorithm, single, ranks="torch"):
         ratios = []
         for _ in range(3):
             t_single = _single(self.q, self.k, single)
@@ -122,10 +130,10 @@ class ShardedInfoNCE:
             ratios.append(max(o[0] for o in out) / t_single)
         return float(np.median(ratios))
 
-    def track_peak_rss_per_rank_mib(self, algorithm, single):
+    def track_peak_rss_per_rank_mib(self, algorithm, single, ranks="torch"):
         return float(max(o[1] for o in self.pool.run(_rank_call, self.args)))
 
-    def track_peak_rss_above_baseline_per_rank_mib(self, algorithm, single):
+    def track_peak_rss_above_baseline_per_rank_mib(self, algorithm, single, ranks="torch"):
         """The call's own peak (``_rank_memory``), the larger rank's: docs/sharded.md."""
         return float(max(o[0] for o in self.pool.run(_rank_memory, [a[:3] for a in self.args])))
 

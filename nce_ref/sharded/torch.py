@@ -72,7 +72,10 @@ class TorchCommunicator:
     -----
     The tensors are data, not autograd nodes: inputs are detached (the sharded functions
     compute their gradients by hand).  Non-contiguous inputs are accepted (copied to
-    contiguous ones before sending).  Under NCCL, ``all_gather_object`` moves its bytes
+    contiguous ones before sending).  On gloo (CPU) NumPy arrays are accepted too and
+    returned as NumPy arrays (moved through ``torch.from_numpy``, no copy when
+    contiguous and writable), so the ranks of a gloo job can run nce_ref's NumPy
+    kernels.  Under NCCL, ``all_gather_object`` moves its bytes
     through the current CUDA device.
 
     Examples
@@ -154,8 +157,21 @@ class TorchCommunicator:
                                f"collective failed ({self.broken})")
 
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"`{name}` must be a torch.Tensor; got {type(x).__name__}")
+            raise TypeError(f"`{name}` must be a torch.Tensor or a NumPy array; got "
+                            f"{type(x).__name__}")
         return x.detach().contiguous()
+
+    def _numpy_in_out(self, method, x, *args):
+        """``method(x, *args)`` for a NumPy ``x``: through a CPU tensor that shares its
+        memory (a copy when it is not contiguous or not writable), the result back as a
+        NumPy array."""
+        import numpy as np
+        import torch
+
+        a = np.asarray(x)
+        if not (a.flags.c_contiguous and a.flags.writeable):
+            a = np.array(a, order="C", copy=True)
+        return method(torch.from_numpy(a), *args).numpy()
 
     def _check_sizes(self, sizes: Sequence[int], rows: int, total: int | None, name: str) -> list[int]:
         sizes = [int(s) for s in sizes]
@@ -174,6 +190,8 @@ class TorchCommunicator:
         """Every rank's ``x`` in the rolled order (this rank's rows first), for any
         shard sizes, zero included; shards are padded to the largest one for the
         all-gather and the padding is sliced off."""
+        if _is_numpy(x):
+            return self._numpy_in_out(self.gather_rows, x, sizes)
         import torch
 
         x = self._tensor(x, "x")
@@ -206,6 +224,8 @@ class TorchCommunicator:
         """This rank's rows of the sum over ranks of ``dx`` (rolled order, every rank's
         rows): ``all_to_all_single`` sends each rank its rows, the owner sums the W
         blocks in rank order."""
+        if _is_numpy(dx):
+            return self._numpy_in_out(self.reduce_rows, dx, sizes)
         x = self._tensor(dx, "dx")
         if x.ndim < 1:
             raise ValueError(f"`dx` must have at least one axis (its rows); got shape {tuple(x.shape)}")
@@ -227,6 +247,8 @@ class TorchCommunicator:
 
     def all_sum(self, x):
         """The sum over ranks of ``x`` (``all_reduce(SUM)`` on a copy; ``x`` is not changed)."""
+        if _is_numpy(x):
+            return self._numpy_in_out(self.all_sum, x)
         x = self._tensor(x, "x").clone()
         if self.size > 1:
             self._wait(self._dist.all_reduce(x, op=self._dist.ReduceOp.SUM, group=self.group,
@@ -237,6 +259,8 @@ class TorchCommunicator:
         """Send ``x`` to rank + 1, return the ``recv_rows`` rows that rank − 1 sent (one
         ``isend``/``irecv`` pair posted together: no deadlock at any W; W = 1 returns a
         copy of ``x``)."""
+        if _is_numpy(x):
+            return self._numpy_in_out(self.ring_pass, x, recv_rows)
         import torch
 
         x = self._tensor(x, "x")
@@ -292,6 +316,10 @@ class TorchCommunicator:
         if backend == "nccl":
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
+
+
+def _is_numpy(x) -> bool:
+    return type(x).__module__ == "numpy"
 
 
 def _prod(shape) -> int:
