@@ -286,8 +286,10 @@ def _interpolated(blocks, n_blocks, block, r, n_total, stride, env, dtype, dev):
     rest_d = xp.where(diag_arg, xp.ones_like(rest_d), rest_d)
     loo_d = xp.where(diag_arg, loo_arg, m1 + xp.log(rest_d) - log_n1)
     b_d = _logaddexp(loo_d + log_a, bb, xp)
-    sums = [[None] * 4 for _ in range(n_blocks)]
-    for r0, r1, _, z, step, _ in blocks():
+    def entries(z, r0, r1, step):
+        """A block's per-entry leave-one-out terms: whether the entry is its row's
+        argmax, ``e^{z − m1}``, the rest of the row's sum, the LOO log-mean-exp, the
+        baseline mix ``B`` and ``p0 = e^{LOO + log α − B}``."""
         ids = xp.arange(z.shape[1], device=dev) + step * stride
         is_arg = col(ids, axis=0) == col(aid[r0:r1], axis=1)
         e1 = xp.exp(z - col(m1[r0:r1], axis=1))
@@ -296,7 +298,11 @@ def _interpolated(blocks, n_blocks, block, r, n_total, stride, env, dtype, dev):
         loo = xp.where(is_arg, col(loo_arg[r0:r1], axis=1),
                        col(m1[r0:r1], axis=1) + xp.log(rest) - log_n1)
         bz = _logaddexp(loo + log_a, col(bb[r0:r1], axis=1), xp)
-        p0 = xp.exp(loo + log_a - bz)
+        return is_arg, e1, rest, bz, xp.exp(loo + log_a - bz)
+
+    sums = [[None] * 4 for _ in range(n_blocks)]
+    for r0, r1, _, z, step, _ in blocks():
+        is_arg, _, rest, bz, p0 = entries(z, r0, r1, step)
         p1 = xp.exp(col(bb[r0:r1], axis=1) - bz)
         w = xp.exp(z - col(b_d[r0:r1], axis=1) - log_n1)
         q = xp.where(is_arg, xp.zeros_like(p0), p0 / rest)
@@ -321,15 +327,7 @@ def _interpolated(blocks, n_blocks, block, r, n_total, stride, env, dtype, dev):
     dlb = gam * (-p1_row / (n_total - 1) + w_row * p1_d)
 
     def entry_grad(z, r0, r1, step):
-        ids = xp.arange(z.shape[1], device=dev) + step * stride
-        is_arg = col(ids, axis=0) == col(aid[r0:r1], axis=1)
-        e1 = xp.exp(z - col(m1[r0:r1], axis=1))
-        rest = col(t1[r0:r1], axis=1) - e1
-        rest = xp.where(is_arg, xp.ones_like(rest), rest)
-        loo = xp.where(is_arg, col(loo_arg[r0:r1], axis=1),
-                       col(m1[r0:r1], axis=1) + xp.log(rest) - log_n1)
-        bz = _logaddexp(loo + log_a, col(bb[r0:r1], axis=1), xp)
-        p0 = xp.exp(loo + log_a - bz)
+        is_arg, e1, rest, _, p0 = entries(z, r0, r1, step)
         wl = xp.where(is_arg, xp.zeros_like(p0), -p0 / ((n_total - 1) * rest))
         w = xp.exp(z - col(b_d[r0:r1], axis=1) - log_n1)
         e2 = xp.where(is_arg, xp.zeros_like(z), xp.exp(z - col(m2[r0:r1], axis=1)))
