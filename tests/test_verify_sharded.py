@@ -24,6 +24,7 @@ import torch.nn.functional as F  # noqa: E402
 from nce_ref.testing import VerifyError, verify_sharded  # noqa: E402
 from nce_ref.testing._verify import sharded as vs  # noqa: E402
 from nce_ref.testing.cases import Case  # noqa: E402
+from nce_ref.testing.peers import gradient_gather  # noqa: E402
 
 # multi-process: W gloo processes and JAX devices running users' sharded functions: ~60 s; the README's default run keeps the in-process
 # tests (tests/test_sharded.py) and one real DDP step (tests/test_sharded_processes.py), CI runs these with -m slow
@@ -79,20 +80,6 @@ class _Gather(torch.autograd.Function):
         return g[lo:lo + ctx.ns[r]], None
 
 
-class _SumGrad(torch.autograd.Function):
-    """Identity whose backward all_reduces (SUM) the gradient: Inf-CL's GradientGather."""
-
-    @staticmethod
-    def forward(ctx, t):
-        return t.view_as(t)
-
-    @staticmethod
-    def backward(ctx, g):
-        g = g.clone()
-        dist.all_reduce(g)
-        return g
-
-
 def _share(q, k, temperature, mode="sum", times_w=True):
     """One-way InfoNCE, this rank's share W L_r (own queries vs every rank's keys)."""
     r, w = dist.get_rank(), dist.get_world_size()
@@ -122,7 +109,8 @@ def share_without_w(q, k, *, temperature=0.1):
 
 
 def temperature_summed(q, k, *, temperature=0.1):
-    t = _SumGrad.apply(temperature) if isinstance(temperature, torch.Tensor) else temperature
+    # Inf-CL's GradientGather (the identity; backward all_reduces the gradient)
+    t = gradient_gather().apply(temperature) if isinstance(temperature, torch.Tensor) else temperature
     return _share(q, k, t)
 
 

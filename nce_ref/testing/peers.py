@@ -305,7 +305,7 @@ def disco_clip_sharded(image, text, *, temperature=0.07):
     return (F.cross_entropy(logits_per_image, label) + F.cross_entropy(logits_per_text, label)) / 2
 
 
-def _gradient_gather():
+def gradient_gather():
     """Inf-CL's ``GradientGather`` (``inf_cl/ring.py``), transcribed: the identity forward,
     an ``all_reduce(SUM)`` of the gradient in backward; Inf-CL applies it to the logit scale."""
     import torch
@@ -362,7 +362,7 @@ def inf_cl_sharded(image, text, *, logit_scale=1 / 0.07):
     import torch.nn.functional as F
 
     r, _ = _rank_world()
-    s = _gradient_gather().apply(logit_scale) if isinstance(logit_scale, torch.Tensor) else logit_scale
+    s = gradient_gather().apply(logit_scale) if isinstance(logit_scale, torch.Tensor) else logit_scale
     img, txt = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
     n = img.shape[0]
     all_img, all_txt = _RingGather.apply(img), _RingGather.apply(txt)
