@@ -64,6 +64,9 @@ def step(rank, world, kind, port, out):
         opt.step()
         if rank == 0:
             torch.save([p.detach() for p in net.module.parameters()], out)
+        # no rank tears the group down while another still talks to it (a gloo pair
+        # closed under a peer's pending operation aborts that process)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
