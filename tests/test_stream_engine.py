@@ -5,7 +5,10 @@
 - several Python threads computing at once get the single-thread results;
 - ``nce_ref.tuning`` overrides per context (threads do not see each other's), and
   refuses unknown fields and bad values by name;
-- the machine-derived defaults are what ``Tuning`` documents.
+- the machine-derived defaults are what ``Tuning`` documents;
+- ``by_blas_halves`` runs its two halves at once with the BLAS on one thread, gives the
+  BLAS back its thread count (also when a half raises, and when several callers overlap),
+  and declines where it does not pay.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 import pytest
 
 import nce_ref
-from nce_ref._stream import by_halves
+from nce_ref._stream import by_blas_halves, by_halves
 
 # thresholds low enough that a 512 x 512 problem splits its passes over two threads
 SMALL = {"thread_min_rows": 4, "thread_min_size": 16, "threads": 2, "chunk_bytes": 1 << 14}
@@ -156,3 +159,148 @@ def test_the_defaults_come_from_the_machine():
                 break
     assert t.chunk_bytes == (l2 or 1 << 20)
     assert t.memory_budget == 128 * 2**20 and t.accelerator_memory_budget == 2**30
+
+
+# -- by_blas_halves ------------------------------------------------------------------------
+
+threadpoolctl = pytest.importorskip("threadpoolctl", reason="threadpoolctl is a dependency")
+
+
+def _blas_threads() -> list[int]:
+    """The thread counts of the BLAS libraries the engine found (those loaded when it first
+    needed them: NumPy's among them; one imported later, e.g. torch's, is not NumPy's)."""
+    from nce_ref._stream._exec import _blas
+
+    return [lib.get_num_threads() for lib in _blas().lib_controllers]
+
+
+def _openblas_only() -> bool:
+    """threadpoolctl lets one thread at a time set OpenBLAS's (process-wide) count."""
+    from nce_ref._stream._exec import _blas
+
+    return {lib.internal_api for lib in _blas().lib_controllers} == {"openblas"}
+
+
+def _two_blas_threads():
+    """The BLAS on two threads (whatever the machine's count): by_blas_halves applies."""
+    if not _blas_threads():
+        pytest.skip("threadpoolctl finds no BLAS library in this process")
+    return threadpoolctl.threadpool_limits(limits=2, user_api="blas")
+
+
+def test_blas_halves_run_at_once_on_one_blas_thread_each():
+    barrier = threading.Barrier(2, timeout=10)  # both halves must be running together
+    seen = []
+
+    def part(r0, r1):
+        barrier.wait()
+        a = np.ones((64, 64))
+        seen.append((threading.get_ident(), tuple(_blas_threads()), nce_ref.get_tuning().threads,
+                     float((a @ a)[0, 0])))
+        return r0, r1
+
+    with _two_blas_threads(), nce_ref.tuning(threads=2, thread_min_rows=2):
+        out = by_blas_halves(part, 9)
+        after = _blas_threads()
+    assert out == ((0, 4), (4, 9))
+    assert len({ident for ident, *_ in seen}) == 2
+    for _, blas, threads, v in seen:
+        assert set(blas) == {1} and threads == 1 and v == 64.0
+    assert set(after) == {2}
+
+
+def test_blas_halves_give_the_count_back_when_a_half_raises():
+    done = []
+
+    def part(r0, r1):
+        if r0 == 0:
+            raise ValueError("first half")
+        done.append(r0)
+        return ()
+
+    with _two_blas_threads(), nce_ref.tuning(threads=2, thread_min_rows=2):
+        with pytest.raises(ValueError, match="first half"):
+            by_blas_halves(part, 8)
+        assert done == [4]  # the other half finished before the error came out
+        assert set(_blas_threads()) == {2}
+
+
+def _in_thread(fn):
+    out = []
+    t = threading.Thread(target=lambda: out.append(fn()))
+    t.start()
+    t.join(20)
+    return out[0]
+
+
+def test_a_second_caller_sweeps_itself_while_the_halves_of_a_first_run():
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(r0, r1):
+        inside.set()
+        release.wait(10)
+        return r0
+
+    def second():
+        inside.wait(10)
+        with nce_ref.tuning(threads=2, thread_min_rows=2):
+            got = by_blas_halves(lambda r0, r1: r0, 8)
+        release.set()
+        return got
+
+    with _two_blas_threads(), nce_ref.tuning(threads=2, thread_min_rows=2):
+        t = threading.Thread(target=lambda: seen.append(second()))
+        seen = []
+        t.start()
+        assert by_blas_halves(slow, 8) == (0, 4)
+        t.join(20)
+        assert seen == [None]
+        assert set(_blas_threads()) == {2}
+    # and when the first is done, a caller on another thread runs its halves, unless
+    # this thread's threadpool_limits block holds the right to set OpenBLAS's count
+    def fresh(own_block):
+        with nce_ref.tuning(threads=2, thread_min_rows=2):
+            if not own_block:
+                return by_blas_halves(lambda r0, r1: _blas_threads(), 8)
+            with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+                got = by_blas_halves(lambda r0, r1: _blas_threads(), 8)
+                return got, _blas_threads()
+
+    got, inside_after = _in_thread(lambda: fresh(True))
+    assert all(set(h) == {1} for h in got) and set(inside_after) == {2}
+    if _openblas_only():
+        with _two_blas_threads():
+            assert _in_thread(lambda: fresh(False)) is None
+
+
+def test_a_threadpool_limits_block_of_another_thread_is_left_alone():
+    """threadpoolctl gives one thread at a time the right to set OpenBLAS's count; inside
+    another thread's ``threadpool_limits`` block the halves decline and change nothing."""
+    def call():
+        with nce_ref.tuning(threads=2, thread_min_rows=2):
+            return by_blas_halves(lambda r0, r1: r0, 8)
+
+    with _two_blas_threads():
+        before = _blas_threads()
+        got = _in_thread(call)
+        assert _blas_threads() == before
+    if _openblas_only():
+        assert got is None
+
+
+@pytest.mark.parametrize("case", ["one thread", "few rows", "a larger BLAS"])
+def test_blas_halves_decline_where_they_do_not_pay(case):
+    called = []
+
+    def part(r0, r1):
+        called.append((r0, r1))
+        return ()
+
+    limits = 4 if case == "a larger BLAS" else 2
+    tune = {"threads": 1 if case == "one thread" else 2, "thread_min_rows": 5}
+    if not _blas_threads():
+        pytest.skip("threadpoolctl finds no BLAS library in this process")
+    with threadpoolctl.threadpool_limits(limits=limits, user_api="blas"), nce_ref.tuning(**tune):
+        assert by_blas_halves(part, 9 if case == "few rows" else 10) is None
+        assert set(_blas_threads()) == {limits}
+    assert called == []

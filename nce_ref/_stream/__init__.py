@@ -31,17 +31,17 @@ Kernels and their callers:
   reference set (``own=``: each anchor's own column by index);
 - :func:`supcon_stream_groups`: ``supcon`` with single labels and no reference set;
 - the other MI bounds stream their rows in ``mi.embeddings`` over ``_blocks``,
-  ``_exec`` and ``_numpy``; ``siglip`` in ``losses.siglip`` over ``_blocks`` and
-  ``_numpy.np_sigmoid_block``; ``multi_similarity`` and ``pairwise_contrastive`` in
-  ``losses.pairs`` (blocks of anchor rows, generic code only).
+  ``_exec`` and ``_numpy``; ``siglip`` in ``losses.siglip`` over ``_blocks``,
+  ``_numpy.np_sigmoid_block`` and ``_exec.by_blas_halves``; ``multi_similarity`` and
+  ``pairwise_contrastive`` in ``losses.pairs`` (blocks of anchor rows, generic code only).
 """
 
 from ._config import Tuning, get_tuning, tuning
-from ._exec import by_chunks, by_halves, by_row_chunks
+from ._exec import by_blas_halves, by_chunks, by_halves, by_row_chunks
 from ._policy import choose_block, clamp_below, exp_floor, on_accelerator
 from .ce import ce_stream, ce_stream_symmetric
 from .supcon import supcon_stream, supcon_stream_groups
 
-__all__ = ["Tuning", "tuning", "get_tuning", "by_chunks", "by_halves", "by_row_chunks",
+__all__ = ["Tuning", "tuning", "get_tuning", "by_blas_halves", "by_chunks", "by_halves", "by_row_chunks",
            "choose_block", "clamp_below", "exp_floor", "on_accelerator",
            "ce_stream", "ce_stream_symmetric", "supcon_stream", "supcon_stream_groups"]

@@ -20,7 +20,7 @@ from typing import Any
 
 from array_api_compat import device, is_torch_namespace, is_writeable_array
 
-from ._numpy import np_exp, np_exp_rows, np_fill_band, np_namespace, np_owns, np_row_major
+from ._numpy import np_exp, np_exp_rows, np_fill_band, np_matmul_into, np_namespace, np_owns, np_row_major
 
 Array = Any
 
@@ -48,16 +48,27 @@ def root_logits(y: Array, u: Array, v: Array, xp):
     return -d, dzdy
 
 
-def logit_blocks(a: Array, b: Array, block: int, root, xp):
+def logit_blocks(a: Array, b: Array, block: int, root, xp, *, rows: tuple[int, int] | None = None,
+                 reuse: bool = False):
     """Yield ``(r0, r1, a_blk, z_blk, dzdy)`` for the row blocks of ``z = a bᵀ`` (or its
     root, :func:`root_logits`; ``dzdy`` is None without one).  No name here keeps a
-    block alive while the next one is computed."""
+    block alive while the next one is computed.
+
+    ``rows = (start, stop)``: only those rows (a half of
+    :func:`._exec.by_blas_halves`).  ``reuse`` (NumPy, no root): every block is written
+    into one buffer of ours (:func:`._numpy.np_matmul_into`); the caller is done with a
+    block before it asks for the next."""
     bt = xp.matrix_transpose(b)
-    n = a.shape[0]
-    for r0 in range(0, n, block):
-        r1 = min(n, r0 + block)
+    start, stop = (0, a.shape[0]) if rows is None else rows
+    buf = None
+    reuse = reuse and root is None and np_namespace(xp)
+    for r0 in range(start, stop, block):
+        r1 = min(stop, r0 + block)
         ab = a[r0:r1, :]
-        if root is None:
+        if reuse:
+            z, buf = np_matmul_into(ab, bt, buf)
+            yield r0, r1, ab, z, None
+        elif root is None:
             yield r0, r1, ab, ab @ bt, None
         else:
             yield (r0, r1, ab) + root_logits(ab @ bt, root[0][r0:r1], root[1], xp)

@@ -96,7 +96,9 @@ class Tuning:
         256 and 2**18): below, the hand-off costs more than it saves.
     threads : int
         1 or 2: the threads of the NumPy passes (default: the CPUs of
-        ``os.sched_getaffinity(0)``, capped at 2).
+        ``os.sched_getaffinity(0)``, capped at 2).  With 2, and NumPy's BLAS on at most
+        two threads, SigLIP's sweep runs as two pipelines, each with its GEMMs on one BLAS
+        thread (:func:`nce_ref._stream._exec.by_blas_halves`).
 
     Raises
     ------

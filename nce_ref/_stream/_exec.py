@@ -5,7 +5,16 @@
 - :func:`by_chunks`: ``part`` over chunks of about ``Tuning.chunk_bytes`` each, so that
   all of a chunk's passes run in a core's L2 cache, the halves on two threads;
 - :func:`by_row_chunks`: a row-wise function of a dict of arrays, in chunks where the
-  namespace's passes are chunked (NumPy, :mod:`._numpy`), at once elsewhere.
+  namespace's passes are chunked (NumPy, :mod:`._numpy`), at once elsewhere;
+- :func:`by_blas_halves`: a whole row-block sweep (its GEMMs included) on the two halves
+  of the rows, one thread each, with the BLAS on one thread per call: two independent
+  pipelines instead of two-threaded GEMMs followed by two-threaded passes.
+
+Why the last one: after each multi-threaded GEMM, OpenBLAS's worker threads spin (busy
+wait, about 2^28 cycles) for the next call, on the core that the second thread of
+:func:`by_halves` needs; measured here (2 cores), an elementwise pass right after a GEMM
+took as long on two threads as on one (9-12 ms per 1366 x 4096 block, against 6 ms
+without the GEMM before it).  Two pipelines on single-threaded BLAS have no spinner.
 
 Callers: the NumPy specialisations of :mod:`._numpy` (every kernel's in-place passes),
 ``losses.infonce`` (the O(N·D) chain of the similarity, :func:`by_row_chunks`) and
@@ -27,9 +36,9 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 from array_api_compat import array_namespace
 
-from ._config import get_tuning
+from ._config import get_tuning, tuning
 
-__all__ = ["by_halves", "by_chunks", "by_row_chunks"]
+__all__ = ["by_halves", "by_chunks", "by_row_chunks", "by_blas_halves"]
 
 #: the pool's size: the most threads :class:`nce_ref.Tuning` allows
 _WORKERS = 2
@@ -45,9 +54,11 @@ def _mark_worker() -> None:
 
 def _reset_after_fork() -> None:
     """In a forked child: the parent's pool has no threads here, and its lock may be held."""
-    global _POOL, _LOCK
+    global _POOL, _LOCK, _BLAS_LOCK, _BLAS_FIND
     _POOL = None
     _LOCK = threading.Lock()
+    _BLAS_LOCK = threading.Lock()
+    _BLAS_FIND = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):  # POSIX
@@ -78,16 +89,91 @@ def by_halves(part, n: int, size: int):
     if t.threads < 2 or n < t.thread_min_rows or size < t.thread_min_size \
             or getattr(_LOCAL, "worker", False):
         return part(0, n)
+    first, second = _two_halves(part, n)
+    return tuple(None if u is None else array_namespace(u).concat([u, v])
+                 for u, v in zip(first, second))
+
+
+def _two_halves(part, n: int):
+    """``(part(0, h), part(h, n))``, ``h = n // 2``: the second half on the pool, in a copy
+    of the caller's context, the first on the calling thread."""
     h = n // 2
     fut = _pool().submit(contextvars.copy_context().run, part, h, n)
     try:
         first = part(0, h)
     except BaseException:
-        wait([fut])  # the other half writes into the caller's buffers: let it finish
+        wait([fut])  # the other half may write into the caller's buffers: let it finish
         raise
-    second = fut.result()
-    return tuple(None if u is None else array_namespace(u).concat([u, v])
-                 for u, v in zip(first, second))
+    return first, fut.result()
+
+
+# -- the BLAS's threads ----------------------------------------------------------------
+
+_BLAS_LOCK = threading.Lock()  # held by the one by_blas_halves call in progress
+_BLAS_FIND = threading.Lock()
+_BLAS = None  # threadpoolctl's controller of the loaded BLAS libraries
+
+
+def _blas():
+    """threadpoolctl's controller of the BLAS libraries loaded in this process (found
+    once, on first use: about 0.1 s); its ``lib_controllers`` is empty where it finds
+    none."""
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        with _BLAS_FIND:
+            if _BLAS is None:
+                _BLAS = ThreadpoolController().select(user_api="blas")
+    return _BLAS
+
+
+def blas_halves_apply(n: int) -> bool:
+    """Whether :func:`by_blas_halves` may run two pipelines for ``n`` rows:
+    ``Tuning.threads == 2``, at least ``2·Tuning.thread_min_rows`` rows, not on a pool
+    thread, and every BLAS library found runs on at most two threads (on a larger
+    machine the GEMMs' own threads are worth more than the passes')."""
+    t = get_tuning()
+    if t.threads < 2 or n < 2 * t.thread_min_rows or getattr(_LOCAL, "worker", False):
+        return False
+    libs = _blas().lib_controllers
+    return bool(libs) and all(lib.get_num_threads() <= t.threads for lib in libs)
+
+
+def by_blas_halves(part, n: int):
+    """``(part(0, h), part(h, n))`` (``h = n // 2``) on two threads, each running its
+    BLAS calls on one thread; or None, and the caller sweeps the rows itself.
+
+    It runs where :func:`blas_halves_apply` says so, no other such call is in progress
+    in the process, and every BLAS library accepts one thread (threadpoolctl lets only
+    one thread at a time set OpenBLAS's count: where another one holds that right, e.g.
+    inside a ``threadpool_limits`` block of another thread, the count does not change
+    and the halves do not run).  ``part`` is a whole sweep over its rows (GEMMs and
+    passes); inside it the engine's passes run on the calling thread
+    (``Tuning.threads = 1``).  The BLAS gets its thread counts back before this returns,
+    also when ``part`` raises; meanwhile the process's other BLAS calls run on one
+    thread.  Results: the same blocks' arithmetic as a sweep of each half; the caller
+    adds the halves' partial sums.
+    """
+    if not blas_halves_apply(n) or not _BLAS_LOCK.acquire(blocking=False):
+        return None
+    try:
+        blas = _blas()
+        with blas.limit(limits=1, user_api="blas"):  # the counts come back on exit
+            if any(lib.get_num_threads() != 1 for lib in blas.lib_controllers):
+                return None  # another thread holds the right to set the count
+            return _two_halves(_on_one_thread(part), n)
+    finally:
+        _BLAS_LOCK.release()
+
+
+def _on_one_thread(part):
+    """``part`` with the engine's own passes on the calling thread (``Tuning.threads = 1``)."""
+    def run(r0, r1):
+        with tuning(threads=1):
+            return part(r0, r1)
+
+    return run
 
 
 def by_chunks(part, n: int, row_bytes: int):

@@ -24,6 +24,7 @@ Specialisations, and the generic function each one speeds up:
 - :func:`np_scale_by_mask`: ``supcon._scale_by_mask`` (SupCon ``"in"`` with labels);
 - :func:`np_clamp_below`: ``_policy.clamp_below``;
 - :func:`np_row_major`: ``_blocks.untranspose`` (a row-major copy);
+- :func:`np_matmul_into`: ``_blocks.logit_blocks`` with ``reuse`` (one block buffer);
 - :func:`np_clip`, :func:`np_multiply`, :func:`np_negate_into`: the MI bounds' in-place
   updates (``mi.embeddings``);
 - :func:`np_softplus_and_sigmoid`, :func:`np_sigmoid_of_exp`: ``nce_ref._ops``'
@@ -48,7 +49,7 @@ __all__ = ["np_namespace", "np_array", "np_owns", "np_ce_block", "np_supcon_bloc
            "np_sigmoid_block",
            "np_fill_band",
            "np_exp", "np_exp_rows", "np_exp_with_sums", "np_times_row_plus_col", "np_scale_by_mask",
-           "np_clamp_below", "np_row_major", "np_clip", "np_multiply", "np_negate_into",
+           "np_clamp_below", "np_row_major", "np_matmul_into", "np_clip", "np_multiply", "np_negate_into",
            "np_softplus_and_sigmoid", "np_sigmoid_of_exp"]
 
 
@@ -154,6 +155,17 @@ def np_multiply(e, mask):
     """``e ∘ mask`` in ``e`` (``mask`` boolean or float)."""
     e *= mask
     return e
+
+
+def np_matmul_into(a, b, buf):
+    """``a @ b`` into the leading rows of ``buf``, our block buffer (allocated here when
+    None, with as many rows as ``a``: the first and largest block).  Returns
+    ``(z, buf)``: one buffer serves every block of a sweep, faulted in once."""
+    import numpy as np
+
+    if buf is None:
+        buf = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+    return np.matmul(a, b, out=buf[:a.shape[0]]), buf
 
 
 def np_negate_into(src, dst):
