@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 
 import numpy as np
 import pytest
@@ -164,6 +165,49 @@ def test_siglip_numpy_specialisation_equals_the_generic_kernel(rng, dtype, path)
         ref = np.asarray(want[1][k])
         np.testing.assert_allclose(got[1][k], ref, rtol=rtol,
                                    atol=atol_for(dtype, float(np.max(np.abs(ref)))), err_msg=k)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("block_size", [None, 40])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_siglip_two_pipelines_equal_one_sweep_and_the_reference(rng, monkeypatch, dtype,
+                                                                block_size, reduction):
+    """NumPy with two threads and a BLAS of at most two: the halves of the rows are two
+    sweeps at once (``_exec.by_blas_halves``), each with its own block buffer and its own
+    ``f̄b``; they give one sweep's result (``threads=1``) and the dense reference's."""
+    threadpoolctl = pytest.importorskip("threadpoolctl", reason="threadpoolctl is a dependency")
+    if not [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]:
+        pytest.skip("threadpoolctl finds no BLAS library in this process")
+    mod = sys.modules["nce_ref.losses.siglip"]
+    ran = []
+
+    def spy(part, n):
+        out = halves(part, n)
+        ran.append(out is not None)
+        return out
+
+    halves = mod.by_blas_halves
+    monkeypatch.setattr(mod, "by_blas_halves", spy)
+    x, y = (rng.standard_normal((301, 8)).astype(dtype) for _ in range(2))
+    ct = rng.standard_normal(301).astype(dtype) if reduction == "none" else None
+    kw = dict(scale=10.0, bias=-10.0, reduction=reduction, block_size=block_size, cotangent=ct)
+    vg = nce_ref.value_and_grad(nce_ref.siglip)
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"), \
+            nce_ref.tuning(threads=2, thread_min_rows=4, chunk_bytes=4096):
+        got = vg(x, y, **kw)
+    assert ran and all(ran)  # every sweep (forward, then gradient for "none") in halves
+    ran.clear()
+    with nce_ref.tuning(threads=1):
+        one = vg(x, y, **kw)
+    assert ran and not any(ran)
+    dense = vg(x, y, method="dense", **{k: v for k, v in kw.items() if k != "block_size"})
+    rtol = rtol_for(dtype, temperature=0.1)
+    for want, tol in ((one, 8 * np.finfo(dtype).eps), (dense, rtol)):
+        np.testing.assert_allclose(got[0], want[0], rtol=tol)
+        for k in want[1]:
+            ref = np.asarray(want[1][k])
+            np.testing.assert_allclose(got[1][k], ref, rtol=tol,
+                                       atol=atol_for(dtype, float(np.max(np.abs(ref)))), err_msg=k)
 
 
 @pytest.mark.parametrize("fn", ["siglip", "dcl"])

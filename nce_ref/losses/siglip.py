@@ -34,7 +34,7 @@ from .._array import (
 )
 from .._ops import flush_below, sigmoid, softplus, softplus_and_sigmoid, softplus_and_sigmoid_of_exp
 from .._reduce import check_reduction, reduce_fwd
-from .._stream import by_row_chunks, choose_block
+from .._stream import by_blas_halves, by_row_chunks, choose_block
 from .._stream._blocks import (
     accumulate,
     cat,
@@ -163,10 +163,10 @@ def siglip(x: Array, y: Array, /, *, scale: float | Array = 10.0, bias: float | 
         return siglip_dense(ctx, x, y, t, t0, b, b0, kind=kind, eps=eps, reduction=reduction)
     block = choose_block(n, n, ctx.finfo().bits // 8, block_size=block_size,
                          memory_budget=memory_budget, buffers=buffers(kind), like=x)
-    if block_size is None:  # as many blocks, of equal rows: no short last block (its GEMMs
-        block = -(-n // -(-n // block))  # run far below the floor's rate)
+    if block_size is None:
+        block = _equal_blocks(n, block)
     return _siglip_streamed(ctx, x, y, t, t0, b, b0, kind=kind, eps=eps, reduction=reduction,
-                            block=block, need_grad=need_grad)
+                            block=block, equal=block_size is None, need_grad=need_grad)
 
 
 def siglip_dense(ctx, x, y, t, t0, b, b0, *, kind, eps, reduction):
@@ -254,7 +254,8 @@ def _block_terms(z, b, ones, *, fast: bool, want_grad: bool, xp):
     return softplus(z, xp=xp) @ ones, None
 
 
-def _sweep(lg, b, weights, *, fast: bool, block: int, itemsize: int, xp, bias_value=None):
+def _sweep(lg, b, weights, *, fast: bool, block: int, itemsize: int, xp, bias_value=None,
+           equal: bool = False):
     """Stream the row blocks of ``z = t·s`` (diagonal masked): the rows' softplus sums
     and, with ``weights`` (the cotangents of the rows' terms), the gradient:
     ``(da, dfb, Σ_ij ū_ij z_ij, Σ_ij ū_ij)`` with ``ū = diag(w) σ(z + b)``.
@@ -264,7 +265,8 @@ def _sweep(lg, b, weights, *, fast: bool, block: int, itemsize: int, xp, bias_va
     k = lg.fb.shape[1]
     rooted = lg.root is not None
     if fast and not rooted and bias_value is not None and np_namespace(xp):
-        return _sweep_numpy(lg, bias_value, weights, pairs=fast == "pairs", block=block, xp=xp)
+        return _sweep_numpy(lg, bias_value, weights, pairs=fast == "pairs", block=block,
+                            equal=equal, xp=xp)
     # without a chain factor, the rows' sums of σ come from the first gradient GEMM, as
     # one more column of fb (of ones)
     fb1 = None
@@ -319,33 +321,61 @@ def _sweep(lg, b, weights, *, fast: bool, block: int, itemsize: int, xp, bias_va
     return sp, (cat(das, xp), untranspose(db, xp), zdz, dbias)
 
 
-def _sweep_numpy(lg, bias: float, weights, *, pairs: bool, block: int, xp):
-    """:func:`_sweep` for NumPy on the one-``exp`` path: each block ``z = a fbᵀ`` (K
-    columns, the bias not among them: the three GEMMs are the floor's shapes) goes to
+def _equal_blocks(n: int, block: int) -> int:
+    """Rows per block for as many blocks of ``n`` rows, of equal rows: no short last block
+    (its GEMMs run far below the floor's rate)."""
+    return -(-n // -(-n // block))
+
+
+def _sweep_numpy(lg, bias: float, weights, *, pairs: bool, block: int, equal: bool, xp):
+    """:func:`_sweep` for NumPy on the one-``exp`` path.
+
+    Each block ``z = a fbᵀ`` (K columns, the bias not among them: the three GEMMs are the
+    floor's shapes) is written into one buffer per sweep and goes to
     :func:`nce_ref._stream._numpy.np_sigmoid_block`, which adds the bias, masks the
     diagonal and leaves ``σ`` in the block with the rows' sums of the softplus and of
-    ``σ``, by chunks of rows in cache on two threads; then the two gradient GEMMs,
+    ``σ``, by chunks of rows in cache; then the two gradient GEMMs,
     ``ā = diag(w) σ fb`` and ``f̄b += σᵀ diag(w) a``, both row-major (``σᵀ`` as the GEMM's
-    transposed operand: as fast here as ``aᵀσ``, and no transposed copy afterwards)."""
+    transposed operand: as fast here as ``aᵀσ``, and no transposed copy afterwards).
+
+    Where :func:`nce_ref._stream._exec.by_blas_halves` applies (two threads, a BLAS of at
+    most two), the two halves of the rows are two such sweeps at once, each on one core
+    with its own buffer of ``block`` rows (``equal``: re-cut into equal blocks of its
+    half) and its own ``f̄b``, added at the end; else one sweep over all the rows."""
     want = weights is not None
-    sps, das = [], []
-    db = zdz = dbias = None
-    for r0, r1, ab, z, _ in logit_blocks(lg.a, lg.fb, block, None, xp):
-        sp, rs = np_sigmoid_block(z, bias, r0, pairs, want)  # z: the GEMM's fresh output
-        sps.append(sp)
-        if not want:
-            continue
-        w = weights[r0:r1]
-        wk = xp.expand_dims(w, axis=1)
-        dab = z @ lg.fb
-        dab *= wk  # our own GEMM output, in place
-        db = accumulate(db, xp.matrix_transpose(z) @ (ab * wk))
-        z = None
-        das.append(dab)
-        part = xp.sum(xp.vecdot(ab, dab, axis=-1))  # Σ ū∘z (see grad_gemms)
-        zdz = part if zdz is None else zdz + part
-        bsum = xp.sum(w * rs)
-        dbias = bsum if dbias is None else dbias + bsum
+
+    def sweep(r0, r1):
+        nb = _equal_blocks(r1 - r0, block) if equal else block
+        sps, das = [], []
+        db = zdz = dbias = None
+        for b0, b1, ab, z, _ in logit_blocks(lg.a, lg.fb, nb, None, xp, rows=(r0, r1),
+                                             reuse=True):
+            sp, rs = np_sigmoid_block(z, bias, b0, pairs, want)  # z: our block buffer
+            sps.append(sp)
+            if not want:
+                continue
+            w = weights[b0:b1]
+            wk = xp.expand_dims(w, axis=1)
+            dab = z @ lg.fb
+            dab *= wk  # our own GEMM output, in place
+            db = accumulate(db, xp.matrix_transpose(z) @ (ab * wk))
+            z = None
+            das.append(dab)
+            part = xp.sum(xp.vecdot(ab, dab, axis=-1))  # Σ ū∘z (see grad_gemms)
+            zdz = part if zdz is None else zdz + part
+            bsum = xp.sum(w * rs)
+            dbias = bsum if dbias is None else dbias + bsum
+        return sps, das, db, zdz, dbias
+
+    n = lg.a.shape[0]
+    halves = by_blas_halves(sweep, n)
+    if halves is None:
+        sps, das, db, zdz, dbias = sweep(0, n)
+    else:
+        (sps, das, db, zdz, dbias), (sps2, das2, db2, zdz2, dbias2) = halves
+        sps, das = sps + sps2, das + das2
+        if want:
+            db, zdz, dbias = db + db2, zdz + zdz2, dbias + dbias2
     sp = cat(sps, xp)
     if not want:
         return sp, None
@@ -358,7 +388,8 @@ def _device(x):
     return device(x)
 
 
-def _siglip_streamed(ctx, x, y, t, t0, b, b0, *, kind, eps, reduction, block, need_grad):
+def _siglip_streamed(ctx, x, y, t, t0, b, b0, *, kind, eps, reduction, block, need_grad,
+                     equal=False):
     """:func:`siglip` by the engine; returns ``(value, vjp)``."""
     xp = ctx.xp
     a, c = ctx.to_compute(x), ctx.to_compute(y)
@@ -378,7 +409,7 @@ def _siglip_streamed(ctx, x, y, t, t0, b, b0, *, kind, eps, reduction, block, ne
     def grads(weights):
         """The inputs' gradients for the rows' cotangents ``weights``."""
         sp, gr = _sweep(lg, b, weights, fast=fast, block=block, itemsize=itemsize, xp=xp,
-                       bias_value=b_value)
+                       bias_value=b_value, equal=equal)
         da, dfb, zdz, dbias = gr
         du_pos = -weights * sg_pos
         dfa = da / lg.fold
@@ -412,7 +443,7 @@ def _siglip_streamed(ctx, x, y, t, t0, b, b0, *, kind, eps, reduction, block, ne
 
     if not need_grad or reduction == "none":
         sp, _ = _sweep(lg, b, None, fast=fast, block=block, itemsize=itemsize, xp=xp,
-                       bias_value=b_value)
+                       bias_value=b_value, equal=equal)
         per = sp + sp_pos
         value = per if reduction == "none" else reduce_fwd(per, reduction, xp=xp)[0]
 
