@@ -3,7 +3,8 @@ similarity, forward and value_and_grad, against the three-GEMM floor and torch a
 
 Read the ratios from one run, at equal ``(backend, n, d, dtype)``.  The
 ``track_ratio_to_floor`` and ``track_ratio_to_torch`` benchmarks measure them directly,
-each call paired with the reference right before it in one process (``common.paired_ratio``):
+each timed on its second call in a row and paired with the reference timed right before
+it in one process (``common.paired_ratio``):
 the machines here drift by 20-30% between two benchmarks of a run.  Or divide the times:
 
 - ``InfoNCE.time_value_and_grad / GemmFloor.time_three_gemms`` and

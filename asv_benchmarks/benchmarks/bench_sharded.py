@@ -4,7 +4,8 @@ call at global N = 16384, D = 256, float32; and the ring's peak memory per rank 
 gather's by the keys' share.
 
 ``track_ratio_*`` pair each sharded call with the single-process one right before it
-(median of three), as ``common.paired_ratio`` does for the other suites; ``track_peak_rss_*``
+(median of three; each right after one single-process call, the protocol that
+``common.paired_ratio`` had before it timed second calls); ``track_peak_rss_*``
 report each rank's peak resident memory (MiB, a fresh pool per algorithm): the process's
 lifetime peak, and the call's own peak above the RSS before it.
 ``docs/examples/sharded_memory.py`` measures the NumPy arrays' peak (``tracemalloc``, MPI).  Run with

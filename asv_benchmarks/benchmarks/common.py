@@ -134,24 +134,30 @@ PAIRS = 5
 
 
 def paired_ratio(f, reference, sync, pairs: int = PAIRS) -> float:
-    """The median over ``pairs`` of ``time(f) / time(reference)``, each ``f`` timed right
-    after a ``reference`` in this process: a ratio that the drift of a shared machine
-    between two benchmarks (often 20-30% on the CPU machines here) does not move."""
+    """The median over ``pairs`` of ``time(f) / time(reference)`` in this process, each
+    pair timed right after the other: a ratio that the drift of a shared machine between
+    two benchmarks (often 20-30% on the CPU machines here) does not move.
+
+    Each function is timed on the second of two calls in a row (``reference`` twice, then
+    ``f`` twice; the first of each two untimed), as in a loop that calls it: neither one
+    pays for the other's leftovers.  After a multi-threaded GEMM, OpenBLAS's idle threads
+    spin for 2^28 cycles (about 0.1 s; ``OPENBLAS_THREAD_TIMEOUT``) on the cores that the
+    next call needs, and torch's OpenMP threads wait likewise; on 2 cores, a call timed
+    right after the floor's GEMMs ran up to 1.3x slower than in its own loop."""
     from time import perf_counter
 
-    f()
-    reference()
-    sync()
+    def timed(g):
+        g()  # untimed: the previous function's threads settle while this one runs
+        sync()
+        t = perf_counter()
+        g()
+        sync()
+        return perf_counter() - t
+
     ratios = []
     for _ in range(pairs):
-        t = perf_counter()
-        reference()
-        sync()
-        t_ref = perf_counter() - t
-        t = perf_counter()
-        f()
-        sync()
-        ratios.append((perf_counter() - t) / t_ref)
+        t_ref = timed(reference)
+        ratios.append(timed(f) / t_ref)
     return float(np.median(ratios))
 
 
