@@ -168,9 +168,12 @@ def by_blas_halves(part, n: int):
 
 
 def _on_one_thread(part):
-    """``part`` with the engine's own passes on the calling thread (``Tuning.threads = 1``)."""
+    """``part`` with the engine's own passes on the calling thread (``Tuning.threads = 1``)
+    and the BLAS on one thread in this thread too: an OpenMP build of OpenBLAS keeps one
+    count per thread (for the pthreads build the caller's setting is the process's, and
+    threadpoolctl ignores this one)."""
     def run(r0, r1):
-        with tuning(threads=1):
+        with tuning(threads=1), _blas().limit(limits=1, user_api="blas"):
             return part(r0, r1)
 
     return run
